@@ -1,0 +1,254 @@
+"""The datamodule base: checks, splits and loaders shared by the MVTec, folder and demo layouts."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
+from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
+from .io import check_image, image_size, list_images, load_mask
+from .transforms import Preprocess, Size
+
+__all__ = ["AnomalyDataModule", "interleaved_split", "default_num_workers"]
+
+
+def default_num_workers() -> int:
+    """Loader workers when ``num_workers`` is not set: one per CPU core, at most 4."""
+    return max(0, min(4, os.cpu_count() or 1))
+
+
+def interleaved_split(count: int, fraction: float) -> List[int]:
+    """Deterministic, evenly spread positions ``floor(j / fraction)`` of ``count`` sorted items.
+
+    ``fraction=0.2`` takes positions 0, 5, 10, ... (every fifth item, starting with the first).
+    """
+    if not 0 <= fraction < 1:
+        raise ConfigurationError(f"split fraction {fraction!r} must lie in [0, 1)")
+    if fraction == 0 or count == 0:
+        return []
+    step = 1 / Fraction(fraction).limit_denominator(10**6)
+    taken = []
+    j = 0
+    while True:
+        position = int(j * step)  # floor of an exact fraction
+        if position >= count:
+            return taken
+        taken.append(position)
+        j += 1
+
+
+class AnomalyDataModule(pl.LightningDataModule):
+    """Normal training images, labelled test images with masks, optional validation and predict sets.
+
+    Subclasses implement :meth:`collect_train` and :meth:`collect_test`.
+
+    Args:
+        image_size: resize to this (int: square, or [height, width]) before cropping.
+        crop_size: centre crop (int or [height, width]); ``None``: no crop.
+        batch_size: images per batch, for every stage.
+        num_workers: loader worker processes (decode images while features are
+            extracted); default: one per CPU core, at most 4.
+        predict_dir: folder of unlabelled images (searched recursively) for ``predict``.
+        val_split: fraction of the labelled test images (per defect type, evenly spread)
+            served as a validation set instead (for F1-optimal thresholds); 0: none.
+        skip_broken: skip images that fail to decode (counted in a warning) instead of
+            stopping with an error. Every image is then fully decoded once in ``setup``.
+    """
+
+    def __init__(
+        self,
+        image_size: Size = 256,
+        crop_size: Optional[Size] = 224,
+        batch_size: int = 32,
+        num_workers: Optional[int] = None,
+        predict_dir: Optional[str] = None,
+        val_split: float = 0.0,
+        skip_broken: bool = False,
+    ) -> None:
+        super().__init__()
+        self.preprocess = Preprocess(image_size, crop_size)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"data batch_size={batch_size!r} must be a positive integer")
+        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+            raise ConfigurationError(f"data num_workers={num_workers!r} must be an integer >= 0")
+        if not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
+            raise ConfigurationError(f"data val_split={val_split!r} must lie in [0, 1)")
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.predict_dir = predict_dir
+        self.val_split = float(val_split)
+        self.skip_broken = bool(skip_broken)
+        self.train_dataset: Optional[AnomalyDataset] = None
+        self.val_dataset: Optional[AnomalyDataset] = None
+        self.test_dataset: Optional[AnomalyDataset] = None
+        self.predict_dataset: Optional[AnomalyDataset] = None
+        self._labelled: Optional[List[Sample]] = None
+
+    # ------------------------------------------------------------------ to implement
+
+    def collect_train(self) -> List[Sample]:  # pragma: no cover - abstract
+        """Normal training samples, sorted (deterministic)."""
+        raise NotImplementedError
+
+    def collect_test(self) -> List[Sample]:  # pragma: no cover - abstract
+        """Labelled test samples (with masks where annotated), sorted."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_images(self, samples: List[Sample], what: str) -> List[Sample]:
+        """Every image readable (or, with skip_broken, the readable ones, with a warning)."""
+        kept, broken = [], []
+        for sample in samples:
+            try:
+                check_image(sample.path, full=self.skip_broken)
+            except ImageDecodeError as err:
+                if not self.skip_broken:
+                    raise
+                broken.append((sample.path, err))
+                continue
+            kept.append(sample)
+        if broken:
+            names = ", ".join(repr(str(p)) for p, _ in broken[:5]) + (" ..." if len(broken) > 5 else "")
+            rank_zero_warn(f"skip_broken: skipped {len(broken)} broken image(s) of the {what}: {names}")
+        if not kept:
+            raise DataError(f"the {what} has no readable image.")
+        return kept
+
+    @staticmethod
+    def _check_masks(samples: List[Sample]) -> None:
+        """Masks align with their images; normal images' masks mark nothing; annotation is all or none."""
+        anomalous = [s for s in samples if s.label == ANOMALOUS]
+        with_mask = [s for s in anomalous if s.mask is not None]
+        if with_mask and len(with_mask) != len(anomalous):
+            missing = [s for s in anomalous if s.mask is None]
+            names = ", ".join(repr(str(s.path)) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise MaskError(
+                f"{len(missing)} of {len(anomalous)} anomalous test images have no mask while the others do: "
+                f"{names}. Add their masks (an empty mask is allowed) or remove the images."
+            )
+        for sample in samples:
+            if sample.mask is None:
+                continue
+            image_hw = image_size(sample.path)
+            mask_hw = image_size(sample.mask)
+            if mask_hw != image_hw:
+                (mh, mw), (ih, iw) = mask_hw, image_hw
+                if abs((mw / mh) / (iw / ih) - 1.0) > 0.01:
+                    raise MaskError(
+                        f"mask {str(sample.mask)!r} is {mw}x{mh} pixels but its image {str(sample.path)!r} is "
+                        f"{iw}x{ih}: the aspect ratios differ, so the mask cannot be aligned."
+                    )
+            if sample.label == NORMAL and load_mask(sample.mask, image_hw, sample.path).any():
+                raise MaskError(
+                    f"mask {str(sample.mask)!r} marks anomalous pixels but its image {str(sample.path)!r} is "
+                    "labelled normal. Move the image to a defect folder, or clear the mask."
+                )
+
+    # ------------------------------------------------------------------ setup
+
+    def _labelled_samples(self) -> List[Sample]:
+        if self._labelled is None:
+            samples = self._check_images(self.collect_test(), "test set")
+            self._check_masks(samples)
+            if not any(s.label == ANOMALOUS for s in samples) or not any(s.label == NORMAL for s in samples):
+                present = "anomalous" if any(s.label == ANOMALOUS for s in samples) else "normal"
+                rank_zero_warn(
+                    f"the test set holds only {present} images: image AUROC is undefined and will not be logged."
+                )
+            self._labelled = samples
+        return self._labelled
+
+    def _split_val(self, samples: List[Sample]) -> Tuple[List[Sample], List[Sample]]:
+        if self.val_split == 0:
+            return [], samples
+        groups: Dict[str, List[int]] = {}
+        for i, sample in enumerate(samples):
+            groups.setdefault(sample.group, []).append(i)
+        val_positions = set()
+        for positions in groups.values():
+            val_positions.update(positions[j] for j in interleaved_split(len(positions), self.val_split))
+        val = [s for i, s in enumerate(samples) if i in val_positions]
+        test = [s for i, s in enumerate(samples) if i not in val_positions]
+        if not test:
+            raise ConfigurationError(f"val_split={self.val_split} leaves no test image")
+        return val, test
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            train = self._check_images(self.collect_train(), "training set")
+            self.train_dataset = AnomalyDataset(train, self.preprocess)
+            rank_zero_info(f"training set: {len(train)} normal images")
+        if stage in (None, "fit", "validate") and self.val_split > 0 and self.val_dataset is None:
+            val, _ = self._split_val(self._labelled_samples())
+            self.val_dataset = AnomalyDataset(val, self.preprocess)
+        if stage in (None, "test") and self.test_dataset is None:
+            _, test = self._split_val(self._labelled_samples())
+            self.test_dataset = AnomalyDataset(test, self.preprocess)
+            anomalous = sum(s.label == ANOMALOUS for s in test)
+            rank_zero_info(f"test set: {len(test) - anomalous} normal and {anomalous} anomalous images")
+            if anomalous and not self.test_dataset.has_masks:
+                rank_zero_warn(
+                    "the anomalous test images have no masks: only image-level metrics can be computed; "
+                    "pixel AUROC and PRO will be skipped."
+                )
+        if stage in (None, "predict") and self.predict_dataset is None:
+            if self.predict_dir is None:
+                if stage == "predict":
+                    raise ConfigurationError(
+                        "predict needs a folder of images: set data predict_dir (--data.predict_dir DIR)."
+                    )
+            else:
+                root = Path(self.predict_dir)
+                files = list_images(root, recursive=True, what="predict_dir")
+                samples = [
+                    Sample(p, UNLABELLED, None, "predict", str(p.relative_to(root))) for p in files
+                ]
+                self.predict_dataset = AnomalyDataset(self._check_images(samples, "predict set"), self.preprocess)
+
+    # ------------------------------------------------------------------ loaders
+
+    def _loader(self, dataset: Optional[AnomalyDataset], stage: str) -> DataLoader:
+        if dataset is None:
+            raise DataError(f"no {stage} data: call setup('{stage}') first")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "fit")
+
+    def val_dataloader(self):  # type: ignore[override]
+        if self.val_dataset is None:
+            return []
+        return self._loader(self.val_dataset, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset, "predict")
+
+    @property
+    def image_shape(self) -> Tuple[int, int]:
+        """``(height, width)`` of the images served."""
+        return self.preprocess.output_size
+
+    def describe(self, samples: Sequence[Sample]) -> str:
+        counts: Dict[str, int] = {}
+        for s in samples:
+            counts[s.group] = counts.get(s.group, 0) + 1
+        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))

@@ -1,0 +1,81 @@
+"""A dataset of image files with labels and optional masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from .io import load_image, load_mask
+from .transforms import Preprocess
+
+__all__ = ["Sample", "AnomalyDataset", "NORMAL", "ANOMALOUS", "UNLABELLED"]
+
+NORMAL, ANOMALOUS, UNLABELLED = 0, 1, -1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image file.
+
+    ``label``: 0 normal, 1 anomalous, -1 unknown (prediction). ``mask``: its mask file,
+    or None (normal image, or no annotation). ``group``: defect type or folder name.
+    ``relpath``: path relative to the data set's folder (used to name outputs).
+    """
+
+    path: Path
+    label: int = NORMAL
+    mask: Optional[Path] = None
+    group: str = "good"
+    relpath: Optional[str] = None
+
+
+class AnomalyDataset(Dataset):
+    """Decodes and preprocesses samples.
+
+    Each item is a dict:
+
+    * ``image``: ``[3, h, w]`` float32 in [0, 1];
+    * ``label``: int64 scalar (0, 1, or -1 when unknown);
+    * ``mask``: ``[h, w]`` uint8 in {0, 1} (zeros when the image has no mask);
+    * ``has_mask``: bool, whether ``mask`` comes from an annotation;
+    * ``path``: str, the image file; ``index``: int64, the item's position in the dataset
+      (used to deduplicate and order results across processes).
+    """
+
+    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess) -> None:
+        self.samples: List[Sample] = list(samples)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> List[int]:
+        return [s.label for s in self.samples]
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every anomalous sample has a mask (pixel metrics are meaningful)."""
+        anomalous = [s for s in self.samples if s.label == ANOMALOUS]
+        return bool(anomalous) and all(s.mask is not None for s in anomalous)
+
+    def __getitem__(self, index: int) -> Dict[str, Union[torch.Tensor, str, bool]]:
+        sample = self.samples[index]
+        array = load_image(sample.path)
+        image = self.preprocess.image(array)
+        if sample.mask is not None:
+            mask = self.preprocess.mask(load_mask(sample.mask, array.shape[:2], sample.path))
+        else:
+            mask = torch.zeros(self.preprocess.output_size, dtype=torch.uint8)
+        return {
+            "image": image,
+            "label": torch.tensor(sample.label, dtype=torch.long),
+            "mask": mask,
+            "has_mask": sample.mask is not None,
+            "path": str(sample.path),
+            "index": torch.tensor(index, dtype=torch.long),
+        }

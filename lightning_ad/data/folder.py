@@ -1,0 +1,137 @@
+"""A user's own folders: normal images, one or more folders of defective images, masks by a name rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from pytorch_lightning.utilities import rank_zero_info
+
+from ..errors import ConfigurationError, DataError
+from .datamodule import AnomalyDataModule, interleaved_split
+from .dataset import ANOMALOUS, NORMAL, Sample
+from .io import list_images
+from .transforms import Size
+
+__all__ = ["FolderDataModule"]
+
+
+class FolderDataModule(AnomalyDataModule):
+    """Images in plain folders.
+
+    * ``normal_dir``: defect-free images. Unless ``normal_test_dir`` is given, a
+      deterministic share ``normal_test_split`` of them (sorted by name, evenly spread:
+      0.2 takes the 1st, 6th, 11th ...) is held out as normal test images; the rest
+      trains.
+    * ``abnormal_dirs``: one or more folders of defective test images (each folder is
+      a defect group).
+    * Masks: the mask of image ``<stem>.<ext>`` is ``mask_pattern`` formatted with
+      ``stem`` (``"{stem}_mask.png"``, ``"{stem}.png"`` ...), looked up in ``mask_dir``
+      (mirroring each image folder's name below it) or, when ``mask_dir`` is None,
+      beside the image. Files that are the mask of another image are not images. With
+      ``mask_pattern=None``, or when no defective image has a mask, the set is served
+      for image-level metrics only; when some have masks and others not, it is an error.
+
+    Relative folders are taken from ``root`` when it is set.
+
+    Args:
+        normal_dir: folder of normal images.
+        abnormal_dirs: folder or list of folders of anomalous images.
+        normal_test_dir: folder of normal test images (then all of ``normal_dir`` trains).
+        root: base of relative folders.
+        mask_pattern: mask file name rule, or None for no masks.
+        mask_dir: folder of masks (``<mask_dir>/<image folder name>/<mask name>``); None: beside the images.
+        normal_test_split: share of ``normal_dir`` held out for testing, in [0, 1).
+        **kwargs: see :class:`~lightning_ad.data.datamodule.AnomalyDataModule`.
+    """
+
+    def __init__(
+        self,
+        normal_dir: str,
+        abnormal_dirs: Union[str, Sequence[str]] = (),
+        normal_test_dir: Optional[str] = None,
+        root: Optional[str] = None,
+        mask_pattern: Optional[str] = "{stem}_mask.png",
+        mask_dir: Optional[str] = None,
+        normal_test_split: float = 0.2,
+        image_size: Size = 256,
+        crop_size: Optional[Size] = 224,
+        batch_size: int = 32,
+        num_workers: Optional[int] = None,
+        predict_dir: Optional[str] = None,
+        val_split: float = 0.0,
+        skip_broken: bool = False,
+    ) -> None:
+        super().__init__(image_size, crop_size, batch_size, num_workers, predict_dir, val_split, skip_broken)
+        self.root = Path(root) if root is not None else None
+        self.normal_dir = self._resolve(normal_dir)
+        dirs = [abnormal_dirs] if isinstance(abnormal_dirs, (str, Path)) else list(abnormal_dirs)
+        self.abnormal_dirs = [self._resolve(d) for d in dirs]
+        self.normal_test_dir = self._resolve(normal_test_dir) if normal_test_dir is not None else None
+        if mask_pattern is not None and "{stem}" not in mask_pattern:
+            raise ConfigurationError(f"mask_pattern={mask_pattern!r} must contain '{{stem}}', e.g. '{{stem}}_mask.png'")
+        self.mask_pattern = mask_pattern
+        self.mask_dir = self._resolve(mask_dir) if mask_dir is not None else None
+        if not isinstance(normal_test_split, (int, float)) or not 0 <= normal_test_split < 1:
+            raise ConfigurationError(f"normal_test_split={normal_test_split!r} must lie in [0, 1)")
+        self.normal_test_split = float(normal_test_split)
+
+    def _resolve(self, folder: Union[str, Path]) -> Path:
+        path = Path(folder).expanduser()
+        return path if path.is_absolute() or self.root is None else self.root / path
+
+    def _group(self, folder: Path) -> str:
+        if self.root is not None:
+            try:
+                return str(folder.relative_to(self.root))
+            except ValueError:
+                pass
+        return folder.name
+
+    def _mask_of(self, image: Path) -> Optional[Path]:
+        if self.mask_pattern is None:
+            return None
+        name = self.mask_pattern.format(stem=image.stem)
+        folder = image.parent if self.mask_dir is None else self.mask_dir / image.parent.name
+        return folder / name
+
+    def _images(self, folder: Path, what: str) -> List[Path]:
+        files = list_images(folder, what=what)
+        masks = {m for m in (self._mask_of(f) for f in files) if m is not None}
+        images = [f for f in files if f not in masks or self._mask_of(f) == f]
+        if not images:
+            raise DataError(f"{what} {str(folder)!r} holds only mask files (mask_pattern={self.mask_pattern!r}).")
+        return images
+
+    def _normal_split(self) -> tuple:
+        normals = self._images(self.normal_dir, "normal_dir")
+        if self.normal_test_dir is not None:
+            return normals, self._images(self.normal_test_dir, "normal_test_dir")
+        held = set(interleaved_split(len(normals), self.normal_test_split))
+        train = [p for i, p in enumerate(normals) if i not in held]
+        test = [p for i, p in enumerate(normals) if i in held]
+        if not train:
+            raise DataError(f"normal_dir {str(self.normal_dir)!r}: no image left for training after the test split.")
+        return train, test
+
+    def collect_train(self) -> List[Sample]:
+        train, _ = self._normal_split()
+        return [Sample(p, NORMAL, None, self._group(p.parent), p.name) for p in train]
+
+    def collect_test(self) -> List[Sample]:
+        _, normal_test = self._normal_split()
+        if not self.abnormal_dirs and not normal_test:
+            raise DataError("no test images: set abnormal_dirs and/or normal_test_dir (or normal_test_split > 0).")
+        samples = []
+        for path in normal_test:
+            mask = self._mask_of(path)
+            samples.append(Sample(path, NORMAL, mask if mask is not None and mask.is_file() and mask != path else None, "good", path.name))
+        for folder in self.abnormal_dirs:
+            group = self._group(folder)
+            for path in self._images(folder, "abnormal_dirs entry"):
+                mask = self._mask_of(path)
+                found = mask if mask is not None and mask.is_file() and mask != path else None
+                samples.append(Sample(path, ANOMALOUS, found, group, f"{group}/{path.name}"))
+        if self.mask_pattern is not None and not any(s.mask for s in samples if s.label == ANOMALOUS):
+            rank_zero_info(f"no mask found with mask_pattern={self.mask_pattern!r}: image-level metrics only.")
+        return samples
