@@ -19,6 +19,7 @@ optimisation keeps Lightning from building any graph or calling ``backward``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -540,6 +541,7 @@ class Spade(pl.LightningModule):
         tau, theta = self.image_threshold, self.pixel_threshold
         return {
             "paths": list(data["path"]),
+            "relpaths": list(data.get("relpath", [os.path.basename(p) for p in data["path"]])),
             "indices": data["index"],
             "image_scores": out.image_scores,
             "normalized_scores": normalize_scores(out.image_scores, tau),

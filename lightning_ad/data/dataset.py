@@ -42,7 +42,8 @@ class AnomalyDataset(Dataset):
     * ``label``: int64 scalar (0, 1, or -1 when unknown);
     * ``mask``: ``[h, w]`` uint8 in {0, 1} (zeros when the image has no mask);
     * ``has_mask``: bool, whether ``mask`` comes from an annotation;
-    * ``path``: str, the image file; ``index``: int64, the item's position in the dataset
+    * ``path``: str, the image file; ``relpath``: str, its path relative to the data
+      set's folder (names outputs); ``index``: int64, the item's position in the dataset
       (used to deduplicate and order results across processes).
     """
 
@@ -77,5 +78,6 @@ class AnomalyDataset(Dataset):
             "mask": mask,
             "has_mask": sample.mask is not None,
             "path": str(sample.path),
+            "relpath": sample.relpath if sample.relpath is not None else sample.path.name,
             "index": torch.tensor(index, dtype=torch.long),
         }
