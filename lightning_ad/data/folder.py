@@ -97,8 +97,9 @@ class FolderDataModule(AnomalyDataModule):
 
     def _images(self, folder: Path, what: str) -> List[Path]:
         files = list_images(folder, what=what)
-        masks = {m for m in (self._mask_of(f) for f in files) if m is not None}
-        images = [f for f in files if f not in masks or self._mask_of(f) == f]
+        # a file is a mask when it is the mask of ANOTHER file of the folder
+        masks = {self._mask_of(f) for f in files if self._mask_of(f) not in (None, f)}
+        images = [f for f in files if f not in masks]
         if not images:
             raise DataError(f"{what} {str(folder)!r} holds only mask files (mask_pattern={self.mask_pattern!r}).")
         return images
