@@ -1,0 +1,177 @@
+"""The LightningModule in a real Trainer: fit builds the bank (no training), checkpoints, test metrics, predict."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_ad import MVTecDataModule, Spade
+from lightning_ad.errors import ConfigurationError
+from lightning_ad.metrics import binary_auroc, per_region_overlap, precision_recall_f1
+
+
+def trainer(root: Path, **kwargs) -> pl.Trainer:
+    options = dict(
+        default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def datamodule(root: Path, **kwargs) -> MVTecDataModule:
+    options = dict(category="widget", image_size=64, crop_size=64, batch_size=4, num_workers=0)
+    options.update(kwargs)
+    return MVTecDataModule(str(root), **options)
+
+
+@pytest.fixture
+def fitted(tiny_mvtec, tmp_path):
+    model = Spade(image_k=3, gallery_k=3, threshold_samples=4)
+    dm = datamodule(tiny_mvtec)
+    t = trainer(tmp_path / "run")
+    t.fit(model, datamodule=dm)
+    return model, dm, t
+
+
+def test_fit_builds_bank_without_training(tiny_mvtec, tmp_path):
+    model = Spade(image_k=3, gallery_k=3, threshold_samples=4)
+    weights_before = {k: v.clone() for k, v in model.model.backbone.state_dict().items()}
+    dm = datamodule(tiny_mvtec)
+    t = trainer(tmp_path / "run")
+    t.fit(model, datamodule=dm)
+    assert model.model.bank_size == 9
+    assert torch.equal(model.model.bank_index, torch.arange(9))
+    for key, value in model.model.backbone.state_dict().items():
+        assert torch.equal(value, weights_before[key]), key
+    assert float(model.step_anchor.detach()) == 0.0 and all(p.grad is None or not p.grad.any() for p in model.parameters())
+    assert t.global_step == 3  # one (no-op) step per batch: 9 images, batch 4
+    # the bank equals a direct extraction of the training images, in dataset order
+    dm.setup("fit")
+    images = torch.stack([dm.train_dataset[i]["image"] for i in range(9)])
+    feats = model.model.extract(images)
+    assert torch.allclose(model.model.bank_pooled, feats.pooled, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(model.model.bank_level1, feats.pyramid[0].permute(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    # thresholds were learned from normal images alone
+    assert 0 < model.image_threshold and 0 < model.pixel_threshold
+
+
+def test_fit_writes_a_checkpoint_with_the_bank(fitted, tmp_path):
+    model, _, t = fitted
+    files = list((tmp_path / "run").rglob("*.ckpt"))
+    assert len(files) == 1 and files[0].parent.name == "checkpoints"
+    checkpoint = torch.load(files[0], map_location="cpu", weights_only=True)
+    state = checkpoint["state_dict"]
+    assert state["model.bank_pooled"].shape == (9, 1280)
+    assert torch.equal(state["model.bank_level2"], model.model.bank_level2)
+    assert checkpoint["lightning_ad"]["backbone"] == "efficientnet_lite0"
+
+
+def test_second_fit_replaces_the_bank(fitted, tmp_path):
+    model, dm, _ = fitted
+    bank = model.model.bank_pooled.clone()
+    with pytest.warns(UserWarning, match="fit replaces it"):
+        trainer(tmp_path / "again").fit(model, datamodule=dm)
+    assert model.model.bank_size == 9 and torch.equal(model.model.bank_pooled, bank)
+
+
+def test_test_metrics_equal_direct_computation(fitted):
+    model, dm, t = fitted
+    logged = t.test(model, datamodule=dm, verbose=False)[0]
+    dm.setup("test")
+    items = [dm.test_dataset[i] for i in range(len(dm.test_dataset))]
+    images = torch.stack([it["image"] for it in items])
+    labels = torch.stack([it["label"] for it in items])
+    masks = torch.stack([it["mask"] for it in items])
+    with torch.no_grad():
+        out = model.model(images)
+    assert logged["test/image_auroc"] == pytest.approx(float(binary_auroc(out.image_scores, labels)), abs=1e-6)
+    assert logged["test/pixel_auroc"] == pytest.approx(float(binary_auroc(out.anomaly_maps, masks)), abs=1e-6)
+    assert logged["test/pro"] == pytest.approx(float(per_region_overlap(out.anomaly_maps, masks, 0.3)), abs=1e-6)
+    _, _, f1 = precision_recall_f1(out.image_scores, labels, model.image_threshold)
+    assert logged["test/image_f1"] == pytest.approx(float(f1), abs=1e-6)
+    assert logged["test/pixel_auroc"] > 0.9  # the red squares are found
+    assert torch.equal(model.test_results.indices, torch.arange(len(items)))
+
+
+def test_checkpoint_alone_is_enough_to_test(fitted, tmp_path):
+    model, dm, t = fitted
+    expected = t.test(model, datamodule=dm, verbose=False)[0]
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))
+    fresh = Spade(image_k=3, gallery_k=3)
+    assert not fresh.model.is_fitted
+    got = trainer(tmp_path / "test").test(fresh, datamodule=dm, ckpt_path=str(ckpt), verbose=False)[0]
+    assert got == pytest.approx(expected, abs=1e-7)
+    loaded = Spade.load_from_checkpoint(ckpt)
+    assert loaded.model.bank_size == 9 and loaded.image_threshold == pytest.approx(model.image_threshold)
+
+
+def test_one_class_test_set_logs_what_it_can(tiny_mvtec, tmp_path):
+    import shutil
+
+    shutil.rmtree(tiny_mvtec / "widget" / "test" / "defect")
+    shutil.rmtree(tiny_mvtec / "widget" / "ground_truth")
+    model = Spade(image_k=3, gallery_k=3, threshold_samples=2)
+    dm = datamodule(tiny_mvtec)
+    t = trainer(tmp_path)
+    t.fit(model, datamodule=dm)
+    with pytest.warns(UserWarning, match="image AUROC .*1? ?.*both are needed"):
+        logged = t.test(model, datamodule=dm, verbose=False)[0]
+    assert "test/image_auroc" not in logged and "test/pixel_auroc" not in logged
+    assert logged["test/image_threshold"] == pytest.approx(model.image_threshold)
+
+
+def test_k_larger_than_training_set_fails_before_extraction(tiny_mvtec, tmp_path, monkeypatch):
+    model = Spade(image_k=50, gallery_k=3)
+    calls = []
+    monkeypatch.setattr(model.model, "extract", lambda images: calls.append(1))
+    with pytest.raises(ConfigurationError, match=r"image_k=50 is larger than the 9 training images.*--model.image_k"):
+        trainer(tmp_path).fit(model, datamodule=datamodule(tiny_mvtec))
+    assert calls == []
+
+
+def test_predict_returns_paths_scores_maps(fitted):
+    model, _, t = fitted
+    dm = datamodule(Path(fitted[1].root), predict_dir=str(Path(fitted[1].root) / "widget" / "test"))
+    batches = t.predict(model, datamodule=dm)
+    paths = [p for b in batches for p in b["paths"]]
+    assert len(paths) == 7 and all(Path(p).exists() for p in paths)
+    scores = torch.cat([b["image_scores"] for b in batches])
+    maps = torch.cat([b["anomaly_maps"] for b in batches])
+    assert maps.shape == (7, 64, 64)
+    normalized = torch.cat([b["normalized_scores"] for b in batches])
+    assert ((normalized > 0.5) == (scores > model.image_threshold)).all()
+    assert torch.equal(torch.argsort(normalized), torch.argsort(scores.double()))
+
+
+def test_plain_tensor_batches_from_a_users_own_loader(tmp_path):
+    """Drop-in: a user's own loader of (images, labels) tuples works for fit and test."""
+    gen = torch.Generator().manual_seed(0)
+    train = TensorDataset(torch.rand(6, 3, 64, 64, generator=gen) * 0.2 + 0.4, torch.zeros(6, dtype=torch.long))
+    test_images = torch.rand(4, 3, 64, 64, generator=gen) * 0.2 + 0.4
+    test_images[2:, :, 10:30, 10:30] = 1.0
+    test = TensorDataset(test_images, torch.tensor([0, 0, 1, 1]))
+    model = Spade(image_k=2, gallery_k=2, threshold_samples=2)
+    t = trainer(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.fit(model, train_dataloaders=DataLoader(train, batch_size=4))
+        logged = t.test(model, dataloaders=DataLoader(test, batch_size=3), verbose=False)[0]
+    assert model.model.bank_size == 6
+    assert logged["test/image_auroc"] == 1.0
+
+
+def test_settings_that_cannot_work_are_refused(tiny_mvtec, tmp_path):
+    with pytest.raises(ConfigurationError, match="min_epochs"):
+        trainer(tmp_path, min_epochs=3).fit(Spade(image_k=2, gallery_k=2), datamodule=datamodule(tiny_mvtec))
+    with pytest.raises(ConfigurationError, match="no memory bank"):
+        trainer(tmp_path).test(Spade(image_k=2, gallery_k=2), datamodule=datamodule(tiny_mvtec), verbose=False)
+    with pytest.raises(ConfigurationError, match="threshold_method"):
+        Spade(threshold_method="otsu")
+    with pytest.raises(ConfigurationError, match="kappa"):
+        Spade(kappa=0)
