@@ -30,6 +30,11 @@ class SpadeCLI(LightningCLI):
             default=False,
             help="After fit, run test on the fitted model with the same trainer and datamodule.",
         )
+        # On by default, configurable as --prediction_writer.* and --test_report.* (enabled: false turns one off).
+        from .callbacks import PredictionWriter, TestReport
+
+        parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
+        parser.add_lightning_class_args(TestReport, "test_report")
 
     def after_fit(self) -> None:
         trainer = self.trainer
