@@ -1,0 +1,67 @@
+"""End to end on real data through the command line, as a user runs it (skipped without the data)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, require_real
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_ad", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
+    )
+
+
+def logged_metrics(save_dir: Path) -> dict:
+    rows = []
+    for path in sorted(save_dir.rglob("metrics.csv")):
+        with open(path) as handle:
+            rows += list(csv.DictReader(handle))
+    merged = {}
+    for row in rows:
+        merged.update({k: float(v) for k, v in row.items() if v not in ("", None) and k.startswith("test/")})
+    return merged
+
+
+def fit_then_test(config: str, overrides: list, workdir: Path) -> dict:
+    logs = workdir / "logs"
+    common = ["--config", str(REPO / "configs" / config), *overrides, "--trainer.logger", "CSVLogger",
+              "--trainer.logger.save_dir", str(logs), "--trainer.enable_progress_bar", "false"]
+    fit = run_cli("fit", *common, cwd=workdir)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    checkpoints = sorted(logs.rglob("*.ckpt"))
+    assert len(checkpoints) == 1, checkpoints
+    test = run_cli("test", *common, "--ckpt_path", str(checkpoints[0]), cwd=workdir)
+    assert test.returncode == 0, test.stderr[-3000:]
+    return logged_metrics(logs)
+
+
+def test_mvtec_bottle_reproduces_the_method(tmp_path):
+    root = require_real("mvtec_ad", "bottle").parent
+    metrics = fit_then_test(
+        "spade_lite0_mvtec.yaml",
+        ["--data.root", str(root), "--data.category", "bottle", "--model.image_k", "5", "--model.gallery_k", "5"],
+        tmp_path,
+    )
+    assert metrics["test/image_auroc"] >= 0.99
+    assert metrics["test/pixel_auroc"] >= 0.965
+    assert metrics["test/pro"] >= 0.92
+
+
+def test_magnetic_tile_reference_split(tmp_path):
+    root = require_real("magnetic_tile")
+    if os.environ.get("LIGHTNING_AD_SKIP_SLOW"):
+        pytest.skip("LIGHTNING_AD_SKIP_SLOW is set")
+    metrics = fit_then_test("spade_lite0_magnetic_tile.yaml", ["--data.root", str(root)], tmp_path)
+    # reference figures (../shared/data/README.md): about 0.92 / 0.81 / 0.78
+    assert metrics["test/image_auroc"] >= 0.90
+    assert metrics["test/pixel_auroc"] >= 0.80
+    assert metrics["test/pro"] >= 0.76
