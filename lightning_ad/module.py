@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -134,6 +135,8 @@ class Spade(pl.LightningModule):
         self._train_image_size: Optional[Tuple[int, int]] = None
         self._eval_parts: List[Dict[str, Any]] = []
         self._fallback_index = 0
+        self._fit_started = 0.0
+        self.fit_images_per_second: Optional[float] = None
         self.test_results: Optional[EvaluationResults] = None
         self.val_results: Optional[EvaluationResults] = None
 
@@ -239,6 +242,7 @@ class Spade(pl.LightningModule):
             self.model.reset_bank()
         self._train_parts = []
         self._fallback_index = 0
+        self._fit_started = time.perf_counter()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         data = self._unpack(batch)
@@ -296,12 +300,18 @@ class Spade(pl.LightningModule):
             raise RuntimeError("fit saw no training image: the bank cannot be built.")
         keep = first_occurrences(index)
         self.model.set_bank(Features([level[keep] for level in pyramid], pooled[keep]), image_size, index[keep])
+        seconds = time.perf_counter() - self._fit_started
+        #: Training images per second of the feature extraction, over all processes (wall time of rank 0).
+        self.fit_images_per_second = self.model.bank_size / max(seconds, 1e-9)
         rank_zero_info(
-            f"SPADE bank: {self.model.bank_size} training images, backbone {self.model.backbone_name}, "
-            f"levels {list(self.model.layers)}, {self._bank_megabytes():.1f} MB"
+            f"SPADE bank: {self.model.bank_size} training images in {seconds:.2f} s "
+            f"({self.fit_images_per_second:.1f} images/s on {world_size()} process(es)), backbone "
+            f"{self.model.backbone_name}, levels {list(self.model.layers)}, {self._bank_megabytes():.1f} MB"
         )
         if self.hparams.threshold_method == "quantile":
+            started = time.perf_counter()
             self._fit_quantile_thresholds()
+            rank_zero_info(f"thresholds computed in {time.perf_counter() - started:.2f} s")
 
     def _level_hw(self, level: int, image_size: Tuple[int, int]) -> Tuple[int, int]:
         with torch.no_grad():

@@ -1,0 +1,114 @@
+"""Several processes (CPU, gloo) give the single-process answer: bank, metrics, checkpoints, predictions."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import make_mvtec
+
+TOL = 1e-5  # of the largest value: convolutions round differently with other batch make-ups
+
+
+def write_config(path: Path, data_root: Path) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {"backbone": "efficientnet_lite0", "image_k": 3, "gallery_k": 3, "threshold_samples": 5},
+        "data": {
+            "class_path": "lightning_ad.MVTecDataModule",
+            "init_args": {"root": str(data_root), "category": "widget", "image_size": 64, "crop_size": 64,
+                          "batch_size": 2, "num_workers": 0},
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(args, cwd: Path, processes: int) -> subprocess.CompletedProcess:
+    devices = ["--trainer.devices", str(processes)]
+    if processes > 1:
+        devices += ["--trainer.strategy", "ddp"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def fit(config: Path, out: Path, processes: int) -> Path:
+    cli(["fit", "--config", str(config), "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out)],
+        out.parent, processes)
+    (ckpt,) = sorted(out.rglob("*.ckpt"))
+    return ckpt
+
+
+def run_test(config: Path, ckpt: Path, out: Path, processes: int) -> dict:
+    cli(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.logger", "CSVLogger",
+         "--trainer.logger.save_dir", str(out)], out.parent, processes)
+    (path,) = sorted(out.rglob("metrics.csv"))
+    with open(path) as handle:
+        row = list(csv.DictReader(handle))[-1]
+    return {k: float(v) for k, v in row.items() if k.startswith("test/") and v}
+
+
+def bank(ckpt: Path) -> dict:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.bank") or k.endswith("_threshold")}
+
+
+def assert_banks_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        if key.endswith(("bank_index", "bank_image_size")):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            scale = float(a[key].double().abs().max())
+            assert float((a[key].double() - b[key].double()).abs().max()) <= TOL * scale, key
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """7 training images (odd, not a multiple of 2 or 3), 5 test images (odd)."""
+    base = tmp_path_factory.mktemp("dist")
+    data = make_mvtec(base / "data", n_train=7, n_good=2, n_bad=3)
+    config = write_config(base / "config.yaml", data)
+    ckpts = {n: fit(config, base / f"fit{n}" / "logs", n) for n in (1, 2)}
+    return base, config, ckpts
+
+
+def test_bank_of_two_processes_equals_one(runs):
+    _, _, ckpts = runs
+    one, two = bank(ckpts[1]), bank(ckpts[2])
+    assert torch.equal(one["model.bank_index"], torch.arange(7))  # every image once, in dataset order
+    assert_banks_equal(one, two)
+
+
+def test_bank_of_three_processes_equals_one(runs):
+    base, config, ckpts = runs
+    three = fit(config, base / "fit3" / "logs", 3)
+    assert_banks_equal(bank(ckpts[1]), bank(three))
+
+
+def test_metrics_across_process_counts_and_checkpoint_round_trip(runs):
+    base, config, ckpts = runs
+    reference = run_test(config, ckpts[1], base / "t11" / "logs", 1)
+    assert {"test/image_auroc", "test/pixel_auroc", "test/pro"} <= reference.keys()
+    for fitted, tested in ((1, 2), (2, 1), (2, 2)):
+        got = run_test(config, ckpts[fitted], base / f"t{fitted}{tested}" / "logs", tested)
+        assert got.keys() == reference.keys()
+        for key, value in reference.items():
+            assert got[key] == pytest.approx(value, rel=TOL, abs=TOL), (fitted, tested, key)
