@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LightningADError", "DataError", "ImageDecodeError", "MaskError", "ConfigurationError", "CheckpointError"]
+__all__ = ["LightningADError", "DataError", "ImageDecodeError", "MaskError", "ConfigurationError", "CheckpointError", "NumericalError"]
 
 
 class LightningADError(Exception):
@@ -27,3 +27,10 @@ class ConfigurationError(LightningADError, ValueError):
 
 class CheckpointError(LightningADError, ValueError):
     """A checkpoint cannot be used with the configured model."""
+
+
+class NumericalError(LightningADError, FloatingPointError):
+    """NaN or infinite features or scores (caught before they reach metrics or outputs).
+
+    A ``FloatingPointError`` as well, so code that catches that keeps working.
+    """
