@@ -23,7 +23,9 @@ class Sample:
 
     ``label``: 0 normal, 1 anomalous, -1 unknown (prediction). ``mask``: its mask file,
     or None (normal image, or no annotation). ``group``: defect type or folder name.
-    ``relpath``: path relative to the data set's folder (used to name outputs).
+    ``relpath``: path relative to the data set's folder (used to name outputs; see
+    :func:`~lightning_ad.data.io.safe_relpath`). ``expected_mask``: where the mask was
+    looked for when none was found (named in errors).
     """
 
     path: Path
@@ -31,6 +33,7 @@ class Sample:
     mask: Optional[Path] = None
     group: str = "good"
     relpath: Optional[str] = None
+    expected_mask: Optional[Path] = None
 
 
 class AnomalyDataset(Dataset):

@@ -1,39 +1,78 @@
 """Finding, decoding and converting images and masks.
 
-Rules (documented in the README, one test each):
+Rules (documented in the README, one test each). Every error below is a
+:class:`~lightning_ad.errors.DataError` (``ImageDecodeError`` or ``MaskError``)
+whose message names the file(s) at fault and what to do; the command line prints
+it without a traceback and exits with status 2.
+
+Folders
+    * Files are images by extension (:data:`IMAGE_EXTENSIONS`, case-insensitive).
+      Hidden files (``.DS_Store``, ``._x.png``), ``Thumbs.db``, ``desktop.ini``,
+      sub-folders and files of other types (``.txt``, ``.json`` ...) in an image
+      folder are ignored. Files of image types that cannot be read here
+      (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`, e.g. ``.heic``) are skipped with a
+      warning that names the types; a folder with no readable image (missing,
+      empty, or holding only such files) is an error naming the folder.
 
 Images
-    * Files are images by extension (:data:`IMAGE_EXTENSIONS`, case-insensitive).
-      Hidden files (``.DS_Store``, ``._x.png``), ``Thumbs.db``, ``desktop.ini`` and
-      files of other types in an image folder are ignored. Files of image types that
-      cannot be read here (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`, e.g. ``.heic``) are
-      skipped with a warning; a folder with no readable image is an error.
-    * A file that fails to decode (zero bytes, truncated, corrupt) raises
-      :class:`~lightning_ad.errors.ImageDecodeError` naming it.
-    * Every PIL mode becomes 8-bit RGB: ``L``, ``LA``, ``P``, ``RGBA``, ``CMYK``,
-      ``YCbCr`` ... through PIL (alpha is dropped); 16-bit grayscale (``I;16*``, and
-      ``I``, taken as 16-bit data) is scaled by 255/65535, never clipped; ``F``
-      (float) is taken as [0, 1] when its maximum is at most 1, else as 16-bit data.
+    * A file with an image extension that fails to decode (zero bytes, truncated,
+      corrupt, not an image at all) raises :class:`~lightning_ad.errors.ImageDecodeError`
+      naming it. The datamodules check every image in ``setup``, before any
+      feature is extracted: PNGs by the CRC of every chunk, JPEGs by decoding
+      all their data at 1/8 scale, other types by a full decode (with the data
+      option ``skip_broken=true`` every image is fully decoded, and broken ones
+      are skipped and counted in a warning instead).
+    * The picture is taken as displayed: an EXIF orientation tag (cameras,
+      phones) is applied, to images and masks alike.
+    * Every mode becomes 8-bit RGB ``[H, W, 3]``: ``1``, ``L``, ``P``, ``RGB``,
+      ``CMYK``, ``YCbCr``, ``LAB`` ... through PIL; modes with alpha (``LA``,
+      ``PA``, ``RGBA``, ``P`` with transparency) drop the alpha channel (the colour
+      of transparent pixels is kept); 16-bit grayscale (``I;16*``, and ``I`` holding
+      values in 0..65535) is scaled by 255/65535 and rounded (65535 -> 255,
+      32768 -> 128, ``257 * v`` -> ``v``), never clipped; ``F`` (float) is taken as
+      [0, 1] data when all values lie in [0, 1], else as 16-bit data. Integer
+      values outside 0..65535, negative or non-finite float values, and modes PIL
+      cannot convert are refused (``ImageDecodeError``).
 
 Masks
-    * A mask becomes one channel: the maximum over colour channels (alpha ignored),
-      so a red-on-black mask counts.
-    * Binarisation at half range: >= 128 for 8-bit, >= 32768 for 16-bit, >= 0.5 for
-      float. Label-map masks whose values are only 0 and 1 count every 1. A mask
-      with positive values none of which reaches half range is ambiguous and refused.
+    * The mask of an image is looked up by the datamodule's name rule (MVTec:
+      ``ground_truth/<defect>/<stem>_mask.png``; folders: ``mask_pattern``). Its
+      errors (:class:`~lightning_ad.errors.MaskError`, or ``ImageDecodeError``
+      when the mask file does not decode) name the mask and its image.
+    * A mask becomes one channel: the maximum over the colour channels (so a
+      red-on-black mask counts), shown over black (a transparent pixel counts 0,
+      semi-transparent pixels are scaled by their alpha).
+    * Binarisation at half range: >= 128 for 8-bit, >= 32768 for 16-bit, >= 0.5
+      for float. Label-map masks whose values are only 0 and 1 count every 1. A
+      mask with positive values none of which reaches half range is ambiguous and
+      refused. A mask in which more than half of the pixels are neither 0 nor the
+      mask's largest value (a photograph saved as a mask) is refused.
     * A mask of another size but the same aspect ratio (within 1 %) as its image is
       resized to the image by nearest neighbour; another aspect ratio is refused
       with an error naming both files.
+    * Anomalous test images: either every one has a mask (an all-zero mask is
+      allowed: an anomaly without visible extent) or none has (then only
+      image-level metrics are computed, with a warning); some with and some
+      without is refused, naming the images and the mask files looked for.
+    * A mask found for a normal image must mark no pixel (an all-zero mask is
+      fine); one that marks pixels is refused, naming both files.
+
+Outputs
+    * Each sample carries ``relpath``, its path relative to its data set folder,
+      used to name output files. It is always relative, uses ``/``, and never
+      contains ``..`` (see :func:`safe_relpath`), so outputs derived from it stay
+      inside the output folder; two samples of one set never share it.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DataError, ImageDecodeError, MaskError
 
@@ -46,6 +85,7 @@ __all__ = [
     "image_size",
     "load_image",
     "load_mask",
+    "safe_relpath",
 ]
 
 #: Extensions read as images.
@@ -55,6 +95,27 @@ UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
     {".heic", ".heif", ".avif", ".gif", ".raw", ".dng", ".cr2", ".nef", ".arw", ".jp2", ".exr", ".svg", ".psd"}
 )
 _IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+
+# EXIF orientation -> the transpose that shows the picture as displayed (as PIL's ImageOps.exif_transpose).
+_ORIENTATION_TAG = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# A mask with more than this share of pixels neither 0 nor its maximum is not a mask.
+_MAX_INTERMEDIATE_SHARE = 0.5
+
+
+def _q(path: Optional[os.PathLike]) -> str:
+    return repr(str(path)) if path is not None else "'?'"
+
+
+# ---------------------------------------------------------------------- folders
 
 
 def is_image_file(path: Path) -> bool:
@@ -74,14 +135,19 @@ def list_images(folder: Path, *, recursive: bool = False, what: str = "image fol
         raise DataError(f"{what} {str(folder)!r} does not exist. Check the path (relative paths start from {str(Path.cwd())!r}).")
     if not folder.is_dir():
         raise DataError(f"{what} {str(folder)!r} is not a folder.")
-    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    try:
+        entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    except OSError as err:
+        raise DataError(f"{what} {str(folder)!r} cannot be listed ({type(err).__name__}: {err}).") from None
     images = [p for p in entries if is_image_file(p)]
-    unsupported = sorted({p.suffix.lower() for p in entries if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS})
+    unsupported_files = [
+        p for p in entries if p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS and not p.name.startswith(".")
+    ]
+    unsupported = sorted({p.suffix.lower() for p in unsupported_files})
     if unsupported:
-        count = sum(p.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS for p in entries)
         message = (
-            f"{what} {str(folder)!r}: {count} file(s) of unsupported image type(s) {unsupported} are skipped; "
-            f"convert them to one of {sorted(IMAGE_EXTENSIONS)}."
+            f"{what} {str(folder)!r}: {len(unsupported_files)} file(s) of unsupported image type(s) {unsupported} "
+            f"(e.g. {str(unsupported_files[0])!r}) are skipped; convert them to one of {sorted(IMAGE_EXTENSIONS)}."
         )
         if not images:
             raise DataError(message.replace("are skipped", "cannot be read") + " The folder has no readable image.")
@@ -95,87 +161,204 @@ def list_images(folder: Path, *, recursive: bool = False, what: str = "image fol
     return images
 
 
-def _open(path: Path) -> Image.Image:
+def safe_relpath(path: Path, root: Optional[Path]) -> str:
+    """``path`` relative to ``root`` as a POSIX string that never leaves it.
+
+    The result has no ``..``, no ``.`` and no drive or leading ``/``, so that an output
+    named after it stays inside any output folder. When ``path`` is not below ``root``
+    (or ``root`` is None) the file name alone is used.
+    """
+    name = Path(path).name
+    if root is not None:
+        rel = os.path.relpath(os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(root)))
+        parts = [p for p in PurePosixPath(rel.replace(os.sep, "/")).parts if p not in ("", ".")]
+        if parts and ".." not in parts and not os.path.isabs(rel):
+            return "/".join(parts)
+    return name
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+def _decode_message(path: Path, err: BaseException, mask_of: Optional[Path] = None, is_mask: bool = False) -> str:
     try:
-        return Image.open(path)
-    except FileNotFoundError:
-        raise DataError(f"image {str(path)!r} does not exist.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(_decode_message(path, err)) from None
-
-
-def _decode_message(path: Path, err: BaseException) -> str:
-    size = path.stat().st_size if path.exists() else -1
+        size = path.stat().st_size
+    except OSError:
+        size = -1
     detail = "the file is empty (0 bytes)" if size == 0 else f"{type(err).__name__}: {err}"
+    if is_mask or mask_of is not None:
+        of = f" of image {str(mask_of)!r}" if mask_of is not None else ""
+        return f"cannot decode mask {str(path)!r}{of}: {detail}. Replace the mask file."
     return (
         f"cannot decode image {str(path)!r}: {detail}. Replace or remove the file "
         "(or set the data option skip_broken=true to skip broken images with a warning)."
     )
 
 
-def check_image(path: Path, *, full: bool = False) -> Tuple[int, int]:
-    """Check that ``path`` is a readable image and return its ``(height, width)``.
+def _open(path: Path, mask_of: Optional[Path] = None, is_mask: bool = False) -> Image.Image:
+    is_mask = is_mask or mask_of is not None
+    what = "mask" if is_mask else "image"
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise DataError(f"{what} {str(path)!r} does not exist." + (f" (mask of image {str(mask_of)!r})" if mask_of else "")) from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise DataError(f"{what} {str(path)!r} cannot be opened ({type(err).__name__}: {err}).") from None
+    except Exception as err:  # noqa: BLE001 - any decoder failure is the file's fault
+        raise ImageDecodeError(_decode_message(path, err, mask_of, is_mask)) from None
 
-    Reads the header and verifies the file's structure (for PNG, every chunk's CRC);
-    ``full=True`` decodes all pixels, which also catches truncated JPEGs.
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation (1 when absent or unreadable), read from the header before any decoding."""
+    try:
+        if im.format == "PNG":  # PIL's PNG getexif() decodes the whole image: use what the header gave
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = im.getexif()
+        value = int(exif.get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block does not make the picture unusable
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def _oriented_hw(size: Tuple[int, int], orientation: int) -> Tuple[int, int]:
+    width, height = size
+    return (int(width), int(height)) if orientation in (5, 6, 7, 8) else (int(height), int(width))
+
+
+def _decode(path: Path, mask_of: Optional[Path] = None, is_mask: bool = False) -> Image.Image:
+    """Open, fully decode and orient ``path`` (errors name it)."""
+    im = _open(path, mask_of, is_mask)
+    try:
+        orientation = _orientation(im)
+        if im.size[0] < 1 or im.size[1] < 1:
+            raise ValueError(f"the image has no pixels ({im.size[0]}x{im.size[1]})")
+        im.load()
+        if orientation != 1:
+            rotated = im.transpose(_TRANSPOSE[orientation])
+            im.close()
+            im = rotated
+    except DataError:
+        im.close()
+        raise
+    except Exception as err:  # noqa: BLE001
+        im.close()
+        raise ImageDecodeError(_decode_message(path, err, mask_of, is_mask)) from None
+    return im
+
+
+def check_image(path: Path, *, full: bool = False) -> Tuple[int, int]:
+    """Check that ``path`` is a readable image and return its displayed ``(height, width)``.
+
+    PNG: the structure and the CRC of every chunk (a file that fails this but still
+    decodes is accepted); JPEG: all of its data decoded at 1/8 scale (catches truncated
+    files); other types, or ``full=True``: a full decode and conversion (:func:`load_image`).
     """
+    path = Path(path)
     if full:
         array = load_image(path)
         return int(array.shape[0]), int(array.shape[1])
     im = _open(path)
     try:
-        size = im.size
-        im.verify()
-    except Exception as err:  # noqa: BLE001 - any decoder failure is the file's fault
-        raise ImageDecodeError(_decode_message(path, err)) from None
+        orientation = _orientation(im)
+        size, fmt = im.size, im.format
+        if size[0] < 1 or size[1] < 1:
+            raise ImageDecodeError(f"image {str(path)!r} has no pixels ({size[0]}x{size[1]}). Replace or remove it.")
+        if fmt == "PNG":
+            try:
+                im.verify()
+            except Exception:  # noqa: BLE001 - confirm by decoding (raises with the decoder's reason)
+                array = load_image(path)
+                return int(array.shape[0]), int(array.shape[1])
+        elif fmt in ("JPEG", "MPO"):
+            try:
+                im.draft(im.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+                im.load()
+            except Exception as err:  # noqa: BLE001
+                raise ImageDecodeError(_decode_message(path, err)) from None
+        else:
+            array = load_image(path)
+            return int(array.shape[0]), int(array.shape[1])
     finally:
         im.close()
-    if size[0] < 1 or size[1] < 1:
-        raise ImageDecodeError(f"image {str(path)!r} has no pixels ({size[0]}x{size[1]}).")
-    return int(size[1]), int(size[0])
+    return _oriented_hw(size, orientation)
 
 
-def image_size(path: Path) -> Tuple[int, int]:
-    """``(height, width)`` from the header only."""
-    with _open(path) as im:
-        return int(im.size[1]), int(im.size[0])
+def image_size(path: Path, mask_of: Optional[Path] = None) -> Tuple[int, int]:
+    """Displayed ``(height, width)`` from the header only (EXIF orientation applied).
+
+    ``mask_of``: when ``path`` is the mask of that image (named in errors).
+    """
+    with _open(Path(path), mask_of) as im:
+        return _oriented_hw(im.size, _orientation(im))
 
 
-def _decode(path: Path) -> Image.Image:
-    im = _open(path)
-    try:
-        im.load()
-    except Exception as err:  # noqa: BLE001
-        im.close()
-        raise ImageDecodeError(_decode_message(path, err)) from None
-    return im
+def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
 
 
-def _sixteen_bit_to_uint8(array: np.ndarray) -> np.ndarray:
-    scaled = np.clip(array.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
-    return np.rint(scaled).astype(np.uint8)
+def _gray_to_uint8(im: Image.Image, path: Path) -> np.ndarray:
+    """``I;16*``, ``I`` and ``F`` images -> ``[H, W]`` uint8 (see the module rules)."""
+    values = np.asarray(im)
+    if im.mode == "F":
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all() or (values.size and values.min() < 0):
+            raise ImageDecodeError(
+                f"image {str(path)!r} is a float image with negative, NaN or infinite values: they have no "
+                "brightness. Save it as an 8- or 16-bit image."
+            )
+        if values.size and values.max() <= 1.0:
+            return np.rint(values * 255.0).astype(np.uint8)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageDecodeError(
+            f"image {str(path)!r} (mode {im.mode}) has values from {values.min():g} to {values.max():g}, outside "
+            "the 16-bit range 0..65535: its brightness scale is unknown. Save it as an 8- or 16-bit image."
+        )
+    return _sixteen_bit_to_uint8(values)
+
+
+def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _gray_to_uint8(im, path)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    elif mode == "La":
+        im = im.convert("LA")
+    rgb = np.array(im.convert("RGB"), dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"conversion of mode {mode} gave shape {rgb.shape}")
+    return rgb
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Decode ``path`` into an ``[H, W, 3]`` uint8 RGB array (see the module rules)."""
+    """Decode ``path`` into an ``[H, W, 3]`` uint8 RGB array, as displayed (see the module rules)."""
     path = Path(path)
-    with _decode(path) as im:
-        mode = im.mode
-        if mode.startswith("I;16") or mode == "I":
-            gray = _sixteen_bit_to_uint8(np.asarray(im))
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        if mode == "F":
-            values = np.asarray(im, dtype=np.float64)
-            finite = values[np.isfinite(values)]
-            if finite.size and finite.max() <= 1.0:
-                gray = np.rint(np.clip(np.nan_to_num(values), 0, 1) * 255).astype(np.uint8)
-            else:
-                gray = _sixteen_bit_to_uint8(np.nan_to_num(values))
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        if mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        rgb = im.convert("RGB")
-        return np.array(rgb, dtype=np.uint8)
+    im = _decode(path)
+    try:
+        return _to_rgb(im, path)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - modes PIL cannot convert, broken palettes ...
+        raise ImageDecodeError(
+            f"cannot convert image {str(path)!r} (mode {im.mode}) to RGB: {type(err).__name__}: {err}. "
+            "Save it as an 8-bit RGB or grayscale image."
+        ) from None
+    finally:
+        im.close()
+
+
+# ---------------------------------------------------------------------- masks
+
+
+def _over_black(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """8-bit colour shown over black with 8-bit alpha, rounded."""
+    return ((colour.astype(np.uint32) * alpha.astype(np.uint32) + 127) // 255).astype(np.uint8)
 
 
 def _mask_array(im: Image.Image) -> Tuple[np.ndarray, float]:
@@ -186,55 +369,71 @@ def _mask_array(im: Image.Image) -> Tuple[np.ndarray, float]:
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         mode = im.mode
-    if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = np.asarray(im.convert("RGB"))
-        return rgb.max(axis=2), 128
-    if mode in ("LA", "La", "PA"):
-        return np.asarray(im.getchannel(0)), 128
+    if mode in ("RGBA", "LA", "PA"):
+        rgba = np.asarray(im.convert("RGBA"))
+        return _over_black(rgba[:, :, :3].max(axis=2), rgba[:, :, 3]), 128
+    if mode == "La":  # alpha already applied to the colour
+        return np.asarray(im.convert("LA"))[:, :, 0], 128
     if mode == "L":
         return np.asarray(im), 128
     if mode.startswith("I;16") or mode == "I":
         return np.asarray(im).astype(np.int64), 32768
     if mode == "F":
         return np.asarray(im, dtype=np.float64), 0.5
-    return np.asarray(im.convert("L")), 128
+    rgb = np.asarray(im.convert("RGB"))  # RGB, RGBa (premultiplied), CMYK, YCbCr, LAB, HSV ...
+    return rgb.max(axis=2), 128
 
 
 def load_mask(path: Path, image_hw: Optional[Tuple[int, int]] = None, image_path: Optional[Path] = None) -> np.ndarray:
-    """Decode a mask into a boolean ``[H, W]`` array (see the module rules).
+    """Decode a mask into a boolean ``[H, W]`` array, as displayed (see the module rules).
 
     Args:
         path: the mask file.
-        image_hw: ``(height, width)`` of its image: the mask is checked against it and
-            resized to it (nearest neighbour) when only the resolution differs.
+        image_hw: displayed ``(height, width)`` of its image: the mask is checked against
+            it and resized to it (nearest neighbour) when only the resolution differs.
         image_path: the image, named in errors.
     """
     path = Path(path)
-    with _decode(path) as im:
+    of = f" of image {str(image_path)!r}" if image_path is not None else ""
+    im = _decode(path, mask_of=image_path, is_mask=True)
+    try:
         values, half = _mask_array(im)
+    except Exception as err:  # noqa: BLE001
+        raise MaskError(f"mask {str(path)!r}{of} (mode {im.mode}) cannot be read as a mask: {type(err).__name__}: {err}.") from None
+    finally:
+        im.close()
     if values.ndim != 2:
-        raise MaskError(f"mask {str(path)!r} is not a 2-D image (shape {values.shape}).")
-    maximum = float(np.nanmax(values)) if values.size else 0.0
+        raise MaskError(f"mask {str(path)!r}{of} is not a 2-D image (shape {values.shape}).")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise MaskError(f"mask {str(path)!r}{of} holds NaN or infinite values. Save masks as 0 / 255 images.")
+    maximum = float(values.max()) if values.size else 0.0
     if maximum <= 1 and half > 1:
         mask = values > 0  # label-map masks: {0, 1}
     else:
         mask = values >= half
         if maximum > 0 and not mask.any():
             raise MaskError(
-                f"mask {str(path)!r} has positive values up to {maximum:g} but none reaches half range "
+                f"mask {str(path)!r}{of} has positive values up to {maximum:g} but none reaches half range "
                 f"({half:g}): it is ambiguous. Save masks as 0 for normal and the maximum value (255 for "
                 "8-bit) for anomalous pixels."
             )
+        if maximum > 0:
+            intermediate = float(((values > 0) & (values < maximum)).mean())
+            if intermediate > _MAX_INTERMEDIATE_SHARE:
+                raise MaskError(
+                    f"mask {str(path)!r}{of}: {intermediate:.0%} of its pixels are neither 0 nor its maximum "
+                    f"{maximum:g}: it does not look like a mask (a photograph?). Masks are 0 for normal and the "
+                    "maximum value for anomalous pixels (soft edges are allowed)."
+                )
     if image_hw is not None and tuple(mask.shape) != tuple(image_hw):
         mh, mw = mask.shape
         ih, iw = image_hw
         if abs((mw / mh) / (iw / ih) - 1.0) > 0.01:
             raise MaskError(
-                f"mask {str(path)!r} is {mw}x{mh} pixels but its image "
-                f"{str(image_path) if image_path else '?'!r} is {iw}x{ih}: the aspect ratios differ, so the "
-                "mask cannot be aligned. Provide a mask of the image's size."
+                f"mask {str(path)!r} is {mw}x{mh} pixels but its image {_q(image_path)} is {iw}x{ih}: the "
+                "aspect ratios differ, so the mask cannot be aligned. Provide a mask of the image's size."
             )
-        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.NEAREST)
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.Resampling.NEAREST)
         mask = np.asarray(resized) > 127
     return mask
 
