@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
-from .io import check_image, image_size, list_images, load_mask
+from .io import check_image, image_size, list_images, load_mask, safe_relpath
 from .transforms import Preprocess, Size
 
 __all__ = ["AnomalyDataModule", "interleaved_split", "default_num_workers"]
@@ -125,32 +125,43 @@ class AnomalyDataModule(pl.LightningDataModule):
 
     @staticmethod
     def _check_masks(samples: List[Sample]) -> None:
-        """Masks align with their images; normal images' masks mark nothing; annotation is all or none."""
+        """Every mask decodes and aligns with its image; normal images' masks mark nothing;
+        annotation is all or none (see the rules in :mod:`lightning_ad.data.io`)."""
         anomalous = [s for s in samples if s.label == ANOMALOUS]
         with_mask = [s for s in anomalous if s.mask is not None]
         if with_mask and len(with_mask) != len(anomalous):
             missing = [s for s in anomalous if s.mask is None]
-            names = ", ".join(repr(str(s.path)) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            names = ", ".join(
+                repr(str(s.path)) + (f" (no mask {str(s.expected_mask)!r})" if s.expected_mask is not None else "")
+                for s in missing[:5]
+            ) + (" ..." if len(missing) > 5 else "")
             raise MaskError(
                 f"{len(missing)} of {len(anomalous)} anomalous test images have no mask while the others do: "
-                f"{names}. Add their masks (an empty mask is allowed) or remove the images."
+                f"{names}. Add their masks (an all-zero mask is allowed) or remove the images."
             )
         for sample in samples:
             if sample.mask is None:
                 continue
-            image_hw = image_size(sample.path)
-            mask_hw = image_size(sample.mask)
-            if mask_hw != image_hw:
-                (mh, mw), (ih, iw) = mask_hw, image_hw
-                if abs((mw / mh) / (iw / ih) - 1.0) > 0.01:
-                    raise MaskError(
-                        f"mask {str(sample.mask)!r} is {mw}x{mh} pixels but its image {str(sample.path)!r} is "
-                        f"{iw}x{ih}: the aspect ratios differ, so the mask cannot be aligned."
-                    )
-            if sample.label == NORMAL and load_mask(sample.mask, image_hw, sample.path).any():
+            # the full mask is read here (not only its header): a mask that does not decode,
+            # is ambiguous or does not fit stops setup, not the test epoch
+            mask = load_mask(sample.mask, image_size(sample.path), sample.path)
+            if sample.label == NORMAL and mask.any():
                 raise MaskError(
-                    f"mask {str(sample.mask)!r} marks anomalous pixels but its image {str(sample.path)!r} is "
-                    "labelled normal. Move the image to a defect folder, or clear the mask."
+                    f"mask {str(sample.mask)!r} marks {int(mask.sum())} anomalous pixel(s) but its image "
+                    f"{str(sample.path)!r} is labelled normal. Move the image to a defect folder, or clear the mask."
+                )
+
+    @staticmethod
+    def _check_relpaths(samples: Sequence[Sample], what: str) -> None:
+        """Outputs are named after ``relpath``: two samples of a set must not share one."""
+        seen: Dict[str, Sample] = {}
+        for sample in samples:
+            key = sample.relpath if sample.relpath is not None else sample.path.name
+            other = seen.setdefault(key, sample)
+            if other is not sample:
+                raise DataError(
+                    f"the {what} holds two images that would name the same output {key!r}: {str(other.path)!r} and "
+                    f"{str(sample.path)!r}. Rename one of them (or give their folders different names)."
                 )
 
     # ------------------------------------------------------------------ setup
@@ -158,6 +169,7 @@ class AnomalyDataModule(pl.LightningDataModule):
     def _labelled_samples(self) -> List[Sample]:
         if self._labelled is None:
             samples = self._check_images(self.collect_test(), "test set")
+            self._check_relpaths(samples, "test set")
             self._check_masks(samples)
             if not any(s.label == ANOMALOUS for s in samples) or not any(s.label == NORMAL for s in samples):
                 present = "anomalous" if any(s.label == ANOMALOUS for s in samples) else "normal"
@@ -209,9 +221,8 @@ class AnomalyDataModule(pl.LightningDataModule):
             else:
                 root = Path(self.predict_dir)
                 files = list_images(root, recursive=True, what="predict_dir")
-                samples = [
-                    Sample(p, UNLABELLED, None, "predict", str(p.relative_to(root))) for p in files
-                ]
+                samples = [Sample(p, UNLABELLED, None, "predict", safe_relpath(p, root)) for p in files]
+                self._check_relpaths(samples, "predict set")
                 self.predict_dataset = AnomalyDataset(self._check_images(samples, "predict set"), self.preprocess)
 
     # ------------------------------------------------------------------ loaders

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..errors import ConfigurationError, DataError
+from ..errors import ConfigurationError, DataError, MaskError
 from .datamodule import AnomalyDataModule, interleaved_split
 from .dataset import ANOMALOUS, NORMAL, Sample
-from .io import list_images
+from .io import list_images, safe_relpath
 from .transforms import Size
 
 __all__ = ["FolderDataModule"]
@@ -30,7 +31,16 @@ class FolderDataModule(AnomalyDataModule):
       (mirroring each image folder's name below it) or, when ``mask_dir`` is None,
       beside the image. Files that are the mask of another image are not images. With
       ``mask_pattern=None``, or when no defective image has a mask, the set is served
-      for image-level metrics only; when some have masks and others not, it is an error.
+      for image-level metrics only; when some have masks and others not, it is an error,
+      and so it is when ``mask_dir`` is set but holds no mask of a defective image.
+      A mask found for a normal test image must be empty. The other mask rules are
+      those of :mod:`lightning_ad.data.io`.
+    * Every folder has one role: ``normal_dir``, ``normal_test_dir`` and the
+      ``abnormal_dirs`` entries must be distinct folders (else an error).
+    * Groups (and the first part of the defective images' ``relpath``) are the
+      folders' paths below ``root``, or their names; folders of the same name
+      (``cam1/defect``, ``cam2/defect``) are named by their paths below their common
+      folder. With ``mask_dir`` such folders are an error (their masks would mix).
 
     Relative folders are taken from ``root`` when it is set.
 
@@ -81,12 +91,48 @@ class FolderDataModule(AnomalyDataModule):
         return path if path.is_absolute() or self.root is None else self.root / path
 
     def _group(self, folder: Path) -> str:
-        if self.root is not None:
-            try:
-                return str(folder.relative_to(self.root))
-            except ValueError:
-                pass
-        return folder.name
+        """Name of a folder's group (and first part of its images' ``relpath``): below ``root``
+        when it lies there, else its name; made unique among ``abnormal_dirs``."""
+        groups = self._abnormal_groups()
+        for other, name in zip(self.abnormal_dirs, groups):
+            if other == folder:
+                return name
+        return safe_relpath(folder, self.root) if self.root is not None else folder.name
+
+    def _abnormal_groups(self) -> List[str]:
+        names = [safe_relpath(d, self.root) if self.root is not None else d.name for d in self.abnormal_dirs]
+        if len(set(names)) < len(names):  # e.g. cam1/defect and cam2/defect: name them below their common folder
+            base = os.path.commonpath([os.path.abspath(d) for d in self.abnormal_dirs])
+            names = [safe_relpath(d, Path(base)) for d in self.abnormal_dirs]
+        return names
+
+    def _check_folders(self) -> None:
+        """The folders are distinct (a normal image must never be tested as anomalous, nor trained on and tested)."""
+        roles = [("normal_dir", self.normal_dir)]
+        if self.normal_test_dir is not None:
+            roles.append(("normal_test_dir", self.normal_test_dir))
+        roles += [("abnormal_dirs entry", d) for d in self.abnormal_dirs]
+        seen: Dict[str, tuple] = {}
+        for role, folder in roles:
+            key = os.path.normcase(os.path.realpath(folder))
+            if key in seen:
+                raise ConfigurationError(
+                    f"{role} {str(folder)!r} is the same folder as {seen[key][0]} {str(seen[key][1])!r}: each folder "
+                    "may have one role only (training on test images, or testing normal images as anomalous, "
+                    "gives results that look valid but are not)."
+                )
+            seen[key] = (role, folder)
+        if self.mask_dir is not None:
+            if not self.mask_dir.is_dir():
+                raise DataError(f"mask_dir {str(self.mask_dir)!r} does not exist or is not a folder.")
+            names = [d.name for d in self.abnormal_dirs]
+            clash = sorted({n for n in names if names.count(n) > 1})
+            if clash:
+                raise ConfigurationError(
+                    f"abnormal_dirs has several folders named {clash}: their masks would all be looked up in "
+                    f"{str(self.mask_dir / clash[0])!r}. Rename the folders, or keep the masks beside the images "
+                    "(mask_dir: null)."
+                )
 
     def _mask_of(self, image: Path) -> Optional[Path]:
         if self.mask_pattern is None:
@@ -105,6 +151,7 @@ class FolderDataModule(AnomalyDataModule):
         return images
 
     def _normal_split(self) -> tuple:
+        self._check_folders()
         normals = self._images(self.normal_dir, "normal_dir")
         if self.normal_test_dir is not None:
             return normals, self._images(self.normal_test_dir, "normal_test_dir")
@@ -127,12 +174,20 @@ class FolderDataModule(AnomalyDataModule):
         for path in normal_test:
             mask = self._mask_of(path)
             samples.append(Sample(path, NORMAL, mask if mask is not None and mask.is_file() and mask != path else None, "good", path.name))
-        for folder in self.abnormal_dirs:
-            group = self._group(folder)
+        for folder, group in zip(self.abnormal_dirs, self._abnormal_groups()):
             for path in self._images(folder, "abnormal_dirs entry"):
                 mask = self._mask_of(path)
                 found = mask if mask is not None and mask.is_file() and mask != path else None
-                samples.append(Sample(path, ANOMALOUS, found, group, f"{group}/{path.name}"))
-        if self.mask_pattern is not None and not any(s.mask for s in samples if s.label == ANOMALOUS):
+                expected = mask if found is None and mask != path else None
+                samples.append(Sample(path, ANOMALOUS, found, group, f"{group}/{path.name}", expected))
+        anomalous = [s for s in samples if s.label == ANOMALOUS]
+        if self.mask_pattern is not None and anomalous and not any(s.mask for s in anomalous):
+            if self.mask_dir is not None:
+                example = anomalous[0]
+                raise MaskError(
+                    f"mask_dir {str(self.mask_dir)!r} is set but holds no mask of an anomalous image: e.g. the mask "
+                    f"of {str(example.path)!r} must be {str(example.expected_mask)!r} (mask_pattern="
+                    f"{self.mask_pattern!r}, below mask_dir/<image folder name>/). Fix the names, or unset mask_dir."
+                )
             rank_zero_info(f"no mask found with mask_pattern={self.mask_pattern!r}: image-level metrics only.")
         return samples

@@ -7,10 +7,10 @@ from typing import List, Optional
 
 from pytorch_lightning.utilities import rank_zero_warn
 
-from ..errors import DataError
+from ..errors import DataError, MaskError
 from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample
-from .io import list_images
+from .io import list_images, safe_relpath
 from .transforms import Size
 
 __all__ = ["MVTecDataModule", "mvtec_categories"]
@@ -30,8 +30,12 @@ class MVTecDataModule(AnomalyDataModule):
     ``train/good`` gives the normal training images; every folder of ``test`` is a
     test group (``good`` normal, the others anomalous), and the mask of
     ``test/<defect>/<stem>.<ext>`` is ``ground_truth/<defect>/<stem>_mask.png``.
-    Without a ``ground_truth`` folder the category is served for image-level metrics
-    only.
+    Without a ``ground_truth`` folder (or with an empty one) the category is served
+    for image-level metrics only, with a warning. A ``ground_truth`` folder that
+    holds files none of which is the mask of an anomalous test image is an error
+    (masks named by another rule would otherwise be silently ignored). A mask found
+    for a ``test/good`` image (``ground_truth/good/<stem>_mask.png``) must be empty.
+    The other mask rules are those of :mod:`lightning_ad.data.io`.
 
     Args:
         root: folder holding the categories.
@@ -65,6 +69,17 @@ class MVTecDataModule(AnomalyDataModule):
                     f"from {str(Path.cwd())!r})."
                 )
             present = mvtec_categories(self.root)
+            if folder.is_dir() and self.category:
+                raise DataError(
+                    f"MVTec category folder {str(folder)!r} has no train/good folder (incomplete copy?). "
+                    f"Categories present: {present if present else 'none'}."
+                )
+            if (self.root / "train" / "good").is_dir():
+                raise DataError(
+                    f"MVTec category {self.category!r} not found under {str(self.root)!r}, which looks like a "
+                    f"category folder itself (it holds train/good): set root to {str(self.root.parent)!r} and "
+                    f"category to {self.root.name!r}."
+                )
             raise DataError(
                 f"MVTec category {self.category!r} not found under {str(self.root)!r} "
                 f"(no folder {str(folder / 'train' / 'good')!r}). Categories present: "
@@ -74,7 +89,8 @@ class MVTecDataModule(AnomalyDataModule):
 
     def collect_train(self) -> List[Sample]:
         folder = self.category_dir / "train" / "good"
-        return [Sample(p, NORMAL, None, "good", str(p.relative_to(self.category_dir))) for p in list_images(folder, what="MVTec training folder")]
+        base = self.category_dir
+        return [Sample(p, NORMAL, None, "good", safe_relpath(p, base)) for p in list_images(folder, what="MVTec training folder")]
 
     def collect_test(self) -> List[Sample]:
         base = self.category_dir
@@ -85,16 +101,30 @@ class MVTecDataModule(AnomalyDataModule):
         if not groups:
             raise DataError(f"MVTec test folder {str(test_dir)!r} has no subfolder (expected good/ and defect folders).")
         truth = base / "ground_truth"
-        annotated = truth.is_dir()
+        annotated = truth.is_dir() and any(p.is_file() for p in truth.rglob("*") if not p.name.startswith("."))
         if not annotated:
-            rank_zero_warn(f"{str(truth)!r} does not exist: test images have no masks (image-level metrics only).")
+            rank_zero_warn(
+                f"{str(truth)!r} does not exist or holds no file: test images have no masks (image-level metrics only)."
+            )
         samples: List[Sample] = []
         for group in groups:
             label = NORMAL if group.name == "good" else ANOMALOUS
             for path in list_images(group, what="MVTec test folder"):
-                mask = None
-                if label == ANOMALOUS and annotated:
+                mask, expected = None, None
+                if annotated:
                     candidate = truth / group.name / f"{path.stem}_mask.png"
-                    mask = candidate if candidate.is_file() else None
-                samples.append(Sample(path, label, mask, group.name, str(path.relative_to(base))))
+                    if candidate.is_file():
+                        mask = candidate
+                    elif label == ANOMALOUS:
+                        expected = candidate
+                samples.append(Sample(path, label, mask, group.name, safe_relpath(path, base), expected))
+        anomalous = [s for s in samples if s.label == ANOMALOUS]
+        if annotated and anomalous and not any(s.mask is not None for s in anomalous):
+            example = anomalous[0]
+            raise MaskError(
+                f"{str(truth)!r} holds files but none is the mask of an anomalous test image: e.g. the mask of "
+                f"{str(example.path)!r} must be {str(example.expected_mask)!r} (MVTec rule "
+                "ground_truth/<defect>/<stem>_mask.png). Rename the masks, or remove the ground_truth folder "
+                "for image-level metrics only."
+            )
         return samples
