@@ -23,7 +23,6 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from PIL import Image
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback
 from pytorch_lightning.loggers import TensorBoardLogger
