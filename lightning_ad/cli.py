@@ -36,6 +36,13 @@ class SpadeCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(TestReport, "test_report")
 
+    def predict(self, **kwargs) -> None:
+        """``trainer.predict``; the prediction writer saves every result, so by default
+        (``return_predictions`` unset) the maps are not also kept in memory."""
+        if kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False
+        self.trainer.predict(**kwargs)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         callback = trainer.checkpoint_callback

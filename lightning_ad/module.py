@@ -414,6 +414,7 @@ class Spade(pl.LightningModule):
             "labels": data["label"],
             "masks": data["mask"],
             "paths": data["path"],
+            "relpaths": list(data.get("relpath", [os.path.basename(p) for p in data["path"]])),
             "indices": data["index"],
         }
 
@@ -531,6 +532,7 @@ class Spade(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._require_fitted()
         self._eval_parts = []
+        self.test_results = None
         self._fallback_index = 0
 
     def test_step(self, batch: Any, batch_idx: int) -> Dict[str, Any]:

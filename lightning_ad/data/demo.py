@@ -46,7 +46,7 @@ DEMO_DEFECT_TYPES: Tuple[str, ...] = ("scratch", "stain", "hole")
 DEMO_MASK_FRACTION: Tuple[float, float] = (0.003, 0.05)
 
 # Bump when the pictures change, so that old folders are not mistaken for new.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _GENERATOR = "lightning_ad.data.demo"
 _MARKER = ".complete"  # written last; holds the arguments as JSON
 _STAMP = ".lightning_ad_demo.json"  # written first; "this folder is ours"
@@ -375,7 +375,7 @@ def _render(rng: np.random.Generator, size: int, kind: str):
     cx = S / 2 + rng.uniform(-4, 4) * s
     cy = S / 2 + rng.uniform(-4, 4) * s
     scale = 1.0 + rng.uniform(-0.012, 0.012)
-    rot = rng.uniform(0, 2 * np.pi)
+    rot = 0.3 + rng.normal(0, np.deg2rad(2.5))  # a fixtured part: small rotation jitter
     light = np.deg2rad(-135 + rng.normal(0, 12))  # light comes from top-left
     lx, ly = _F(np.cos(light)), _F(np.sin(light))
     gain = rng.normal(1.0, 0.035)
