@@ -98,7 +98,7 @@ class Spade(pl.LightningModule):
         bank_dtype: str = "float32",
         knn_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         threshold_method: str = "quantile",
-        image_quantile: float = 0.99,
+        image_quantile: float = 0.95,
         pixel_quantile: float = 0.999,
         threshold_samples: Optional[int] = 32,
         image_threshold: Optional[float] = None,
