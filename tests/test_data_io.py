@@ -70,6 +70,13 @@ def test_unsupported_images_beside_readable_ones_are_skipped_with_a_warning(tmp_
         assert [p.name for p in list_images(tmp_path)] == ["a.png"]
 
 
+def test_images_only_in_a_subfolder_are_named_in_the_error(tmp_path):
+    nested = _save(tmp_path / "good" / "copy" / "000.png", Image.fromarray(_rgb()))
+    with pytest.raises(DataError, match=rf"'{tmp_path / 'good'}' holds no image.*Subfolders are not searched, and '{nested}' lies in one"):
+        list_images(tmp_path / "good")
+    assert list_images(tmp_path / "good", recursive=True) == [nested]
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "file", "only_text"])
 def test_missing_or_empty_folder_is_an_error_naming_it(tmp_path, case):
     folder = tmp_path / "images"

@@ -12,7 +12,9 @@ Folders
       folder are ignored. Files of image types that cannot be read here
       (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`, e.g. ``.heic``) are skipped with a
       warning that names the types; a folder with no readable image (missing,
-      empty, or holding only such files) is an error naming the folder.
+      empty, or holding only such files) is an error naming the folder. Image
+      folders are not searched recursively (except ``predict_dir``): images found
+      only in subfolders are named in that error.
 
 Images
     * A file with an image extension that fails to decode (zero bytes, truncated,
@@ -153,10 +155,12 @@ def list_images(folder: Path, *, recursive: bool = False, what: str = "image fol
             raise DataError(message.replace("are skipped", "cannot be read") + " The folder has no readable image.")
         warnings.warn(message, UserWarning, stacklevel=2)
     if not images:
+        nested = [] if recursive else [p for p in sorted(folder.rglob("*")) if is_image_file(p)][:1]
         raise DataError(
             f"{what} {str(folder)!r} holds no image file (extensions {sorted(IMAGE_EXTENSIONS)})"
             + (" in it or its subfolders" if recursive else "")
             + "."
+            + (f" Subfolders are not searched, and {str(nested[0])!r} lies in one: move the images up." if nested else "")
         )
     return images
 
