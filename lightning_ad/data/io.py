@@ -59,11 +59,31 @@ Masks
     * A mask found for a normal image must mark no pixel (an all-zero mask is
       fine); one that marks pixels is refused, naming both files.
 
+Data sets (checked in ``setup``, before any feature is extracted)
+    * MVTec layout: a missing root, an unknown category (the error lists the
+      categories present), a category without ``train/good`` (an incomplete copy),
+      or a root that is itself a category folder are errors that say what to set.
+      A ``ground_truth`` folder that holds files none of which is
+      ``<defect>/<stem>_mask.png`` of an anomalous test image is an error (masks
+      named by another rule would otherwise be ignored); a missing or empty one
+      means image-level metrics only, with a warning. ``ground_truth/good`` masks,
+      when present, must be empty.
+    * Folder layout: ``normal_dir``, ``normal_test_dir`` and the ``abnormal_dirs``
+      entries must be distinct folders (training on test images, or testing normal
+      images as anomalous, gives results that look valid but are not); a
+      ``mask_dir`` that is set must exist and hold the mask of at least one
+      anomalous image.
+    * The model refuses, when fit starts and before any image is read, an
+      ``image_k`` or ``gallery_k`` larger than the number of training images left
+      after skipping broken ones; an unknown backbone or pyramid level is refused
+      when the model is built.
+
 Outputs
     * Each sample carries ``relpath``, its path relative to its data set folder,
       used to name output files. It is always relative, uses ``/``, and never
       contains ``..`` (see :func:`safe_relpath`), so outputs derived from it stay
-      inside the output folder; two samples of one set never share it.
+      inside the output folder. Two samples of the test (or predict) set that would
+      share one is an error naming both images.
 """
 
 from __future__ import annotations
