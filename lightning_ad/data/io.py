@@ -73,7 +73,7 @@ Data sets (checked in ``setup``, before any feature is extracted)
       images as anomalous, gives results that look valid but are not); a
       ``mask_dir`` that is set must exist and hold the mask of at least one
       anomalous image.
-    * The model refuses, when fit starts and before any image is read, an
+    * The model refuses, when fit starts and before any feature is extracted, an
       ``image_k`` or ``gallery_k`` larger than the number of training images left
       after skipping broken ones; an unknown backbone or pyramid level is refused
       when the model is built.
