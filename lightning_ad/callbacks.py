@@ -347,7 +347,7 @@ class PredictionWriter(BasePredictionWriter):
                 if name:
                     target = out / name
                     if not _is_within(target, out) or os.path.realpath(target) in inputs:
-                        raise RuntimeError(f"refusing to write {str(target)!r}: it would leave the output folder or replace an input")
+                        raise ConfigurationError(f"refusing to write {str(target)!r}: it would leave the output folder or replace an input")
             if map_name:
                 save_map_tiff(out / map_name, maps[i])
             if overlay_name:

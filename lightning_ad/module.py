@@ -376,6 +376,18 @@ class Spade(pl.LightningModule):
                 "the checkpoint's bank was fitted with " + " and ".join(problems)
                 + ". Configure the model the same way (--model.backbone / --model.layers) or fit again."
             )
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting:
+            complete = "the bank was complete" if meta.get("bank_size") else "before the bank was complete"
+            raise CheckpointError(
+                f"fit cannot resume from a checkpoint (this one was saved {complete}): SPADE builds its bank in "
+                "one pass. Run fit again without ckpt_path."
+            )
+        if not meta.get("bank_size"):
+            raise CheckpointError(
+                "this checkpoint holds no memory bank: it was saved before fit completed (an interrupted fit, "
+                "or a checkpoint saved during the pass). Use the checkpoint written at the end of fit, or fit again."
+            )
 
     def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
         try:

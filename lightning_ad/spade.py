@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import FeatureExtractor, LEVEL_STRIDES, backbone_channels, build_backbone, validate_levels
+from .errors import NumericalError
 from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, grouped_knn, knn
 
@@ -57,10 +58,10 @@ class SpadeOutput(NamedTuple):
 
 
 def check_finite(tensor: Tensor, what: str) -> Tensor:
-    """Raise ``FloatingPointError`` if ``tensor`` holds NaN or infinity."""
+    """Raise :class:`~lightning_ad.errors.NumericalError` (a ``FloatingPointError``) on NaN or infinity."""
     if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise FloatingPointError(
+        raise NumericalError(
             f"{what} contain {bad} NaN or infinite values. Check the input images (all-constant or "
             "corrupt files) and, with mixed precision, try precision=32 or bank_dtype='float32'."
         )

@@ -201,9 +201,9 @@ def test_interrupted_fit_leaves_no_checkpoint_that_loads_as_fitted(data, tmp_pat
     assert len(written) >= 2  # the per-step checkpoints were written: they must not pass as fitted
     for path in written:
         assert torch.load(path, weights_only=True)["lightning_ad"]["bank_size"] == 0
-        loaded = Spade.load_from_checkpoint(path, weights="random")
-        assert loaded.model.is_fitted is False
-        with pytest.raises(ConfigurationError, match="the model has no memory bank"):
+        with pytest.raises(CheckpointError, match="holds no memory bank: it was saved before fit completed"):
+            Spade.load_from_checkpoint(path, weights="random")
+        with pytest.raises(CheckpointError, match="holds no memory bank"):
             trainer(tmp_path / "test").test(spade(), datamodule=datamodule(data), ckpt_path=path)
     assert not model.model.is_fitted
 
@@ -348,8 +348,6 @@ def test_console_command_exits_2_with_the_culprit(data, tmp_path):
 
 
 # ---------------------------------------------------------------------- rules that need changes outside the data layer
-# Strict xfails: each documents the expected behaviour; it starts to pass (and then fails as
-# XPASS) once the change named in its reason is made. Remove the marker then.
 
 
 def _mid_epoch_checkpoint(data: Path, tmp_path: Path) -> Path:
@@ -360,8 +358,6 @@ def _mid_epoch_checkpoint(data: Path, tmp_path: Path) -> Path:
     return folder / "last.ckpt"
 
 
-@pytest.mark.xfail(strict=True, reason="module.py: refuse fit(ckpt_path=...) from a checkpoint saved mid-pass "
-                   "(today: AssertionError in training_step; resuming would skip batches and build a partial bank)")
 def test_resuming_fit_from_a_mid_pass_checkpoint_is_refused(data, tmp_path):
     path = _mid_epoch_checkpoint(data, tmp_path)
     model = spade()
@@ -370,8 +366,6 @@ def test_resuming_fit_from_a_mid_pass_checkpoint_is_refused(data, tmp_path):
     assert not model.model.is_fitted
 
 
-@pytest.mark.xfail(strict=True, reason="spade.py check_finite: raise lightning_ad.errors.NumericalError "
-                   "(a FloatingPointError and a LightningADError) so that the CLI prints it without traceback")
 def test_nan_error_is_a_user_facing_error(data, tmp_path):
     from lightning_ad.errors import LightningADError, NumericalError
 
@@ -390,8 +384,6 @@ def _cli_checkpoint(data: Path, tmp_path: Path, capsys) -> Path:
     return Path(found[0])
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: check --ckpt_path before LightningCLI reads it (_parse_ckpt_path): "
-                   "a missing, truncated or non-PyTorch file must raise CheckpointError naming it")
 @pytest.mark.parametrize("kind", ["missing", "truncated", "text"])
 def test_cli_unreadable_checkpoint_is_named(data, tmp_path, capsys, kind):
     path = tmp_path / f"{kind}.ckpt"
@@ -403,8 +395,6 @@ def test_cli_unreadable_checkpoint_is_named(data, tmp_path, capsys, kind):
     assert code == 2 and str(path) in err and "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: LightningCLI._parse_ckpt_path silently replaces the user's "
-                   "--model.backbone/--model.layers with the checkpoint's; a conflict must raise CheckpointError")
 def test_cli_checkpoint_of_other_layers_is_refused(data, tmp_path, capsys):
     path = _cli_checkpoint(data, tmp_path, capsys)
     code, err = _run_cli(_cli_args(data, tmp_path / "out", "test", "--model.layers", "[1, 2]", "--ckpt_path", str(path)), capsys)

@@ -1,0 +1,103 @@
+"""The command line as a user runs it: the README's main command, configs, checkpoint rules."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, make_mvtec
+
+
+def run(args, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("LIGHTNING_AD_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "lightning_ad", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_readme_main_command_on_the_embedded_demo(tmp_path):
+    """`lightning-ad fit --config configs/spade_lite0_demo.yaml`: generates data, fits, tests, writes pictures."""
+    result = run(["fit", "--config", str(REPO / "configs" / "spade_lite0_demo.yaml"),
+                  "--trainer.enable_progress_bar", "false"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    for name in ("test/image_auroc", "test/pixel_auroc", "test/pro"):
+        assert name in out
+    values = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines()
+              if line.strip().startswith("test/") and len(line.split()) == 2}
+    assert values["test/pixel_auroc"] > 0.95 and values["test/image_auroc"] > 0.85
+    reports = list((tmp_path / "outputs" / "demo").rglob("test_report"))
+    assert len(reports) == 1
+    assert (reports[0] / "roc_image.png").stat().st_size > 0
+    assert len(list(reports[0].rglob("overlays/**/*.png"))) == 36  # every test image
+    assert len(list((tmp_path / "outputs" / "demo").rglob("*.ckpt"))) == 1
+
+
+def test_every_shipped_config_parses():
+    for config in sorted((REPO / "configs").glob("*.yaml")):
+        result = run(["fit", "--config", str(config), "--print_config"], REPO)
+        assert result.returncode == 0, (config.name, result.stderr[-2000:])
+        parsed = yaml.safe_load(result.stdout)
+        assert parsed["model"]["layers"] == [1, 2, 3] and parsed["model"]["kappa"] == 1
+        assert parsed["model"]["sigma"] == 4.0
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    data = make_mvtec(base / "data")
+    config = base / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "default_root_dir": str(base / "runs")},
+        "model": {"image_k": 3, "gallery_k": 3, "threshold_samples": 2},
+        "data": {"class_path": "lightning_ad.MVTecDataModule",
+                 "init_args": {"root": str(data), "category": "widget", "image_size": 64, "crop_size": 64,
+                               "batch_size": 4, "num_workers": 0}},
+    }))
+    result = run(["fit", "--config", str(config)], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (ckpt,) = sorted((base / "runs").rglob("*.ckpt"))
+    assert f"fitted checkpoint: {ckpt}" in result.stdout + result.stderr
+    return base, config, ckpt
+
+
+def _metrics(folder: Path) -> dict:
+    (path,) = sorted(folder.rglob("metrics.csv"))
+    with open(path) as handle:
+        return {k: float(v) for k, v in list(csv.DictReader(handle))[-1].items() if k.startswith("test/") and v}
+
+
+def test_configuration_given_at_test_time_wins_and_is_reported(fitted):
+    base, config, ckpt = fitted
+    logs = base / "k2"
+    result = run(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.image_k", "2",
+                  "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(logs)], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "differs from fit time in image_k 3 -> 2" in result.stdout + result.stderr
+    same = run(["test", "--config", str(config), "--ckpt_path", str(ckpt),
+                "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(base / "k3")], base)
+    assert same.returncode == 0 and "differs from fit time" not in same.stdout + same.stderr
+    # the image score really changed with K (pixel maps depend on gallery_k only)
+    k2, k3 = _metrics(logs), _metrics(base / "k3")
+    assert k2["test/pixel_auroc"] == k3["test/pixel_auroc"]
+
+
+def test_checkpoint_of_another_backbone_is_refused_by_name(fitted):
+    base, config, ckpt = fitted
+    result = run(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.backbone", "resnet18",
+                  "--model.weights", "random"], base)
+    assert result.returncode == 2
+    assert "backbone: checkpoint 'efficientnet_lite0', configured 'resnet18'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_fit_cannot_resume(fitted):
+    base, config, ckpt = fitted
+    result = run(["fit", "--config", str(config), "--ckpt_path", str(ckpt)], base)
+    assert result.returncode == 2 and "cannot resume" in result.stderr and "Traceback" not in result.stderr
