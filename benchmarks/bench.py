@@ -14,6 +14,8 @@ Prints a table:
   GPU), measured before the naive reference runs (that one needs gigabytes per image);
 * achieved GFLOP/s of the pixel kNN (2 (C + 1) flops per query-gallery pair) next to
   the GFLOP/s of a plain float32 matrix product measured in the same run;
+* the bank's size and the test metrics (image AUROC, pixel AUROC, PRO), e.g. to see the
+  effect of ``--bank-dtype float16``;
 * the same test on a naive reference (a full ``torch.cdist`` per image and level, as
   the public SPADE reimplementations do) on ``--naive-images`` test images, with the
   speed ratio and the largest relative score difference.
@@ -45,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from lightning_ad.data import MVTecDataModule  # noqa: E402
 from lightning_ad.filters import gaussian_blur  # noqa: E402
+from lightning_ad.metrics import binary_auroc, per_region_overlap  # noqa: E402
 from lightning_ad.spade import SpadeModel  # noqa: E402
 
 
@@ -134,6 +137,7 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
     pairs_flops = 0.0
     count = 0
     cached = []
+    all_scores, all_labels, all_maps, all_masks = [], [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start_all = time.perf_counter()
@@ -162,6 +166,10 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
                 b, c, h, w = fmap.shape
                 pairs_flops += 2.0 * (c + 1) * b * (h * w) * (gallery_k * h * w)
             count += images.shape[0]
+            all_scores.append(scores.cpu())
+            all_maps.append(maps.cpu())
+            all_labels.append(batch["label"])
+            all_masks.append(batch["mask"])
             if len(cached) * args.batch_size < args.naive_images:
                 cached.append((features, scores.cpu(), maps.cpu(), size))
     total = time.perf_counter() - start_all
@@ -173,6 +181,11 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
     if device.type == "cuda":
         figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     figures["matmul_gflops"] = matmul_gflops(device)
+    maps_cat, masks_cat = torch.cat(all_maps), torch.cat(all_masks)
+    figures["image_auroc"] = float(binary_auroc(torch.cat(all_scores), torch.cat(all_labels)))
+    figures["pixel_auroc"] = float(binary_auroc(maps_cat, masks_cat))
+    figures["pro"] = float(per_region_overlap(maps_cat, masks_cat, 0.3))
+    del maps_cat, masks_cat
 
     # ---- naive reference on the first images, same features
     if args.naive_images > 0:
@@ -245,7 +258,8 @@ def print_table(rows: List[Dict[str, float]], args: argparse.Namespace) -> None:
         ("post ms", "ms_post", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
         ("pixel kNN GFLOP/s", "pixel_knn_gflops", "{:.1f}"), ("matmul GFLOP/s", "matmul_gflops", "{:.1f}"),
         ("naive img/s", "naive_test_images_per_s", "{:.3f}"), ("speed-up", "speedup_vs_naive", "{:.1f}x"),
-        ("max rel diff", "max_rel_score_diff", "{:.1e}"),
+        ("max rel diff", "max_rel_score_diff", "{:.1e}"), ("bank MB", "bank_mb", "{:.1f}"),
+        ("image AUROC", "image_auroc", "{:.4f}"), ("pixel AUROC", "pixel_auroc", "{:.4f}"), ("PRO", "pro", "{:.4f}"),
     ]
     if any("peak_gpu_mb" in r for r in rows):
         columns.insert(8, ("peak GPU MB", "peak_gpu_mb", "{:.0f}"))
