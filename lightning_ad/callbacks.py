@@ -335,7 +335,10 @@ class PredictionWriter(BasePredictionWriter):
         images = _batch_images(batch) if self.write_overlays else None
         inputs = {os.path.realpath(p) for p in paths if p}
         hw = (int(maps.shape[-2]), int(maps.shape[-1]))
+        world, rank = trainer.world_size, trainer.global_rank
         for i in range(size):
+            if world > 1 and indices[i] is not None and int(indices[i]) % world != rank:
+                continue  # another process owns this image (a stand-in read by a rank that owns none)
             relpath = relpaths[i] if relpaths[i] else (os.path.basename(paths[i]) if paths[i] else f"{indices[i]}.png")
             base = self._names.claim(
                 relpath, indices[i],

@@ -112,3 +112,26 @@ def test_metrics_across_process_counts_and_checkpoint_round_trip(runs):
         assert got.keys() == reference.keys()
         for key, value in reference.items():
             assert got[key] == pytest.approx(value, rel=TOL, abs=TOL), (fitted, tested, key)
+
+
+def test_a_rank_without_images_does_not_hang(runs, tmp_path):
+    """One test image and one image to predict on 2 processes: one rank has nothing to do."""
+    base, config, ckpts = runs
+    data = make_mvtec(tmp_path / "one", n_train=4, n_good=0, n_bad=1)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "only.png").write_bytes((data / "widget" / "test" / "defect" / "000.png").read_bytes())
+    args = ["--config", str(config), "--ckpt_path", str(ckpts[1]), "--data.root", str(data)]
+    out = tmp_path / "pred"
+    cli(["predict", *args, "--data.predict_dir", str(single), "--prediction_writer.output_dir", str(out)], tmp_path, 2)
+    with open(out / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["path"]).name for r in rows] == ["only.png"]
+    # the test set has a single (anomalous) image: the padded copy on the other rank counts once
+    result = cli(["test", *args, "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "t")],
+                 tmp_path, 2)
+    assert "test set: 0 normal and 1 anomalous images" in result.stdout + result.stderr
+    (metrics,) = sorted((tmp_path / "t").rglob("metrics.csv"))
+    with open(metrics) as handle:
+        row = list(csv.DictReader(handle))[-1]
+    assert row["test/pixel_auroc"] and "test/image_auroc" not in row

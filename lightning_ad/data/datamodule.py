@@ -10,14 +10,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .io import check_image, image_size, list_images, load_mask, safe_relpath
 from .transforms import Preprocess, Size
 
-__all__ = ["AnomalyDataModule", "interleaved_split", "default_num_workers"]
+__all__ = ["AnomalyDataModule", "interleaved_split", "default_num_workers", "OwnerSampler"]
 
 
 def default_num_workers() -> int:
@@ -43,6 +44,27 @@ def interleaved_split(count: int, fraction: float) -> List[int]:
             return taken
         taken.append(position)
         j += 1
+
+
+class OwnerSampler(DistributedSampler):
+    """Rank ``r`` of ``w`` reads items ``r, r + w, r + 2w, ...`` (each item has one owner), no shuffling.
+
+    A rank that owns nothing (fewer items than ranks) reads item ``r % n`` so that every
+    rank runs the loop and reaches the collectives; consumers keep only the items they own
+    (``index % world_size == rank``). Lightning keeps a ``DistributedSampler`` it is given.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        count = len(dataset)
+        self.owned = list(range(rank, count, num_replicas)) or ([rank % count] if count else [])
+        self.num_samples = len(self.owned)
+
+    def __iter__(self):
+        return iter(self.owned)
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class AnomalyDataModule(pl.LightningDataModule):
@@ -251,7 +273,13 @@ class AnomalyDataModule(pl.LightningDataModule):
         return self._loader(self.test_dataset, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, "predict")
+        loader = self._loader(self.predict_dataset, "predict")
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Lightning's unrepeated sampler refuses fewer images than processes; this one does not.
+            sampler = OwnerSampler(loader.dataset, dist.get_world_size(), dist.get_rank())
+            loader = DataLoader(loader.dataset, batch_size=self.batch_size, sampler=sampler,
+                                num_workers=self.num_workers, drop_last=False)
+        return loader
 
     @property
     def image_shape(self) -> Tuple[int, int]:
