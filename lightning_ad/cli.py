@@ -103,6 +103,31 @@ class SpadeCLI(LightningCLI):
             kwargs["return_predictions"] = False
         self.trainer.predict(**kwargs)
 
+    def after_validate(self) -> None:
+        """With ``threshold_method: f1``, save the checkpoint with the thresholds set on the validation set.
+
+        It goes beside the given checkpoint as ``<name>-f1.ckpt`` (``-f1-2`` ... if that
+        exists); the given checkpoint is never modified.
+        """
+        model = self.model
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if getattr(model.hparams, "threshold_method", None) != "f1" or not ckpt_path:
+            return
+        if model.val_results is None:
+            rank_zero_info("validate: no validation image was scored (set --data.val_split); no checkpoint written.")
+            return
+        source = Path(ckpt_path)
+        target = source.with_name(f"{source.stem}-f1.ckpt")
+        counter = 2
+        while target.exists():
+            target = source.with_name(f"{source.stem}-f1-{counter}.ckpt")
+            counter += 1
+        self.trainer.save_checkpoint(target)
+        rank_zero_info(
+            f"checkpoint with F1-optimal thresholds (image {model.image_threshold:.6g}, pixel "
+            f"{model.pixel_threshold:.6g}): {target}"
+        )
+
     def before_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit") and self.datamodule is not None:
             self.datamodule.setup("test")  # test-set problems show up before the long extraction

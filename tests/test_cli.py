@@ -101,3 +101,20 @@ def test_fit_cannot_resume(fitted):
     base, config, ckpt = fitted
     result = run(["fit", "--config", str(config), "--ckpt_path", str(ckpt)], base)
     assert result.returncode == 2 and "cannot resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):
+    base, config, ckpt = fitted
+    before = ckpt.read_bytes()
+    result = run(["validate", "--config", str(config), "--ckpt_path", str(ckpt), "--model.threshold_method", "f1",
+                  "--data.val_split", "0.5"], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    calibrated = ckpt.with_name(ckpt.stem + "-f1.ckpt")
+    assert f"checkpoint with F1-optimal thresholds" in result.stdout + result.stderr and calibrated.is_file()
+    assert ckpt.read_bytes() == before  # the given checkpoint is untouched
+    import torch
+
+    old = torch.load(ckpt, weights_only=True)["state_dict"]
+    new = torch.load(calibrated, weights_only=True)["state_dict"]
+    assert torch.equal(old["model.bank_pooled"], new["model.bank_pooled"])
+    assert float(new["model.image_threshold"]) != float(old["model.image_threshold"])
