@@ -6,7 +6,6 @@ import urllib.error
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF

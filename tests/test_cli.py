@@ -110,7 +110,7 @@ def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):
                   "--data.val_split", "0.5"], base)
     assert result.returncode == 0, result.stderr[-3000:]
     calibrated = ckpt.with_name(ckpt.stem + "-f1.ckpt")
-    assert f"checkpoint with F1-optimal thresholds" in result.stdout + result.stderr and calibrated.is_file()
+    assert "checkpoint with F1-optimal thresholds" in result.stdout + result.stderr and calibrated.is_file()
     assert ckpt.read_bytes() == before  # the given checkpoint is untouched
     import torch
 

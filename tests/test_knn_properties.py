@@ -4,17 +4,16 @@ integer-level scores) with random shapes, odd sizes, offsets, ties and continuou
 
 from __future__ import annotations
 
-from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from scipy import ndimage
 
 from lightning_ad.knn import brute_force_knn, grouped_knn, knn
 from lightning_ad.metrics import binary_auroc, per_region_overlap
+from references import ref_auroc, ref_pro
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -117,12 +116,6 @@ def test_grouped_knn_matches_brute_force(b, q, n, p, c, m, kfrac, seed, scale, o
 # ---------------------------------------------------------------------- metrics
 
 
-def ref_auroc(scores: np.ndarray, target: np.ndarray) -> float:
-    pos, neg = scores[target], scores[~target]
-    wins = (pos[:, None] > neg[None, :]).sum() * 2 + (pos[:, None] == neg[None, :]).sum()
-    return float(Fraction(int(wins), 2 * pos.size * neg.size))
-
-
 finite = st.floats(min_value=0.0, max_value=1e30, allow_nan=False, allow_infinity=False, allow_subnormal=True)
 
 
@@ -140,29 +133,6 @@ def test_auroc_of_continuous_raw_scores_matches_pair_count(values, as_float32):
     assert binary_auroc(torch.from_numpy(transformed), torch.from_numpy(target)).item() == pytest.approx(got, abs=1e-12)
     # the complementary labelling
     assert binary_auroc(torch.from_numpy(scores), torch.from_numpy(~target)).item() == pytest.approx(1.0 - got, abs=1e-12)
-
-
-def ref_pro(maps: np.ndarray, masks: np.ndarray, max_fpr: float) -> float:
-    """Every distinct threshold: binarise, measure each 8-connected region's overlap and the FPR;
-    trapezoids up to max_fpr (the last one cut by linear interpolation), divided by max_fpr."""
-    regions = []
-    for i in range(masks.shape[0]):
-        labels, count = ndimage.label(masks[i], structure=np.ones((3, 3), int))
-        regions += [(i, labels == r) for r in range(1, count + 1)]
-    points = [(0.0, 0.0)]
-    for thr in sorted(set(maps.ravel().tolist()), reverse=True):
-        pred = maps >= thr
-        fpr = pred[~masks].mean()
-        pro = np.mean([pred[i][region].mean() for i, region in regions])
-        points.append((float(fpr), float(pro)))
-    area = 0.0
-    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
-        if x1 <= max_fpr:
-            area += (x1 - x0) * (y0 + y1) / 2
-        elif x0 < max_fpr:
-            y = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
-            area += (max_fpr - x0) * (y0 + y) / 2
-    return area / max_fpr
 
 
 @st.composite

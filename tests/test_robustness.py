@@ -9,7 +9,6 @@ import glob
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np

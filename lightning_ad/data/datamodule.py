@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -285,9 +284,3 @@ class AnomalyDataModule(pl.LightningDataModule):
     def image_shape(self) -> Tuple[int, int]:
         """``(height, width)`` of the images served."""
         return self.preprocess.output_size
-
-    def describe(self, samples: Sequence[Sample]) -> str:
-        counts: Dict[str, int] = {}
-        for s in samples:
-            counts[s.group] = counts.get(s.group, 0) + 1
-        return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))

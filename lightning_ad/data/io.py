@@ -91,7 +91,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path, PurePosixPath
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -460,20 +460,3 @@ def load_mask(path: Path, image_hw: Optional[Tuple[int, int]] = None, image_path
         resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.Resampling.NEAREST)
         mask = np.asarray(resized) > 127
     return mask
-
-
-def existing(paths: Iterable[Optional[Path]]) -> List[Path]:
-    """The paths that are not None and exist."""
-    return [p for p in paths if p is not None and Path(p).exists()]
-
-
-def common_root(paths: Sequence[Path]) -> Path:
-    """Deepest folder that contains every path."""
-    parts = [Path(p).resolve().parts for p in paths]
-    prefix = []
-    for level in zip(*parts):
-        if all(x == level[0] for x in level):
-            prefix.append(level[0])
-        else:
-            break
-    return Path(*prefix) if prefix else Path("/")
