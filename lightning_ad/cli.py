@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -154,8 +155,19 @@ def _normalise(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+# Lightning warnings that are expected here and would only confuse: the backbone is frozen
+# in eval mode on purpose, and a data set without a validation split serves an empty list.
+_EXPECTED_WARNINGS = (
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"Total length of `list` across ranks is zero",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+)
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Console entry point; user-facing errors are printed without a traceback (exit status 2)."""
+    for pattern in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
     try:
         SpadeCLI(
             Spade,
