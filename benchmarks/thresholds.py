@@ -68,21 +68,21 @@ def main() -> None:
     name = args.category if args.data == "mvtec" else "magnetic_tile"
     print(f"\n{name}: {n} training images, {len(labels)} test images, K = {args.k}, "
           f"pixel threshold from {min(args.samples, n)} leave-one-out maps")
-    print("image level | threshold | precision | recall | F1")
-    for q in args.image_quantiles:
-        tau = quantile_threshold(loo_image, q)
-        pr, rc, f1 = precision_recall_f1(scores, labels, tau)
-        print(f"quantile {q:<6} | {tau:9.3f} | {float(pr):9.3f} | {float(rc):6.3f} | {float(f1):.3f}")
-    tau, f1, pr, rc = f1_optimal_threshold(scores, labels)
-    print(f"F1-optimal (test) | {float(tau):9.3f} | {float(pr):9.3f} | {float(rc):6.3f} | {float(f1):.3f}")
-    print("pixel level | threshold | precision | recall | F1")
-    for q in args.pixel_quantiles:
-        theta = quantile_threshold(loo_maps, q)
-        pr, rc, f1 = precision_recall_f1(maps, masks, theta)
-        print(f"quantile {q:<6} | {theta:9.2f} | {float(pr):9.3f} | {float(rc):6.3f} | {float(f1):.3f}")
-    theta, f1, pr, rc = f1_optimal_threshold(maps, masks)
-    print(f"F1-optimal (test) | {float(theta):9.2f} | {float(pr):9.3f} | {float(rc):6.3f} | {float(f1):.3f}")
+    report("image level", loo_image, scores, labels, args.image_quantiles)
+    report("pixel level", loo_maps, maps, masks, args.pixel_quantiles)
 
+
+def report(title: str, normal: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, quantiles) -> None:
+    """F1 / precision / recall at quantile thresholds of ``normal`` scores, and at the F1-optimal one."""
+    print(f"{title} | threshold | precision | recall | F1")
+    rows = []
+    for q in quantiles:
+        threshold = quantile_threshold(normal, q)
+        rows.append((f"quantile {q:<6}", threshold, *precision_recall_f1(scores, target, threshold)))
+    threshold, f1, precision, recall = f1_optimal_threshold(scores, target)
+    rows.append(("F1-optimal (test)", float(threshold), precision, recall, f1))
+    for name, threshold, precision, recall, f1 in rows:
+        print(f"{name} | {threshold:9.3f} | {float(precision):9.3f} | {float(recall):6.3f} | {float(f1):.3f}")
 
 if __name__ == "__main__":
     main()
