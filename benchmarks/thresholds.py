@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 from lightning_ad.metrics import f1_optimal_threshold, precision_recall_f1  # noqa: E402
-from lightning_ad.module import _spread  # noqa: E402
+from lightning_ad.data.datamodule import spread_positions  # noqa: E402
 from lightning_ad.spade import SpadeModel  # noqa: E402
 from lightning_ad.thresholds import quantile_threshold  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
     with torch.inference_mode():
         rows = torch.arange(n)
         loo_image, _ = model.nearest_images(model.bank_pooled.float(), exclude=rows)
-        loo_maps = model.score_bank(rows[_spread(n, min(args.samples, n))]).anomaly_maps
+        loo_maps = model.score_bank(rows[spread_positions(n, min(args.samples, n))]).anomaly_maps
         scores, labels, maps, masks = [], [], [], []
         for batch in dm.test_dataloader():
             out = model(batch["image"])

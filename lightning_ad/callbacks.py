@@ -3,7 +3,7 @@
 Both write every file atomically (a temporary file in the target folder, then
 ``os.replace``), so a reader never sees half a file and two processes writing the
 same file leave one complete copy. File names come from each sample's ``relpath``
-(its path relative to the data set's folder) made safe by :func:`safe_relpath`: they
+(its path relative to the data set's folder) made safe by :func:`sanitize_relpath`: they
 always stay inside the output folder.
 
 Pictures: see :mod:`lightning_ad.visualize` (heatmap scale: the pixel threshold is
@@ -30,9 +30,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from . import visualize as V
+from .data.datamodule import spread_positions
 from .errors import ConfigurationError
 
-__all__ = ["PredictionWriter", "TestReport", "safe_relpath", "atomic_write", "save_map_tiff", "save_png"]
+__all__ = ["PredictionWriter", "TestReport", "sanitize_relpath", "atomic_write", "save_map_tiff", "save_png"]
 
 PREDICTIONS_CSV = "predictions.csv"
 CSV_COLUMNS = ("path", "relpath", "image_score", "normalized_score", "label", "map_file", "overlay_file")
@@ -45,7 +46,7 @@ os.umask(_UMASK)
 # ---------------------------------------------------------------------- files
 
 
-def safe_relpath(relpath: Any, fallback: str = "image") -> PurePosixPath:
+def sanitize_relpath(relpath: Any, fallback: str = "image") -> PurePosixPath:
     """A relative POSIX path that cannot leave the folder it is joined to.
 
     Backslashes count as separators; a drive (``C:``), the root, empty, ``.`` and
@@ -150,7 +151,7 @@ class _Names:
         self.used: Set[str] = set()
 
     def claim(self, relpath: Any, index: Any, exists: Callable[[PurePosixPath], bool]) -> PurePosixPath:
-        base = safe_relpath(relpath)
+        base = sanitize_relpath(relpath)
         if str(base) in self.used or exists(base):
             base = base.with_name(f"{base.name}~{index}")
         self.used.add(str(base))
@@ -427,13 +428,6 @@ class PredictionWriter(BasePredictionWriter):
 # ---------------------------------------------------------------------- test report
 
 
-def _spread(count: int, samples: int) -> Set[int]:
-    """``samples`` positions evenly spread over ``range(count)``."""
-    if samples >= count:
-        return set(range(count))
-    return {int(i * count / samples) for i in range(samples)}
-
-
 class TestReport(Callback):
     """Pictures of a ``test`` run, in ``<log_dir or default_root_dir>/test_report`` unless ``output_dir`` is set.
 
@@ -502,7 +496,7 @@ class TestReport(Callback):
             except TypeError:
                 count = None
             if count is not None:
-                self._chosen = _spread(count, self.max_overlays)
+                self._chosen = set(spread_positions(count, self.max_overlays))
             else:  # unknown length: a share of the budget per process
                 self._budget = math.ceil(self.max_overlays / max(1, trainer.world_size))
         self._previous = getattr(pl_module, "test_results", None)

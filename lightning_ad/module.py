@@ -30,6 +30,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from .data.datamodule import spread_positions
 from .distributed import first_occurrences, gather_objects, gather_rows, world_size
 from .errors import CheckpointError, ConfigurationError
 from .knn import DEFAULT_CHUNK_BYTES
@@ -283,20 +284,18 @@ class Spade(pl.LightningModule):
             index = torch.zeros(0, dtype=torch.long, device=device)
             pooled = torch.zeros(0, self.model.pooled_dim, device=device)
             pyramid = []
-        sizes = gather_objects(self._train_image_size)
-        image_size = next((s for s in sizes if s is not None), None)
+        # image size and per-level shapes from a rank that saw batches (a rank without any still joins)
+        shapes = (self._train_image_size, [tuple(level.shape[1:]) for level in pyramid]) if parts else None
+        known = next((shape for shape in gather_objects(shapes) if shape is not None), None)
+        if known is None:
+            raise RuntimeError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
+        image_size, level_shapes = known
         if not pyramid:
-            assert image_size is not None or world_size() == 1
-            if image_size is None:
-                raise RuntimeError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
-            pyramid = [
-                torch.zeros((0, c, *self._level_hw(level, image_size)), device=device)
-                for level, c in zip(self.model.layers, self.model.channels)
-            ]
+            pyramid = [torch.zeros((0, *shape), device=device) for shape in level_shapes]
         index = gather_rows(index)
         pooled = gather_rows(pooled)
         pyramid = [gather_rows(level) for level in pyramid]
-        if index.numel() == 0 or image_size is None:
+        if index.numel() == 0:
             raise RuntimeError("fit saw no training image: the bank cannot be built.")
         keep = first_occurrences(index)
         self.model.set_bank(Features([level[keep] for level in pyramid], pooled[keep]), image_size, index[keep])
@@ -313,12 +312,6 @@ class Spade(pl.LightningModule):
             self._fit_quantile_thresholds()
             rank_zero_info(f"thresholds computed in {time.perf_counter() - started:.2f} s")
 
-    def _level_hw(self, level: int, image_size: Tuple[int, int]) -> Tuple[int, int]:
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, *image_size, device=self.model.bank_index.device)
-            pyramid, _ = self.model.backbone(probe)
-        return tuple(pyramid[self.model.layers.index(level)].shape[-2:])  # type: ignore[return-value]
-
     def _bank_megabytes(self) -> float:
         tensors = [self.model.bank_pooled] + self.model.bank_levels()
         return sum(t.numel() * t.element_size() for t in tensors) / 2**20
@@ -334,7 +327,7 @@ class Spade(pl.LightningModule):
         rows = torch.arange(count, device=model.bank_index.device)
         image_scores, _ = model.nearest_images(model.bank_pooled.float(), exclude=rows)
         samples = count if hp.threshold_samples is None else min(hp.threshold_samples, count)
-        chosen = rows[_spread(count, samples)]
+        chosen = rows[spread_positions(count, samples)]
         mine = chosen[self.global_rank :: world_size()]
         if mine.numel():
             maps = model.score_bank(mine).anomaly_maps
@@ -443,8 +436,7 @@ class Spade(pl.LightningModule):
                 "mask": torch.zeros(0, h, w, dtype=torch.uint8), "has_mask": torch.zeros(0, dtype=torch.bool),
             }
             paths = []
-        device = self.model.bank_index.device
-        gathered = {key: gather_rows(value.to(device)).cpu() for key, value in cat.items()}
+        gathered = {key: gather_rows(value) for key, value in cat.items()}  # CPU rows; NCCL is handled inside
         all_paths = [p for rank_paths in gather_objects(paths) for p in rank_paths]
         keep = first_occurrences(gathered["index"])
         return EvaluationResults(
@@ -579,10 +571,3 @@ class Spade(pl.LightningModule):
     def forward(self, images: Tensor):  # type: ignore[override]
         """Raw image scores ``[B]`` and maps ``[B, H, W]`` for images ``[B, 3, H, W]`` in [0, 1]."""
         return self.model(images)
-
-
-def _spread(count: int, samples: int) -> List[int]:
-    """``samples`` positions evenly spread over ``range(count)`` (all when samples >= count)."""
-    if samples >= count:
-        return list(range(count))
-    return sorted({int(i * count / samples) for i in range(samples)})

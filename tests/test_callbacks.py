@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import visualize as V
-from lightning_ad.callbacks import CSV_COLUMNS, PredictionWriter, TestReport, safe_relpath
+from lightning_ad.callbacks import CSV_COLUMNS, PredictionWriter, TestReport, sanitize_relpath
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.metrics import binary_auroc
 from lightning_ad.thresholds import normalize_scores
@@ -256,14 +256,14 @@ def test_prediction_writer_names_stay_inside(fitted, tmp_path):
     assert not (tmp_path / "x.png").exists() and not Path("/abs").exists()
 
 
-def test_safe_relpath():
-    assert str(safe_relpath("sub/a.jpg")) == "sub/a.jpg"
-    assert str(safe_relpath("../../x.png")) == "x.png"
-    assert str(safe_relpath("/etc/passwd")) == "etc/passwd"
-    assert str(safe_relpath("a\\..\\..\\b.png")) == "a/b.png"
-    assert str(safe_relpath("C:\\Users\\x.png")) == "Users/x.png"
-    assert str(safe_relpath("..")) == "image"
-    assert str(safe_relpath("a\x00b.png")) == "a_b.png"
+def test_sanitize_relpath():
+    assert str(sanitize_relpath("sub/a.jpg")) == "sub/a.jpg"
+    assert str(sanitize_relpath("../../x.png")) == "x.png"
+    assert str(sanitize_relpath("/etc/passwd")) == "etc/passwd"
+    assert str(sanitize_relpath("a\\..\\..\\b.png")) == "a/b.png"
+    assert str(sanitize_relpath("C:\\Users\\x.png")) == "Users/x.png"
+    assert str(sanitize_relpath("..")) == "image"
+    assert str(sanitize_relpath("a\x00b.png")) == "a_b.png"
 
 
 def test_prediction_writer_disabled_writes_nothing(fitted, tmp_path):

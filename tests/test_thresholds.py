@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.metrics import binary_auroc, f1_optimal_threshold
-from lightning_ad.module import _spread
+from lightning_ad.data.datamodule import spread_positions
 from lightning_ad.thresholds import normalize_scores, quantile_threshold
 
 
@@ -59,7 +59,7 @@ def test_fit_sets_thresholds_from_leave_one_out_scores(tiny_mvtec, tmp_path):
     spade = model.model
     rows = torch.arange(spade.bank_size)
     loo_image, _ = spade.nearest_images(spade.bank_pooled.float(), exclude=rows)
-    loo_maps = spade.score_bank(rows[_spread(spade.bank_size, 4)]).anomaly_maps
+    loo_maps = spade.score_bank(rows[spread_positions(spade.bank_size, 4)]).anomaly_maps
     assert model.image_threshold == pytest.approx(float(np.quantile(loo_image.double().numpy(), 0.9)), rel=1e-6)
     assert model.pixel_threshold == pytest.approx(float(np.quantile(loo_maps.double().numpy(), 0.99)), rel=1e-5)
 

@@ -17,7 +17,7 @@ from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .io import check_image, image_size, list_images, load_mask, safe_relpath
 from .transforms import Preprocess, Size
 
-__all__ = ["AnomalyDataModule", "interleaved_split", "default_num_workers", "OwnerSampler"]
+__all__ = ["AnomalyDataModule", "interleaved_split", "spread_positions", "default_num_workers", "OwnerSampler"]
 
 
 def default_num_workers() -> int:
@@ -43,6 +43,18 @@ def interleaved_split(count: int, fraction: float) -> List[int]:
             return taken
         taken.append(position)
         j += 1
+
+
+def spread_positions(count: int, samples: int) -> List[int]:
+    """``samples`` positions evenly spread over ``range(count)``: ``floor(i * count / samples)``; all when
+    ``samples >= count``.
+
+    >>> spread_positions(7, 2)
+    [0, 3]
+    """
+    if samples >= count:
+        return list(range(count))
+    return interleaved_split(count, samples / count)
 
 
 class OwnerSampler(DistributedSampler):
