@@ -38,7 +38,8 @@ def normalize_scores(scores: Tensor, threshold: float) -> Tensor:
     """Map raw scores (>= 0) to [0, 1) with ``threshold`` at 0.5, strictly increasing.
 
     ``s / (2 t)`` below the threshold ``t``, ``1 - t / (2 s)`` above it (computed in
-    float64). NaN where the threshold is unknown (NaN) or not positive.
+    float64, so distinct float32 scores stay distinct up to ``s / t`` of about 1e8).
+    NaN where the threshold is unknown (NaN) or not positive.
 
     Example:
         >>> normalize_scores(torch.tensor([0.0, 1.0, 2.0, 4.0]), 2.0)
