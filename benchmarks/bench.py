@@ -95,7 +95,7 @@ def matmul_gflops(device: torch.device) -> float:
 
 def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.Tensor, size) -> tuple:
     """The straightforward method: full cdist matrices (image level, then per image and level)."""
-    bank_pooled = model.bank_pooled.float()
+    bank_pooled = model.bank.pooled.float()
     dist = torch.cdist(pooled.float(), bank_pooled) ** 2
     topk = dist.topk(max(model.image_k, model.gallery_k), dim=1, largest=False)
     scores = topk.values[:, : model.image_k].mean(dim=1)
@@ -103,7 +103,7 @@ def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.T
     for b in range(pooled.shape[0]):
         neighbours = topk.indices[b, : model.gallery_k]
         levels = []
-        for fmap, bank in zip(pyramid, model.bank_levels()):
+        for fmap, bank in zip(pyramid, model.bank.levels_hwc()):
             c, h, w = fmap.shape[1:]
             gallery = bank[neighbours].float().reshape(-1, c)
             query = fmap[b].permute(1, 2, 0).reshape(-1, c).float()
@@ -120,7 +120,7 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
     dm.setup("fit")
     dm.setup("test")
     kwargs = {} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}
-    model = SpadeModel(args.backbone, args.weights, image_k=args.image_k, gallery_k=gallery_k, kappa=args.kappa,
+    model = SpadeModel(backbone=args.backbone, weights=args.weights, image_k=args.image_k, gallery_k=gallery_k, kappa=args.kappa,
                        bank_dtype=args.bank_dtype, **kwargs).to(device)
     figures: Dict[str, float] = {"gallery_k": gallery_k, "image_k": args.image_k}
 
@@ -129,7 +129,7 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
     model.fit_bank(batch["image"].to(device, non_blocking=True) for batch in dm.train_dataloader())
     sync(device)
     figures["fit_images_per_s"] = model.bank_size / (time.perf_counter() - start)
-    figures["bank_mb"] = sum(t.numel() * t.element_size() for t in [model.bank_pooled] + model.bank_levels()) / 2**20
+    figures["bank_mb"] = sum(t.numel() * t.element_size() for t in [model.bank.pooled] + model.bank.levels_hwc()) / 2**20
 
     # ---- test, phase by phase, with the library's own methods
     phases = {"backbone": 0.0, "image_knn": 0.0, "pixel_knn": 0.0, "post": 0.0}

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 from lightning_ad.metrics import f1_optimal_threshold, precision_recall_f1  # noqa: E402
-from lightning_ad.data.datamodule import spread_positions  # noqa: E402
+from lightning_ad.positions import spread_positions  # noqa: E402
 from lightning_ad.spade import SpadeModel  # noqa: E402
 from lightning_ad.thresholds import quantile_threshold  # noqa: E402
 
@@ -49,12 +49,12 @@ def main() -> None:
         )
     dm.setup("fit")
     dm.setup("test")
-    model = SpadeModel("efficientnet_lite0", image_k=args.k, gallery_k=args.k)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=args.k, gallery_k=args.k)
     model.fit_bank(batch["image"] for batch in dm.train_dataloader())
     n = model.bank_size
     with torch.inference_mode():
         rows = torch.arange(n)
-        loo_image, _ = model.nearest_images(model.bank_pooled.float(), exclude=rows)
+        loo_image, _ = model.nearest_images(model.bank.pooled.float(), exclude=rows)
         loo_maps = model.score_bank(rows[spread_positions(n, min(args.samples, n))]).anomaly_maps
         scores, labels, maps, masks = [], [], [], []
         for batch in dm.test_dataloader():

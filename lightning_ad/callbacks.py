@@ -30,8 +30,10 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from . import visualize as V
-from .data.datamodule import spread_positions
 from .errors import ConfigurationError
+from .evaluation import Evaluation, evaluate
+from .positions import spread_positions
+from .results import ImageResults
 
 __all__ = ["PredictionWriter", "TestReport", "sanitize_relpath", "atomic_write", "save_map_tiff", "save_png"]
 
@@ -102,20 +104,6 @@ def save_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
-def _batch_images(batch: Any) -> Optional[Tensor]:
-    if isinstance(batch, dict):
-        images = batch.get("image")
-    elif isinstance(batch, (list, tuple)) and batch:
-        images = batch[0]
-    else:
-        images = batch
-    return images if isinstance(images, Tensor) and images.ndim == 4 else None
-
-
-def _batch_field(batch: Any, key: str) -> Optional[Any]:
-    return batch.get(key) if isinstance(batch, dict) else None
-
-
 def _image_for(images: Optional[Tensor], i: int, hw: Tuple[int, int]) -> np.ndarray:
     """Image ``i`` of the batch as ``[H, W, 3]`` uint8 at the map's size (grey when unavailable)."""
     if images is None:
@@ -124,14 +112,6 @@ def _image_for(images: Optional[Tensor], i: int, hw: Tuple[int, int]) -> np.ndar
     if rgb.shape[:2] != hw:
         rgb = np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.BILINEAR))
     return rgb
-
-
-def _as_list(value: Any, size: int) -> List[Any]:
-    if value is None:
-        return [None] * size
-    if isinstance(value, Tensor):
-        return value.detach().cpu().reshape(-1).tolist()
-    return list(value)
 
 
 def _dataloaders(loaders: Any) -> List[Any]:
@@ -144,18 +124,42 @@ def _dataloaders(loaders: Any) -> List[Any]:
     return [loaders]
 
 
-class _Names:
-    """Unique output base names per sample: the safe relpath, or ``<relpath>~<index>`` on a clash."""
+def output_stems(relpaths: List[str]) -> Dict[str, PurePosixPath]:
+    """Output base names (no extension) of a set's images: ``a.jpg`` gives ``a``, unless another
+    image of the set shares that stem (``a.jpg`` beside ``a.png``): both then keep their
+    extension (``a.jpg``, ``a.png``), so that no two outputs collide.
 
-    def __init__(self) -> None:
+    >>> output_stems(["x/a.jpg", "x/a.png", "b.bmp"])
+    {'x/a.jpg': PurePosixPath('x/a.jpg'), 'x/a.png': PurePosixPath('x/a.png'), 'b.bmp': PurePosixPath('b')}
+    """
+    safe = {r: sanitize_relpath(r) for r in relpaths}
+    stems = [str(p.with_suffix("")) for p in safe.values()]
+    return {r: (p if stems.count(str(p.with_suffix(""))) > 1 else p.with_suffix("")) for r, p in safe.items()}
+
+
+class _Names:
+    """Unique output base names per image: its stem (see :func:`output_stems`), ``<stem>~<index>`` on a clash."""
+
+    def __init__(self, relpaths: Optional[List[str]] = None) -> None:
+        self.stems = output_stems(relpaths or [])
         self.used: Set[str] = set()
 
-    def claim(self, relpath: Any, index: Any, exists: Callable[[PurePosixPath], bool]) -> PurePosixPath:
-        base = sanitize_relpath(relpath)
+    def claim(self, relpath: str, index: int, exists: Callable[[PurePosixPath], bool]) -> PurePosixPath:
+        base = self.stems.get(relpath) or output_stems([relpath])[relpath]
         if str(base) in self.used or exists(base):
             base = base.with_name(f"{base.name}~{index}")
         self.used.add(str(base))
         return base
+
+
+def _dataset_relpaths(loaders: Any) -> List[str]:
+    """``relpath`` of every sample of the loaders' data sets (empty when they do not say)."""
+    relpaths: List[str] = []
+    for loader in _dataloaders(loaders):
+        for sample in getattr(getattr(loader, "dataset", None), "samples", None) or ():
+            path = getattr(sample, "path", None)
+            relpaths.append(str(getattr(sample, "relpath", None) or (Path(path).name if path else "")))
+    return relpaths
 
 
 # ---------------------------------------------------------------------- prediction writer
@@ -171,15 +175,21 @@ class PredictionWriter(BasePredictionWriter):
                                   (threshold = 0.5), label (1 anomalous / 0 normal at the
                                   image threshold; empty when it is unknown), map_file,
                                   overlay_file; one row per image, sorted by path
-        maps/<relpath>.tiff       raw anomaly map, float32 TIFF (lossless), at the served
+        maps/<stem>.tiff          raw anomaly map, float32 TIFF (lossless), at the served
                                   image size (after resize and crop)
-        overlays/<relpath>.png    heatmap over the served image, predicted mask outlined
+        overlays/<stem>.png       heatmap over the served image, predicted mask outlined
+
+    ``<stem>`` is the image's ``relpath`` without its extension (``sub/a.jpg`` gives
+    ``sub/a.png``); images of the set that share a stem (``a.jpg`` beside ``a.png``)
+    keep their extensions (``a.jpg.png``, ``a.png.png``) so that no output collides.
 
     An ``output_dir`` that exists and is not empty is refused, as is any folder that is,
     or lies inside, the folder of the input images; input images are never written.
     Each process writes its images and its own part of the CSV; after a barrier, rank 0
-    merges the parts into ``predictions.csv``. It expects the dict returned by
-    :meth:`lightning_ad.Spade.predict_step`.
+    merges the parts into ``predictions.csv``. It expects the
+    :class:`~lightning_ad.results.ImageResults` returned by :meth:`lightning_ad.Spade.predict_step`.
+
+    With your own ``Trainer``: ``pl.Trainer(callbacks=[PredictionWriter("out")]).predict(model, datamodule=dm)``.
 
     Args:
         output_dir: output folder (created); None: a new version folder under the
@@ -289,7 +299,7 @@ class PredictionWriter(BasePredictionWriter):
             raise ConfigurationError(problem)
         assert folder is not None
         self.output_path = Path(folder)
-        self._names = _Names()
+        self._names = _Names(_dataset_relpaths(trainer.predict_dataloaders))
         self._count = 0
         part = self.output_path / f"{_PART_PREFIX}{trainer.global_rank}.csv"
         self._part = open(part, "w", newline="", encoding="utf-8")
@@ -312,37 +322,24 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         if not self._active:
             return
-        if not isinstance(prediction, dict) or "anomaly_maps" not in prediction or "image_scores" not in prediction:
+        if not isinstance(prediction, ImageResults):
             raise ConfigurationError(
-                "PredictionWriter expects the dict returned by Spade.predict_step (with 'image_scores' and "
-                "'anomaly_maps'); disable it with --prediction_writer.enabled false for other modules."
+                "PredictionWriter expects the ImageResults returned by Spade.predict_step; disable it with "
+                "--prediction_writer.enabled false for other modules."
             )
         assert self.output_path is not None and self._part_writer is not None and self._part is not None
         out = self.output_path
-        maps = prediction["anomaly_maps"].detach().float().cpu()
-        size = maps.shape[0]
-        scores = prediction["image_scores"].detach().double().cpu().tolist()
-        normalized = _as_list(prediction.get("normalized_scores"), size)
-        labels = _as_list(prediction.get("pred_labels"), size)
-        pred_masks = prediction.get("pred_masks")
-        pred_masks = pred_masks.detach().cpu() if isinstance(pred_masks, Tensor) else None
-        tau = float(prediction.get("image_threshold", math.nan))
-        theta = float(prediction.get("pixel_threshold", math.nan))
-        paths = _as_list(prediction.get("paths"), size)
-        relpaths = _as_list(prediction.get("relpaths"), size)
-        indices = _as_list(prediction.get("indices"), size)
-        if all(i is None for i in indices) and batch_indices is not None:
-            indices = list(batch_indices)
-        images = _batch_images(batch) if self.write_overlays else None
-        inputs = {os.path.realpath(p) for p in paths if p}
-        hw = (int(maps.shape[-2]), int(maps.shape[-1]))
+        inputs = {os.path.realpath(p) for p in prediction.path if p}
+        tau, theta = prediction.image_threshold, prediction.pixel_threshold
+        normalized, decisions, pred_masks = prediction.normalized_score, prediction.decision, prediction.pred_mask
         world, rank = trainer.world_size, trainer.global_rank
-        for i in range(size):
-            if world > 1 and indices[i] is not None and int(indices[i]) % world != rank:
+        for i in range(len(prediction)):
+            index = int(prediction.index[i])
+            if world > 1 and index % world != rank:
                 continue  # another process owns this image (a stand-in read by a rank that owns none)
-            relpath = relpaths[i] if relpaths[i] else (os.path.basename(paths[i]) if paths[i] else f"{indices[i]}.png")
+            relpath = prediction.relpath[i]
             base = self._names.claim(
-                relpath, indices[i],
+                relpath, index,
                 lambda b: (out / "maps" / f"{b}.tiff").exists() or (out / "overlays" / f"{b}.png").exists(),
             )
             map_name = f"maps/{base}.tiff" if self.write_maps else ""
@@ -352,18 +349,19 @@ class PredictionWriter(BasePredictionWriter):
                     target = out / name
                     if not _is_within(target, out) or os.path.realpath(target) in inputs:
                         raise ConfigurationError(f"refusing to write {str(target)!r}: it would leave the output folder or replace an input")
+            anomaly_map = prediction.anomaly_map[i]
             if map_name:
-                save_map_tiff(out / map_name, maps[i])
+                save_map_tiff(out / map_name, anomaly_map)
             if overlay_name:
-                pred = pred_masks[i] if pred_masks is not None else (maps[i] >= theta if math.isfinite(theta) else None)
-                rgb = V.overlay(_image_for(images, i, hw), maps[i], theta, pred_mask=pred, alpha=self.overlay_alpha)
+                pred = pred_masks[i] if pred_masks is not None else None
+                rgb = V.overlay(_image_for(prediction.image, i, anomaly_map.shape), anomaly_map, theta,
+                                pred_mask=pred, alpha=self.overlay_alpha)
                 save_png(out / overlay_name, rgb)
             known = math.isfinite(tau)
-            norm = float(normalized[i]) if normalized[i] is not None else math.nan
             self._part_writer.writerow((
-                dataloader_idx, indices[i], paths[i] if paths[i] is not None else "", relpath,
-                repr(float(scores[i])), repr(norm) if known and math.isfinite(norm) else "",
-                (int(bool(labels[i])) if labels[i] is not None else int(scores[i] >= tau)) if known else "",
+                dataloader_idx, index, prediction.path[i], relpath, repr(float(prediction.score[i])),
+                repr(float(normalized[i])) if known else "",
+                int(bool(decisions[i])) if decisions is not None else "",
                 map_name, overlay_name,
             ))
             self._count += 1
@@ -418,10 +416,16 @@ class PredictionWriter(BasePredictionWriter):
         trainer.strategy.barrier("lightning_ad_prediction_writer_csv")
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """A failed run leaves no part file, and no folder when it had written nothing else."""
         if self._part is not None:
             with contextlib.suppress(OSError):
                 self._part.close()
             self._part = self._part_writer = None
+        if self._active and self.output_path is not None:
+            with contextlib.suppress(OSError):
+                (self.output_path / f"{_PART_PREFIX}{trainer.global_rank}.csv").unlink()
+            with contextlib.suppress(OSError):
+                self.output_path.rmdir()  # only when empty
         self._active = False
 
 
@@ -431,7 +435,7 @@ class PredictionWriter(BasePredictionWriter):
 class TestReport(Callback):
     """Pictures of a ``test`` run, in ``<log_dir or default_root_dir>/test_report`` unless ``output_dir`` is set.
 
-    * ``overlays/<relpath>.png``: heatmap over each test image with the ground-truth
+    * ``overlays/<stem>.png``: heatmap over each test image with the ground-truth
       outline (magenta) and the predicted outline (white, map >= pixel threshold);
       each process draws the images of its own batches.
     * ``roc_image.png``, ``roc_pixel.png`` (when the anomalous images have masks):
@@ -486,7 +490,7 @@ class TestReport(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         self.output_path = folder
         self._seen = set()
-        self._names = _Names()
+        self._names = _Names(_dataset_relpaths(trainer.test_dataloaders))
         self._chosen, self._budget = None, None
         if self.max_overlays is not None:
             loaders = _dataloaders(trainer.test_dataloaders)
@@ -511,40 +515,26 @@ class TestReport(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active or self.max_overlays == 0:
-            return
-        if not isinstance(outputs, dict) or "anomaly_maps" not in outputs:
+        if not self._active or self.max_overlays == 0 or not isinstance(outputs, ImageResults):
             return
         assert self.output_path is not None
-        maps = outputs["anomaly_maps"].detach().float().cpu()
-        size = maps.shape[0]
-        hw = (int(maps.shape[-2]), int(maps.shape[-1]))
-        indices = _as_list(outputs.get("indices"), size)
-        paths = _as_list(outputs.get("paths"), size)
-        relpaths = _as_list(_batch_field(batch, "relpath"), size)
-        masks = outputs.get("masks")
-        has_mask = _as_list(_batch_field(batch, "has_mask"), size)
-        pred_masks = outputs.get("pred_masks")
-        theta = float(getattr(pl_module, "pixel_threshold", math.nan))
-        images = _batch_images(batch)
-        for i in range(size):
-            index = indices[i] if indices[i] is not None else batch_idx * 10**6 + i
-            key = (dataloader_idx, int(index))
+        pred_masks = outputs.pred_mask
+        for i in range(len(outputs)):
+            index = int(outputs.index[i])
+            key = (dataloader_idx, index)
             if key in self._seen:
                 continue  # a sample repeated by the distributed sampler
-            if self._chosen is not None and int(index) not in self._chosen:
+            if self._chosen is not None and index not in self._chosen:
                 continue
             if self._budget is not None and len(self._seen) >= self._budget:
                 return
             self._seen.add(key)
-            relpath = relpaths[i] or (os.path.basename(paths[i]) if paths[i] else f"{index}.png")
-            base = self._names.claim(relpath, index, lambda b: False)
-            gt = masks[i].detach().cpu() if isinstance(masks, Tensor) and has_mask[i] is not False else None
-            if isinstance(pred_masks, Tensor):
-                pred = pred_masks[i].detach().cpu()
-            else:
-                pred = maps[i] >= theta if math.isfinite(theta) else None
-            rgb = V.overlay(_image_for(images, i, hw), maps[i], theta, gt_mask=gt, pred_mask=pred)
+            base = self._names.claim(outputs.relpath[i], index, lambda b: False)
+            anomaly_map = outputs.anomaly_map[i]
+            gt = outputs.mask[i] if bool(outputs.has_mask[i]) else None
+            pred = pred_masks[i] if pred_masks is not None else None
+            rgb = V.overlay(_image_for(outputs.image, i, anomaly_map.shape), anomaly_map, outputs.pixel_threshold,
+                            gt_mask=gt, pred_mask=pred)
             save_png(self.output_path / "overlays" / f"{base}.png", rgb)
 
     def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -558,7 +548,8 @@ class TestReport(Callback):
         if results is None or results is self._previous:
             rank_zero_warn("test_report: the module left no test_results: no ROC or histogram written.")
             return
-        figures = self._figures(results, pl_module)
+        evaluation = getattr(pl_module, "test_evaluation", None) or evaluate(results)
+        figures = self._figures(results, evaluation)
         images = {}
         for name, figure in figures.items():
             data = V.figure_to_png(figure)
@@ -576,19 +567,15 @@ class TestReport(Callback):
         rank_zero_info(f"test report written to {str(self.output_path)!r} ({', '.join(sorted(images)) or 'overlays only'})")
 
     @staticmethod
-    def _figures(results: Any, pl_module: "pl.LightningModule") -> Dict[str, Any]:
-        tau = float(getattr(pl_module, "image_threshold", math.nan))
-        theta = float(getattr(pl_module, "pixel_threshold", math.nan))
-        labels, scores = results.labels, results.scores
-        anomalous, normal = labels == 1, labels == 0
+    def _figures(results: ImageResults, evaluation: Evaluation) -> Dict[str, Any]:
+        tau, theta = results.image_threshold, results.pixel_threshold
         figures: Dict[str, Any] = {}
-        if anomalous.any() and normal.any():
-            known = anomalous | normal
-            figures["roc_image"] = V.roc_figure(scores[known], labels[known], tau, title="image-level ROC")
+        if evaluation.image_defined:
+            known = results.label >= 0
+            figures["roc_image"] = V.roc_figure(results.score[known], results.label[known], tau, title="image-level ROC")
         else:
             rank_zero_warn("test_report: the image ROC needs normal and anomalous test images: not drawn.")
-        pixel_ok = bool(anomalous.any()) and bool(results.has_mask[anomalous].all())
-        if pixel_ok and results.masks.any() and not results.masks.bool().all():
-            figures["roc_pixel"] = V.roc_figure(results.maps, results.masks, theta, title="pixel-level ROC")
-        figures["score_histogram"] = V.score_histogram_figure(scores, labels, tau, title="test image scores")
+        if evaluation.pixel_defined:
+            figures["roc_pixel"] = V.roc_figure(results.anomaly_map, results.mask, theta, title="pixel-level ROC")
+        figures["score_histogram"] = V.score_histogram_figure(results.score, results.label, tau, title="test image scores")
         return figures

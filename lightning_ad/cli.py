@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
-from .errors import CheckpointError, LightningADError
+from .checkpoint import META_KEY, check_compatible, read_checkpoint
+from .console import quiet_lightning
+from .errors import LightningADError
 from .module import Spade
-
-# Hyperparameters the bank depends on: a checkpoint and the configured model must agree.
-_BANK_DEFINING = ("backbone", "layers")
 
 __all__ = ["SpadeCLI", "main"]
 
@@ -42,67 +40,72 @@ class SpadeCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(TestReport, "test_report")
 
-    def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` and keep the configuration given now.
+    def parse_arguments(self, parser, args) -> None:  # type: ignore[override]
+        """``test``/``predict``/``validate`` with ``--ckpt_path`` and no ``--config`` or ``--data``: the
+        datamodule the checkpoint was fitted with is the default (given options still apply)."""
+        if args is None:
+            sys.argv[1:] = _with_checkpoint_data(sys.argv[1:])
+        elif isinstance(args, (list, tuple)):
+            args = _with_checkpoint_data(list(args))
+        super().parse_arguments(parser, args)
 
-        LightningCLI would copy the checkpoint's hyperparameters over the parsed
-        configuration, silently replacing what the user set (``--model.image_k``, ...).
-        Here the configuration given now wins: the checkpoint brings the bank and the
-        thresholds; where its hyperparameters differ, a message lists them, and a
-        different backbone or set of levels (the bank would not fit) is an error.
+    def _parse_ckpt_path(self) -> None:
+        """Reconcile ``--ckpt_path`` with the configuration given now.
+
+        LightningCLI's own version of this (private) hook copies the checkpoint's
+        hyperparameters over everything parsed, silently replacing what the user set; this
+        override is the only place to stop that. Here:
+
+        * a model or input setting the user did not give (left at its default) comes from the
+          checkpoint, and a line says which;
+        * a scoring setting given differently is honoured: the module recomputes the
+          thresholds from the bank (leave-one-out) and says so;
+        * an input setting (resize, crop) given differently is refused when the run starts;
+        * another backbone or other levels (the bank would not fit) is an error.
         """
         subcommand = self.config.get("subcommand")
-        if not subcommand:
-            return
-        ckpt_path = self.config[subcommand].get("ckpt_path")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
             return
         path = Path(ckpt_path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {str(path)!r} does not exist (--ckpt_path).")
-        try:
-            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-                "Is it a complete .ckpt file written by lightning-ad fit?"
-            ) from None
-        meta = checkpoint.get("lightning_ad") if isinstance(checkpoint, dict) else None
-        if not isinstance(meta, dict):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} was not written by lightning_ad (no 'lightning_ad' section)."
-            )
-        model_config = self.config[subcommand].get("model")
-        configured = _as_dict(model_config)
-        saved = checkpoint.get("hyper_parameters", {}) or {}
-        conflicts = [
-            f"{name}: checkpoint {saved[name]!r}, configured {configured.get(name)!r}"
-            for name in _BANK_DEFINING
-            if name in saved and _normalise(saved[name]) != _normalise(configured.get(name))
-        ]
-        if conflicts:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit the configured model ({'; '.join(conflicts)}). Set "
-                + " ".join(f"--model.{c.split(':')[0]}" for c in conflicts)
-                + " as at fit time, or fit again."
-            )
-        differences = [
-            f"{name} {saved[name]!r} -> {configured[name]!r}"
-            for name in sorted(saved)
-            if name in configured and _normalise(saved[name]) != _normalise(configured[name])
-        ]
-        if differences:
-            rank_zero_info(
-                f"checkpoint {path.name}: using the configuration given now, which differs from fit time in "
-                + ", ".join(differences)
-            )
+        checkpoint = read_checkpoint(path)
+        meta, saved = checkpoint[META_KEY], checkpoint.get("hyper_parameters", {}) or {}
+        config = self.config[subcommand]
+        defaults = self._parser(subcommand).get_defaults().get("model")
+        taken = []
+        for name, value in sorted(saved.items()):
+            if name in config.model and _normalise(config.model[name]) == _normalise(defaults.get(name)) \
+                    and _normalise(value) != _normalise(config.model[name]):
+                config.model[name] = value
+                taken.append(f"{name}={value!r}")
+        check_compatible(meta, config.model["backbone"], config.model["layers"] or [], source=f"checkpoint {str(path)!r}")
+        contract = meta.get("input")
+        init_args = getattr(config.get("data"), "init_args", None)
+        if contract and init_args is not None:
+            for name, default in (("image_size", 256), ("crop_size", 224)):
+                if name in init_args and _normalise(init_args[name]) == _normalise(default) \
+                        and _normalise(init_args[name]) != _normalise(contract[name]):
+                    init_args[name] = contract[name]
+                    taken.append(f"data {name}={contract[name]!r}")
+        if taken:
+            rank_zero_info(f"from checkpoint {path.name}: " + ", ".join(taken))
+
+    def validate(self, **kwargs) -> None:
+        """``trainer.validate``, loading checkpoints with ``weights_only=True`` unless told otherwise."""
+        self.trainer.validate(**_weights_only(kwargs))
+
+    def test(self, **kwargs) -> None:
+        """``trainer.test``, loading checkpoints with ``weights_only=True`` unless told otherwise."""
+        self.trainer.test(**_weights_only(kwargs))
 
     def predict(self, **kwargs) -> None:
         """``trainer.predict``; the prediction writer saves every result, so by default
         (``return_predictions`` unset) the maps are not also kept in memory."""
         if kwargs.get("return_predictions") is None:
             kwargs["return_predictions"] = False
-        self.trainer.predict(**kwargs)
+        # predict logs no metric: a logger would only leave an empty version folder behind
+        self.trainer.loggers = []
+        self.trainer.predict(**_weights_only(kwargs))
 
     def after_validate(self) -> None:
         """With ``threshold_method: f1``, save the checkpoint with the thresholds set on the validation set.
@@ -130,6 +133,11 @@ class SpadeCLI(LightningCLI):
         )
 
     def before_fit(self) -> None:
+        # the checkpoint remembers its datamodule, so that test/predict need only --ckpt_path
+        data = self.config_init[self.subcommand].get("data") if self.datamodule is not None else None
+        if data is not None:
+            dumped = self._parser(self.subcommand).dump(self.config[self.subcommand], format="json", skip_check=True)
+            self.model.datamodule_config = json.loads(dumped).get("data")
         if self.config.get(self.subcommand, {}).get("test_after_fit") and self.datamodule is not None:
             self.datamodule.setup("test")  # test-set problems show up before the long extraction
 
@@ -143,37 +151,54 @@ class SpadeCLI(LightningCLI):
             trainer.test(self.model, datamodule=self.datamodule)
 
 
-def _as_dict(namespace: Any) -> Dict[str, Any]:
-    if namespace is None:
-        return {}
-    if hasattr(namespace, "as_dict"):
-        return namespace.as_dict()
-    return dict(namespace)
+class _SaveConfig(SaveConfigCallback):
+    """Saves the run's configuration beside its logs, except for ``predict`` (which logs nothing)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            super().setup(trainer, pl_module, stage)
+
+
+def _weights_only(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    if kwargs.get("weights_only") is None:
+        kwargs["weights_only"] = True
+    return kwargs
+
+
+def _with_checkpoint_data(argv: List[str]) -> List[str]:
+    """``argv`` with ``--data <the checkpoint's datamodule>`` after the subcommand, when a
+    ``test``/``predict``/``validate`` run names a checkpoint and neither a config nor a datamodule."""
+    if not argv or argv[0] not in ("test", "predict", "validate"):
+        return argv
+    if any(a in ("-c", "--config", "--data") or a.startswith(("--config=", "--data=")) for a in argv):
+        return argv
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if not ckpt or not Path(ckpt).is_file():
+        return argv
+    data = read_checkpoint(ckpt)[META_KEY].get("datamodule")
+    if not isinstance(data, dict) or "class_path" not in data:
+        return argv
+    rank_zero_info(f"data: {data['class_path']} as configured at fit time (checkpoint {Path(ckpt).name})")
+    return [argv[0], "--data", json.dumps(data)] + argv[1:]
 
 
 def _normalise(value: Any) -> Any:
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-# Lightning warnings that are expected here and would only confuse: the backbone is frozen
-# in eval mode on purpose, and a data set without a validation split serves an empty list.
-_EXPECTED_WARNINGS = (
-    r"Found \d+ module\(s\) in eval mode at the start of training",
-    r"Total length of `list` across ranks is zero",
-    r"The number of training batches \(\d+\) is smaller than the logging interval",
-)
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value
 
 
 def main(args: Optional[List[str]] = None) -> None:
     """Console entry point; user-facing errors are printed without a traceback (exit status 2)."""
-    for pattern in _EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
+    quiet_lightning()
     try:
         SpadeCLI(
             Spade,
             pl.LightningDataModule,
             subclass_mode_data=True,
             trainer_defaults={"max_epochs": 1, "num_sanity_val_steps": 0},
+            save_config_callback=_SaveConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
         )

@@ -1,4 +1,4 @@
-"""SPADE as a plain ``torch.nn.Module``: feature extraction, memory bank, kNN scoring.
+"""SPADE as a plain ``torch.nn.Module``: feature extraction and kNN scoring around a memory bank.
 
 Cohen and Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences", 2020.
 
@@ -10,11 +10,11 @@ Cohen and Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences
   Each level's map is upsampled (bilinear) to the input size, the levels are
   averaged and the result is smoothed by a Gaussian of ``sigma`` pixels.
 
-The bank is held in registered buffers, so it is part of ``state_dict`` and of
-every checkpoint. Its size is unknown before fit: loading a state dict sizes the
-buffers first. This module is usable without a Trainer::
+The bank is a :class:`~lightning_ad.bank.MemoryBank` (registered buffers: part of
+``state_dict`` and of every checkpoint), and so are the decision thresholds. This
+module is usable without a Trainer::
 
-    model = SpadeModel("efficientnet_lite0", image_k=5, gallery_k=5)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=5, gallery_k=5)
     model.fit_bank(train_images)                 # [N, 3, H, W] in [0, 1]
     scores, maps = model(test_images)            # [B], [B, H, W]
 """
@@ -22,25 +22,21 @@ buffers first. This module is usable without a Trainer::
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import checks
 from .backbones import FeatureExtractor, LEVEL_STRIDES, backbone_channels, build_backbone, validate_levels
-from .errors import NumericalError
+from .bank import BANK_DTYPES, MemoryBank, check_finite, rename_legacy_keys
+from .errors import ConfigurationError
 from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, grouped_knn, knn
+from .thresholds import Thresholds
 
-__all__ = ["SpadeModel", "SpadeOutput", "Features", "BANK_DTYPES", "check_finite"]
-
-#: Accepted names of the bank storage precision.
-BANK_DTYPES: Dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+__all__ = ["SpadeModel", "SpadeOutput", "Features", "BANK_DTYPES", "check_finite", "check_image_range"]
 
 
 class Features(NamedTuple):
@@ -57,28 +53,32 @@ class SpadeOutput(NamedTuple):
     anomaly_maps: Tensor
 
 
-def check_finite(tensor: Tensor, what: str) -> Tensor:
-    """Raise :class:`~lightning_ad.errors.NumericalError` (a ``FloatingPointError``) on NaN or infinity."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise NumericalError(
-            f"{what} contain {bad} NaN or infinite values. Check the input images (all-constant or "
-            "corrupt files) and, with mixed precision, try precision=32 or bank_dtype='float32'."
+#: Tolerance on the [0, 1] input range (interpolation may overshoot by rounding).
+_RANGE_SLACK = 1e-3
+
+
+def check_image_range(images: Tensor) -> Tensor:
+    """Refuse images that are not float ``[B, 3, H, W]`` in [0, 1] (e.g. 0..255), naming what to pass."""
+    if not images.is_floating_point():
+        raise ConfigurationError(
+            f"images are {images.dtype}: SpadeModel takes float images in [0, 1], [B, 3, H, W]. Convert with "
+            "images.float() / 255, or score files and arrays of any type with lightning_ad.Detector."
         )
-    return tensor
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-    return value
+    if images.numel():
+        low, high = float(images.min()), float(images.max())
+        if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
+            raise ConfigurationError(
+                f"image values span [{low:.4g}, {high:.4g}]: SpadeModel takes images in [0, 1] (the backbone "
+                "applies its own normalisation). Divide 0..255 images by 255 and do not normalise them yourself."
+            )
+    return images
 
 
 class SpadeModel(nn.Module):
-    """SPADE: frozen backbone, memory bank in buffers, kNN scoring.
+    """SPADE: frozen backbone, memory bank, kNN scoring. Arguments are keyword-only.
 
     Args:
-        backbone: name of the feature extractor (see :data:`lightning_ad.backbones.BACKBONES`).
+        backbone: name of the feature extractor (see :mod:`lightning_ad.backbones`).
         weights: ``"imagenet"``, a state-dict path, or ``"random"`` (tests only).
         layers: pyramid levels used for the maps, among 1, 2, 3 (stride 4, 8, 16).
         image_k: K of the image score (nearest training images averaged).
@@ -89,10 +89,14 @@ class SpadeModel(nn.Module):
             ``bfloat16`` (distances are always accumulated in float32).
         chunk_bytes: upper bound, in bytes, of one block of distances of the kNN search.
         backbone_module: an already built extractor (then ``weights`` is ignored).
+
+    Raises:
+        ConfigurationError: a setting out of range, naming it.
     """
 
     def __init__(
         self,
+        *,
         backbone: str = "efficientnet_lite0",
         weights: Optional[str] = "imagenet",
         layers: Sequence[int] = (1, 2, 3),
@@ -105,63 +109,52 @@ class SpadeModel(nn.Module):
         backbone_module: Optional[FeatureExtractor] = None,
     ) -> None:
         super().__init__()
-        self.layers = validate_levels(layers)
-        self.image_k = _positive_int("image_k", image_k)
-        self.gallery_k = _positive_int("gallery_k", gallery_k)
-        self.kappa = _positive_int("kappa", kappa)
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
-            raise ValueError(f"sigma={sigma!r} must be a finite number >= 0 (pixels)")
-        self.sigma = float(sigma)
-        if bank_dtype not in BANK_DTYPES:
-            raise ValueError(f"bank_dtype={bank_dtype!r}: choose one of {sorted(BANK_DTYPES)}")
-        self.bank_dtype = BANK_DTYPES[bank_dtype]
-        self.chunk_bytes = _positive_int("chunk_bytes", chunk_bytes)
+        try:
+            self.layers = validate_levels(layers)
+            self.channels, self.pooled_dim = backbone_channels(backbone, self.layers)
+        except ValueError as err:
+            raise ConfigurationError(str(err)) from None
+        self.image_k = checks.positive_int("image_k", image_k)
+        self.gallery_k = checks.positive_int("gallery_k", gallery_k)
+        self.kappa = checks.positive_int("kappa", kappa)
+        self.sigma = checks.non_negative_number("sigma", sigma, unit="pixels")
+        self.bank_dtype = BANK_DTYPES[checks.one_of("bank_dtype", bank_dtype, BANK_DTYPES)]
+        self.chunk_bytes = checks.positive_int("chunk_bytes", chunk_bytes)
+        if self.chunk_bytes < 4096:
+            raise ConfigurationError(f"chunk_bytes={chunk_bytes!r} must be at least 4096 bytes")
         self.backbone_name = backbone
-        self.channels, self.pooled_dim = backbone_channels(backbone, self.layers)
         self.backbone = backbone_module if backbone_module is not None else build_backbone(backbone, self.layers, weights)
         if list(self.backbone.level_channels()) != list(self.channels):
-            raise ValueError("backbone_module does not match the backbone name and layers")
-        self.register_buffer("bank_index", torch.zeros(0, dtype=torch.long))
-        self.register_buffer("bank_image_size", torch.zeros(2, dtype=torch.long))
+            raise ConfigurationError("backbone_module does not match the backbone name and layers")
+        self.bank = MemoryBank(self.layers, self.channels, self.pooled_dim, self.bank_dtype, owner=backbone)
         # Decision thresholds on raw scores (NaN until set: see lightning_ad.thresholds).
         self.register_buffer("image_threshold", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan"), dtype=torch.float64))
-        self.register_buffer("bank_pooled", torch.zeros(0, self.pooled_dim, dtype=self.bank_dtype))
-        for level, channels in zip(self.layers, self.channels):
-            self.register_buffer(self._level_key(level), torch.zeros(0, 0, 0, channels, dtype=self.bank_dtype))
 
     # ------------------------------------------------------------------ bank
-
-    @staticmethod
-    def _level_key(level: int) -> str:
-        return f"bank_level{level}"
-
-    def bank_levels(self) -> List[Tensor]:
-        """Bank pyramid, one ``[N, H_l, W_l, C_l]`` tensor per level (channels last)."""
-        return [getattr(self, self._level_key(level)) for level in self.layers]
 
     @property
     def bank_size(self) -> int:
         """Number of training images in the bank (0 before fit)."""
-        return int(self.bank_index.numel())
+        return len(self.bank)
 
     @property
     def is_fitted(self) -> bool:
         return self.bank_size > 0
 
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """``(H, W)`` of the images the bank was built from (``(0, 0)`` before fit)."""
+        return self.bank.input_size
+
     def reset_bank(self) -> None:
-        """Empty the bank (back to the unfitted state)."""
-        device = self.bank_index.device
-        self.bank_index = torch.zeros(0, dtype=torch.long, device=device)
-        self.bank_image_size = torch.zeros(2, dtype=torch.long, device=device)
-        self.bank_pooled = torch.zeros(0, self.pooled_dim, dtype=self.bank_dtype, device=device)
-        for level, channels in zip(self.layers, self.channels):
-            setattr(self, self._level_key(level), torch.zeros(0, 0, 0, channels, dtype=self.bank_dtype, device=device))
+        """Empty the bank and forget the thresholds (back to the unfitted state)."""
+        self.bank.reset()
         self.image_threshold.fill_(float("nan"))
         self.pixel_threshold.fill_(float("nan"))
 
     def set_bank(self, features: Features, image_size: Tuple[int, int], index: Optional[Tensor] = None) -> None:
-        """Store the features of the training images as the bank.
+        """Replace the bank by the features of the training images.
 
         Args:
             features: pyramid ``[N, C_l, H_l, W_l]`` per level and pooled ``[N, D]``.
@@ -169,66 +162,20 @@ class SpadeModel(nn.Module):
             index: ``[N]`` distinct sample ids (dataset indices); rows are stored sorted
                 by it. Defaults to ``0 .. N - 1``.
         """
-        pooled = features.pooled
-        num = pooled.shape[0]
-        if num == 0:
-            raise ValueError("cannot build a bank from zero training images")
         if index is None:
-            index = torch.arange(num, device=pooled.device)
-        index = index.to(device=pooled.device, dtype=torch.long)
-        if index.shape != (num,) or torch.unique(index).numel() != num:
-            raise ValueError("bank index must hold one distinct id per training image")
-        order = torch.argsort(index)
-        check_finite(pooled, "training features (pooled)")
-        device = self.bank_index.device
-        self.bank_index = index[order].to(device)
-        self.bank_image_size = torch.tensor([int(image_size[0]), int(image_size[1])], device=device)
-        self.bank_pooled = pooled[order].to(device=device, dtype=self.bank_dtype).contiguous()
-        if len(features.pyramid) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} pyramid levels, got {len(features.pyramid)}")
-        for level, fmap in zip(self.layers, features.pyramid):
-            check_finite(fmap, f"training features (level {level})")
-            bank = fmap[order].permute(0, 2, 3, 1).to(device=device, dtype=self.bank_dtype).contiguous()
-            setattr(self, self._level_key(level), bank)
+            index = torch.arange(features.pooled.shape[0])
+        self.reset_bank()
+        self.bank.add(index, features.pooled, features.pyramid, image_size)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
-        # Size the bank buffers from the incoming tensors (unknown before fit), after
-        # checking that they fit this backbone and these levels.
-        incoming = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-        levels_in = sorted(int(k[len("bank_level"):]) for k in incoming if k.startswith("bank_level"))
-        if "bank_pooled" in incoming:
-            problems = []
-            if levels_in != list(self.layers):
-                problems.append(f"levels {levels_in} (configured: {list(self.layers)})")
-            pooled = incoming["bank_pooled"]
-            if pooled.ndim != 2 or pooled.shape[1] != self.pooled_dim:
-                problems.append(f"pooled size {tuple(pooled.shape[1:])} (backbone {self.backbone_name}: {self.pooled_dim})")
-            for level, channels in zip(self.layers, self.channels):
-                value = incoming.get(self._level_key(level))
-                if value is not None and (value.ndim != 4 or value.shape[-1] != channels):
-                    problems.append(f"level {level} has {value.shape[-1] if value.ndim else '?'} channels ({self.backbone_name}: {channels})")
-            sizes = {int(v.shape[0]) for k, v in incoming.items() if k.startswith("bank_") and k != "bank_image_size"}
-            if len(sizes) > 1:
-                problems.append(f"bank tensors disagree on the number of images {sorted(sizes)}")
-            if problems:
-                raise ValueError(
-                    "the memory bank in this state dict does not fit the configured model "
-                    f"(backbone={self.backbone_name!r}, layers={list(self.layers)}): " + "; ".join(problems)
-                    + ". Configure the backbone and layers the bank was fitted with, or fit again."
-                )
-            device = self.bank_index.device
-            if "bank_index" in incoming:
-                self.bank_index = torch.zeros_like(incoming["bank_index"], device=device)
-            self.bank_pooled = torch.zeros(pooled.shape, dtype=self.bank_dtype, device=device)
-            for level in self.layers:
-                value = incoming[self._level_key(level)]
-                setattr(self, self._level_key(level), torch.zeros(value.shape, dtype=self.bank_dtype, device=device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        rename_legacy_keys(state_dict, prefix)  # round-1 checkpoints (bank_pooled ...) load too
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ features
 
     def extract(self, images: Tensor) -> Features:
         """Images ``[B, 3, H, W]`` in [0, 1] -> :class:`Features` (no gradient)."""
+        check_image_range(images)
         with torch.no_grad():
             pyramid, pooled = self.backbone(images)
         return Features(list(pyramid), pooled)
@@ -254,46 +201,54 @@ class SpadeModel(nn.Module):
 
     # ------------------------------------------------------------------ scoring
 
-    def _require_fitted(self) -> None:
+    def require_fitted(self) -> None:
+        """Raise :class:`~lightning_ad.errors.ConfigurationError` when the bank is empty."""
         if not self.is_fitted:
-            raise RuntimeError("the SPADE memory bank is empty: fit the model (or load a fitted checkpoint) first")
+            raise ConfigurationError(
+                "the model has no memory bank: run fit first, or pass a fitted checkpoint (--ckpt_path PATH)."
+            )
+
+    def set_thresholds(self, thresholds: Thresholds) -> None:
+        """Store the finite ones of ``thresholds`` (raw squared distances); NaN leaves a threshold as it is."""
+        for buffer, value in ((self.image_threshold, thresholds.image), (self.pixel_threshold, thresholds.pixel)):
+            if math.isfinite(value):
+                buffer.fill_(value)
 
     def nearest_images(self, pooled: Tensor, exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``.
 
         ``exclude`` (``[B]`` bank rows, leave-one-out) removes each query's own row.
         """
-        self._require_fitted()
+        self.require_fitted()
         available = self.bank_size - (1 if exclude is not None else 0)
         for name, k in (("image_k", self.image_k), ("gallery_k", self.gallery_k)):
-            if k > available:
-                raise ValueError(
-                    f"{name}={k} is larger than the {available} training images available"
-                    + (" (leave-one-out)" if exclude is not None else "")
-                    + f"; set {name} to at most {available}."
-                )
+            checks.k_at_most(name, k, available, "training images" + (" left out of one" if exclude is not None else ""))
         k = max(self.image_k, self.gallery_k)
-        result = knn(pooled.float(), self.bank_pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
+        result = knn(pooled.float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
         scores = result.distances[:, : self.image_k].mean(dim=1)
         return scores, result.indices[:, : self.gallery_k]
 
+    def leave_one_out_image_scores(self) -> Tensor:
+        """``[N]`` image score of every training image against the rest of the bank."""
+        rows = torch.arange(self.bank_size, device=self.bank.index.device)
+        return self.nearest_images(self.bank.pooled.float(), exclude=rows)[0]
+
     def level_maps(self, pyramid: Sequence[Tensor], neighbours: Tensor) -> List[Tensor]:
         """Per-level maps ``[B, H_l, W_l]``: mean squared distance to the kappa nearest gallery features."""
-        self._require_fitted()
+        self.require_fitted()
         maps = []
-        for level, fmap, bank in zip(self.layers, pyramid, self.bank_levels()):
+        for position, (level, fmap) in enumerate(zip(self.layers, pyramid)):
             batch, channels, height, width = fmap.shape
-            if bank.shape[1:3] != (height, width):
+            bank_hw = self.bank.level_shape(position)
+            if bank_hw != (height, width):
+                stride = LEVEL_STRIDES[level]
                 raise ValueError(
-                    f"level {level} (stride {LEVEL_STRIDES[level]}) features are {height}x{width} but the bank "
-                    f"holds {bank.shape[1]}x{bank.shape[2]}: score images of the size the bank was fitted at "
-                    f"({bank.shape[1] * LEVEL_STRIDES[level]}x{bank.shape[2] * LEVEL_STRIDES[level]} pixels)."
+                    f"level {level} (stride {stride}) features are {height}x{width} but the bank holds "
+                    f"{bank_hw[0]}x{bank_hw[1]}: score images of the size the bank was fitted at "
+                    f"({bank_hw[0] * stride}x{bank_hw[1] * stride} pixels)."
                 )
             queries = fmap.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-            dist = grouped_knn(
-                queries, bank.reshape(bank.shape[0], height * width, channels), neighbours, self.kappa,
-                chunk_bytes=self.chunk_bytes,
-            )
+            dist = grouped_knn(queries, self.bank.level(position), neighbours, self.kappa, chunk_bytes=self.chunk_bytes)
             maps.append(dist.mean(dim=-1).reshape(batch, height, width))
         return maps
 
@@ -312,14 +267,9 @@ class SpadeModel(nn.Module):
         check_finite(maps, "anomaly maps")
         return SpadeOutput(scores, maps)
 
-    @property
-    def image_size(self) -> Tuple[int, int]:
-        """``(H, W)`` of the images the bank was built from (``(0, 0)`` before fit)."""
-        return int(self.bank_image_size[0]), int(self.bank_image_size[1])
-
     def forward(self, images: Tensor) -> SpadeOutput:
         """Images ``[B, 3, H, W]`` in [0, 1] -> image scores ``[B]`` and maps ``[B, H, W]``."""
-        self._require_fitted()
+        self.require_fitted()
         size = (int(images.shape[-2]), int(images.shape[-1]))
         if size != self.image_size:
             raise ValueError(
@@ -333,14 +283,15 @@ class SpadeModel(nn.Module):
 
         ``rows``: bank rows to score (default: all). Maps are at the bank's input size.
         """
-        self._require_fitted()
+        self.require_fitted()
         if rows is None:
-            rows = torch.arange(self.bank_size, device=self.bank_index.device)
-        size = self.image_size
+            rows = torch.arange(self.bank_size, device=self.bank.index.device)
         scores, maps = [], []
         for chunk in rows.split(batch_size):
-            pyramid = [bank[chunk].float().permute(0, 3, 1, 2) for bank in self.bank_levels()]
-            out = self.score_features(Features(pyramid, self.bank_pooled[chunk].float()), size, exclude=chunk)
+            features = Features(self.bank.pyramid_of(chunk), self.bank.pooled[chunk].float())
+            out = self.score_features(features, self.image_size, exclude=chunk)
             scores.append(out.image_scores)
             maps.append(out.anomaly_maps)
+        if not scores:
+            return SpadeOutput(torch.zeros(0), torch.zeros(0, *self.image_size))
         return SpadeOutput(torch.cat(scores), torch.cat(maps))

@@ -2,19 +2,35 @@
 
 * :func:`quantile_threshold`: the threshold at a quantile of scores of normal
   images (leave-one-out scores of the training images: no anomaly needed).
+* :func:`quantile_thresholds`: both thresholds from leave-one-out image scores and
+  maps of normal images.
+* :func:`f1_thresholds`: both thresholds at the F1-optimal points of a labelled
+  (validation) set.
 * :func:`normalize_scores`: a strictly increasing map of raw distances (>= 0) into
   [0, 1) that sends the threshold to 0.5, so rankings (and AUROC) are unchanged.
+
+Thresholds are raw squared distances; NaN stands for "unknown".
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["quantile_threshold", "normalize_scores"]
+from .metrics import f1_optimal_threshold
+
+__all__ = ["Thresholds", "calibration_overlap", "quantile_threshold", "quantile_thresholds", "f1_thresholds", "normalize_scores"]
+
+
+class Thresholds(NamedTuple):
+    """``image`` and ``pixel`` thresholds (raw squared distances; NaN: unknown)."""
+
+    image: float = math.nan
+    pixel: float = math.nan
 
 
 def quantile_threshold(normal_scores: Tensor, quantile: float) -> float:
@@ -32,6 +48,55 @@ def quantile_threshold(normal_scores: Tensor, quantile: float) -> float:
     if not np.isfinite(values).all():
         raise ValueError("normal scores contain NaN or infinite values")
     return float(np.quantile(values, quantile))
+
+
+def quantile_thresholds(
+    image_scores: Tensor, maps: Tensor, image_quantile: float, pixel_quantile: float
+) -> Thresholds:
+    """Thresholds at quantiles of normal images' scores ``[N]`` and maps ``[M, H, W]`` (M may be < N).
+
+    Example:
+        >>> quantile_thresholds(torch.tensor([1.0, 2.0, 3.0]), torch.arange(8.0).reshape(2, 2, 2), 0.5, 1.0)
+        Thresholds(image=2.0, pixel=7.0)
+    """
+    return Thresholds(quantile_threshold(image_scores, image_quantile), quantile_threshold(maps, pixel_quantile))
+
+
+def f1_thresholds(
+    scores: Tensor, labels: Tensor, maps: Tensor, masks: Tensor, has_mask: Tensor
+) -> Tuple[Thresholds, List[str]]:
+    """Thresholds at the F1-optimal points of a labelled set, and a line per level saying what was done.
+
+    Args:
+        scores: ``[N]`` raw image scores; ``labels``: ``[N]`` 1 anomalous, 0 normal.
+        maps: ``[N, H, W]`` raw maps; ``masks``: ``[N, H, W]`` ground truth;
+            ``has_mask``: ``[N]`` whether each mask is an annotation.
+
+    A level whose threshold cannot be set (one class only, no masks) is NaN.
+
+    Example:
+        >>> maps = torch.zeros(2, 2, 2); maps[1, 0, 0] = 5.0
+        >>> masks = (maps > 0).to(torch.uint8)
+        >>> f1_thresholds(torch.tensor([1.0, 3.0]), torch.tensor([0, 1]), maps, masks, torch.tensor([True, True]))[0]
+        Thresholds(image=3.0, pixel=5.0)
+    """
+    notes: List[str] = []
+    image: Optional[float] = None
+    pixel: Optional[float] = None
+    anomalous = labels == 1
+    if anomalous.any() and (labels == 0).any():
+        threshold, f1, _, _ = f1_optimal_threshold(scores, labels)
+        image = float(threshold)
+        notes.append(f"image threshold at the F1-optimal point of the validation set: {image:.6g} (F1 {float(f1):.4f})")
+    else:
+        notes.append("threshold_method='f1' needs normal and anomalous validation images: image threshold not set.")
+    if anomalous.any() and bool(has_mask[anomalous].all()) and bool(masks.any()):
+        threshold, f1, _, _ = f1_optimal_threshold(maps, masks)
+        pixel = float(threshold)
+        notes.append(f"pixel threshold at the F1-optimal point of the validation set: {pixel:.6g} (F1 {float(f1):.4f})")
+    else:
+        notes.append("threshold_method='f1' needs validation masks: pixel threshold not set.")
+    return Thresholds(math.nan if image is None else image, math.nan if pixel is None else pixel), notes
 
 
 def normalize_scores(scores: Tensor, threshold: float) -> Tensor:
@@ -52,3 +117,19 @@ def normalize_scores(scores: Tensor, threshold: float) -> Tensor:
     below = raw / (2.0 * threshold)
     above = 1.0 - threshold / (2.0 * torch.where(raw > 0, raw, torch.ones_like(raw)))
     return torch.where(raw <= threshold, below, above)
+
+
+def calibration_overlap(source: Dict[str, Any], paths: Iterable[str]) -> Optional[str]:
+    """A warning when test images ``paths`` include the images that set F1 thresholds (``source``
+    is a checkpoint's threshold record, with ``calibration_paths``); None when they do not.
+
+    >>> calibration_overlap({"calibration_paths": ["a.png", "b.png"]}, ["a.png", "c.png"])[:33]
+    '1 of the 2 test images set this c'
+    """
+    calibrated = set(source.get("calibration_paths") or ())
+    paths = list(paths)
+    reused = sum(path in calibrated for path in paths)
+    if not reused:
+        return None
+    return (f"{reused} of the {len(paths)} test images set this checkpoint's F1 thresholds (its validation split): "
+            "the test F1 is optimistic. Test with the same --data.val_split to hold them out.")

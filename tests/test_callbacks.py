@@ -141,10 +141,12 @@ def test_prediction_writer_matches_predict_outputs(fitted, tmp_path):
     tau, theta = model.image_threshold, model.pixel_threshold
     returned = {}
     for batch in outputs:
-        for i, path in enumerate(batch["paths"]):
-            returned[path] = {key: batch[key][i] for key in ("image_scores", "normalized_scores", "pred_labels", "anomaly_maps", "pred_masks")}
-            returned[path]["relpath"] = batch["relpaths"][i]
-            returned[path]["index"] = int(batch["indices"][i])
+        for i, path in enumerate(batch.path):
+            returned[path] = {
+                "image_scores": batch.score[i], "normalized_scores": batch.normalized_score[i],
+                "pred_labels": batch.decision[i], "anomaly_maps": batch.anomaly_map[i], "pred_masks": batch.pred_mask[i],
+                "relpath": batch.relpath[i], "index": int(batch.index[i]),
+            }
     assert set(returned) == {r["path"] for r in rows}
     labels_seen = set()
     for row in rows:
@@ -155,9 +157,10 @@ def test_prediction_writer_matches_predict_outputs(fitted, tmp_path):
         assert float(row["normalized_score"]) == pytest.approx(float(normalize_scores(expected["image_scores"].reshape(1), tau)[0]))
         assert int(row["label"]) == int(bool(expected["pred_labels"])) == int(float(row["image_score"]) >= tau)
         labels_seen.add(int(row["label"]))
-        # names keep the sub folders and the original name, and add the extension
-        assert row["map_file"] == f"maps/{row['relpath']}.tiff"
-        assert row["overlay_file"] == f"overlays/{row['relpath']}.png"
+        # names keep the sub folders and the stem; the output extension replaces the original one
+        stem = row["relpath"].rsplit(".", 1)[0]
+        assert row["map_file"] == f"maps/{stem}.tiff"
+        assert row["overlay_file"] == f"overlays/{stem}.png"
         with Image.open(out / row["map_file"]) as im:
             assert im.mode == "F"
             stored = np.asarray(im)
@@ -169,8 +172,8 @@ def test_prediction_writer_matches_predict_outputs(fitted, tmp_path):
         item = datamodule.predict_dataset[expected["index"]]
         reference = V.overlay(item["image"], expected["anomaly_maps"], theta, pred_mask=expected["pred_masks"])
         assert np.array_equal(drawn, reference)
-    assert (out / "maps" / "sub" / "deeper" / "a.png.tiff").is_file()
-    assert (out / "maps" / "b.jpg.tiff").is_file()
+    assert (out / "maps" / "sub" / "deeper" / "a.tiff").is_file()
+    assert (out / "maps" / "b.tiff").is_file()
     assert not list(out.glob(".*")), "temporary or part files left behind"
     assert _digest(inputs) == before, "the input images changed"
 
@@ -273,8 +276,22 @@ def test_prediction_writer_disabled_writes_nothing(fitted, tmp_path):
     outputs = _trainer(tmp_path / "run", [PredictionWriter(enabled=False)]).predict(
         model, datamodule=_datamodule(data, inputs)
     )
-    assert sum(len(b["paths"]) for b in outputs) == 5
+    assert sum(len(b) for b in outputs) == 5
     assert not (tmp_path / "run").exists()
+
+
+def test_prediction_writer_keeps_extensions_only_where_stems_collide(fitted, tmp_path):
+    model, data, _ = fitted
+    inputs = tmp_path / "inputs"
+    rng = np.random.default_rng(3)
+    for name in ("a.jpg", "a.bmp", "b.jpg"):
+        _save(inputs / name, _texture(rng))
+    _trainer(tmp_path / "run", [PredictionWriter()]).predict(model, datamodule=_datamodule(data, inputs))
+    rows = {r["relpath"]: r for r in _read_csv(tmp_path / "run" / "predictions" / "version_0" / "predictions.csv")}
+    assert rows["a.jpg"]["overlay_file"] == "overlays/a.jpg.png"
+    assert rows["a.bmp"]["overlay_file"] == "overlays/a.bmp.png"
+    assert rows["b.jpg"]["overlay_file"] == "overlays/b.png"
+    assert rows["a.jpg"]["map_file"] != rows["a.bmp"]["map_file"]
 
 
 # ---------------------------------------------------------------------- TestReport
@@ -289,7 +306,7 @@ def test_test_report_writes_pictures(fitted, tmp_path):
     folder = tmp_path / "tb" / "v" / "test_report"
     assert report.output_path == folder
     results = model.test_results
-    assert results is not None and len(results.paths) == 7
+    assert results is not None and len(results.path) == 7
 
     for name in ("roc_image", "roc_pixel", "score_histogram"):
         with Image.open(folder / f"{name}.png") as im:
@@ -297,18 +314,18 @@ def test_test_report_writes_pictures(fitted, tmp_path):
         assert min(array.shape[:2]) > 200 and array.std() > 10, f"{name}.png looks blank"
 
     overlays = sorted(p.relative_to(folder / "overlays").as_posix() for p in (folder / "overlays").rglob("*.png"))
-    assert overlays == sorted(f"{s.relpath}.png" for s in datamodule.test_dataset.samples)
+    assert overlays == sorted(f"{s.relpath.rsplit('.', 1)[0]}.png" for s in datamodule.test_dataset.samples)
     theta = model.pixel_threshold
-    for position, index in enumerate(results.indices.tolist()):
+    for position, index in enumerate(results.index.tolist()):
         sample = datamodule.test_dataset.samples[index]
         item = datamodule.test_dataset[index]
-        with Image.open(folder / "overlays" / f"{sample.relpath}.png") as im:
+        with Image.open(folder / "overlays" / f"{sample.relpath.rsplit('.', 1)[0]}.png") as im:
             assert im.size == (SIZE, SIZE)
             drawn = np.asarray(im)
-        result_map = results.maps[position]
-        reference = V.overlay(item["image"], result_map, theta, gt_mask=results.masks[position], pred_mask=result_map >= theta)
+        result_map = results.anomaly_map[position]
+        reference = V.overlay(item["image"], result_map, theta, gt_mask=results.mask[position], pred_mask=result_map >= theta)
         assert np.array_equal(drawn, reference)
-        if results.masks[position].any():
+        if results.mask[position].any():
             assert (drawn == np.array(V.GT_COLOR, np.uint8)).all(-1).any(), "no ground-truth outline"
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -324,7 +341,7 @@ def test_test_report_max_overlays_and_disabled(fitted, tmp_path):
     folder = tmp_path / "run" / "test_report"
     overlays = sorted(p.relative_to(folder / "overlays").as_posix() for p in (folder / "overlays").rglob("*.png"))
     # evenly spread over the 7 test images (indices 0 and 3; defect/ sorts first): one defective, one normal
-    assert overlays == ["test/defect/000.png.png", "test/good/000.png.png"]
+    assert overlays == ["test/defect/000.png", "test/good/000.png"]
     assert (folder / "score_histogram.png").is_file()
 
     _trainer(tmp_path / "off", [TestReport(enabled=False)]).test(model, datamodule=_datamodule(data))
@@ -382,7 +399,7 @@ def test_two_processes_write_each_image_once(fitted, tmp_path):
     assert sorted(Path(r["path"]).resolve() for r in rows) == sorted(f.resolve() for f in files)
     assert not list((root / "predictions").glob("version_1")), "the ranks chose different folders"
     single = _trainer(tmp_path / "single").predict(model, datamodule=_datamodule(data, inputs))
-    expected = {p: float(s) for b in single for p, s in zip(b["paths"], b["image_scores"])}
+    expected = {p: float(s) for b in single for p, s in zip(b.path, b.score)}
     for row in rows:
         assert float(row["image_score"]) == pytest.approx(expected[row["path"]], rel=1e-5)
         with Image.open(root / "predictions" / "version_0" / row["map_file"]) as im:
@@ -391,9 +408,9 @@ def test_two_processes_write_each_image_once(fitted, tmp_path):
     report = root / "test_report"
     overlays = sorted(p.relative_to(report / "overlays").as_posix() for p in (report / "overlays").rglob("*"))
     expected_overlays = sorted(
-        [f"test/good/{i:03d}.png.png" for i in range(4)] + [f"test/defect/{i:03d}.png.png" for i in range(3)]
+        [f"test/good/{i:03d}.png" for i in range(4)] + [f"test/defect/{i:03d}.png" for i in range(3)]
     )
-    assert [o for o in overlays if o.endswith(".png.png")] == expected_overlays
+    assert [o for o in overlays if o.endswith(".png")] == expected_overlays
     assert not [o for o in overlays if Path(o).name.startswith(".")], "temporary files left behind"
     for name in ("roc_image.png", "roc_pixel.png", "score_histogram.png"):
         assert (report / name).is_file()

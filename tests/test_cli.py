@@ -29,6 +29,8 @@ def test_readme_main_command_on_the_embedded_demo(tmp_path):
     out = result.stdout + result.stderr
     for name in ("test/image_auroc", "test/pixel_auroc", "test/pro"):
         assert name in out
+    # a clean console: no advertising tips, no deprecation noise from Lightning's internals
+    assert "💡" not in out and "Tip:" not in out and "LeafSpec" not in out, out[-3000:]
     values = {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines()
               if line.strip().startswith("test/") and len(line.split()) == 2}
     assert values["test/pixel_auroc"] > 0.95 and values["test/image_auroc"] > 0.85
@@ -79,13 +81,50 @@ def test_configuration_given_at_test_time_wins_and_is_reported(fitted):
     result = run(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.image_k", "2",
                   "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(logs)], base)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "differs from fit time in image_k 3 -> 2" in result.stdout + result.stderr
+    assert "scoring settings differ from fit time (image_k 3 -> 2): thresholds recomputed" in result.stdout + result.stderr
+    assert "dirpath has changed" not in result.stdout + result.stderr
     same = run(["test", "--config", str(config), "--ckpt_path", str(ckpt),
                 "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(base / "k3")], base)
-    assert same.returncode == 0 and "differs from fit time" not in same.stdout + same.stderr
-    # the image score really changed with K (pixel maps depend on gallery_k only)
+    assert same.returncode == 0 and "differ from fit time" not in same.stdout + same.stderr
+    # the image score really changed with K (pixel maps depend on gallery_k only), and so did its threshold:
+    # thresholds learned at K=3 are never applied to scores made at K=2
     k2, k3 = _metrics(logs), _metrics(base / "k3")
     assert k2["test/pixel_auroc"] == k3["test/pixel_auroc"]
+    assert k2["test/image_threshold"] != k3["test/image_threshold"]
+    assert k2["test/pixel_threshold"] == k3["test/pixel_threshold"]
+
+
+def test_input_size_given_differently_is_refused_with_both_values(fitted):
+    base, config, ckpt = fitted
+    result = run(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--data.init_args.image_size", "80"], base)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "image_size=[80, 80], crop_size=[64, 64]" in result.stderr
+    assert "fitted with image_size=[64, 64], crop_size=None" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_needs_only_the_checkpoint_and_a_folder(fitted, tmp_path):
+    base, _, ckpt = fitted
+    inputs = base / "data" / "widget" / "test" / "defect"
+    result = run(["predict", "--ckpt_path", str(ckpt), "--data.predict_dir", str(inputs),
+                  "--trainer.default_root_dir", str(tmp_path / "out")], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (csv_path,) = (tmp_path / "out" / "predictions").rglob("predictions.csv")
+    rows = list(csv.DictReader(open(csv_path)))
+    assert len(rows) == len(list(inputs.iterdir())) and all(r["label"] in ("0", "1") for r in rows)
+    assert "MVTecDataModule as configured at fit time" in result.stdout + result.stderr
+    assert not (tmp_path / "out" / "lightning_logs").exists(), "predict created a log folder"
+
+
+def test_k_larger_than_the_bank_is_a_clear_error_and_writes_nothing(fitted, tmp_path):
+    base, _, ckpt = fitted
+    inputs = base / "data" / "widget" / "test" / "defect"
+    result = run(["predict", "--ckpt_path", str(ckpt), "--data.predict_dir", str(inputs), "--model.image_k", "40",
+                  "--trainer.default_root_dir", str(tmp_path / "out")], base)
+    assert result.returncode == 2
+    assert "image_k=40 is larger than the 9 training images in the checkpoint's bank" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "out").rglob("*.csv")), "a half-written prediction was left"
 
 
 def test_checkpoint_of_another_backbone_is_refused_by_name(fitted):
@@ -93,7 +132,7 @@ def test_checkpoint_of_another_backbone_is_refused_by_name(fitted):
     result = run(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.backbone", "resnet18",
                   "--model.weights", "random"], base)
     assert result.returncode == 2
-    assert "backbone: checkpoint 'efficientnet_lite0', configured 'resnet18'" in result.stderr
+    assert "fitted with backbone 'efficientnet_lite0' (configured: 'resnet18')" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -116,5 +155,5 @@ def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):
 
     old = torch.load(ckpt, weights_only=True)["state_dict"]
     new = torch.load(calibrated, weights_only=True)["state_dict"]
-    assert torch.equal(old["model.bank_pooled"], new["model.bank_pooled"])
+    assert torch.equal(old["model.bank.pooled"], new["model.bank.pooled"])
     assert float(new["model.image_threshold"]) != float(old["model.image_threshold"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 
@@ -17,38 +16,26 @@ from lightning_ad.data.io import (
     list_images,
     load_image,
     load_mask,
+    mask_problem,
     safe_relpath,
 )
+from lightning_ad.data.mask_files import conventional_masks
 from lightning_ad.errors import DataError, ImageDecodeError, MaskError
 
-
-def _save(path: Path, im: Image.Image, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, **kwargs)
-    return path
-
-
-def _rgb(h: int = 12, w: int = 16, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _encoded(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, fmt)
-    return buffer.getvalue()
+from conftest import encoded, noise_image, write_image
 
 
 # ---------------------------------------------------------------------- folders
 
 
 def test_non_images_hidden_files_and_subfolders_are_ignored(tmp_path):
-    _save(tmp_path / "b.png", Image.fromarray(_rgb()))
-    _save(tmp_path / "A.JPG", Image.fromarray(_rgb()))
+    write_image(tmp_path / "b.png", noise_image(0, 12, 16))
+    write_image(tmp_path / "A.JPG", noise_image(0, 12, 16))
     for name in ("notes.txt", ".DS_Store", "Thumbs.db", "desktop.ini", "labels.json"):
         (tmp_path / name).write_bytes(b"\x00\x01 not an image")
-    _save(tmp_path / "._b.png", Image.fromarray(_rgb()))  # macOS resource fork
+    write_image(tmp_path / "._b.png", noise_image(0, 12, 16))  # macOS resource fork
     (tmp_path / "sub.png").mkdir()  # a folder with an image name
-    _save(tmp_path / "sub.png" / "inner.png", Image.fromarray(_rgb()))
+    write_image(tmp_path / "sub.png" / "inner.png", noise_image(0, 12, 16))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ignoring them is silent
         found = list_images(tmp_path)
@@ -64,14 +51,14 @@ def test_folder_with_only_unsupported_images_is_an_error_naming_it(tmp_path):
 
 
 def test_unsupported_images_beside_readable_ones_are_skipped_with_a_warning(tmp_path):
-    _save(tmp_path / "a.png", Image.fromarray(_rgb()))
+    write_image(tmp_path / "a.png", noise_image(0, 12, 16))
     (tmp_path / "b.heic").write_bytes(b"ftypheic")
     with pytest.warns(UserWarning, match=r"1 file\(s\) of unsupported image type\(s\) \['\.heic'\].*skipped"):
         assert [p.name for p in list_images(tmp_path)] == ["a.png"]
 
 
 def test_images_only_in_a_subfolder_are_named_in_the_error(tmp_path):
-    nested = _save(tmp_path / "good" / "copy" / "000.png", Image.fromarray(_rgb()))
+    nested = write_image(tmp_path / "good" / "copy" / "000.png", noise_image(0, 12, 16))
     with pytest.raises(DataError, match=rf"'{tmp_path / 'good'}' holds no image.*Subfolders are not searched, and '{nested}' lies in one"):
         list_images(tmp_path / "good")
     assert list_images(tmp_path / "good", recursive=True) == [nested]
@@ -97,9 +84,9 @@ def test_missing_or_empty_folder_is_an_error_naming_it(tmp_path, case):
 
 @pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("TIFF", "tif"), ("BMP", "bmp"), ("WEBP", "webp")])
 def test_truncated_image_fails_the_setup_check_naming_it(tmp_path, fmt, ext):
-    array = _rgb(40, 48)
+    array = noise_image(0, 40, 48)
     array[:20] = 90  # some structure, so that the file is not tiny
-    data = _encoded(array, fmt)
+    data = encoded(array, fmt)
     path = tmp_path / f"cut.{ext}"
     path.write_bytes(data[: len(data) // 2])
     pattern = rf"cannot decode image '{path}'.*skip_broken"
@@ -127,7 +114,7 @@ def test_zero_byte_and_non_image_content_name_the_file(tmp_path):
 def test_valid_files_pass_the_check_with_their_size(tmp_path):
     for fmt, ext in (("PNG", "png"), ("JPEG", "jpg"), ("TIFF", "tiff"), ("BMP", "bmp")):
         path = tmp_path / f"ok.{ext}"
-        path.write_bytes(_encoded(_rgb(12, 16), fmt))
+        path.write_bytes(encoded(noise_image(0, 12, 16), fmt))
         assert check_image(path) == (12, 16) == image_size(path) == load_image(path).shape[:2]
 
 
@@ -205,7 +192,7 @@ def test_palette_with_transparency(tmp_path):
     im.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
     im.putdata([0, 1, 0])
     im.info["transparency"] = 0
-    path = _save(tmp_path / "pt.png", im, transparency=0)
+    path = write_image(tmp_path / "pt.png", im, transparency=0)
     assert Image.open(path).mode == "P" and "transparency" in Image.open(path).info
     out = load_image(path)
     assert out[0].tolist() == [[10, 20, 30], [200, 100, 50], [10, 20, 30]]  # alpha dropped, colour kept
@@ -217,14 +204,14 @@ def test_exif_orientation_is_applied_to_size_and_pixels(tmp_path):
     im = Image.fromarray(array)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated: displayed after a 90 degree clockwise turn
-    path = _save(tmp_path / "rot.jpg", im, exif=exif.tobytes(), quality=100)
+    path = write_image(tmp_path / "rot.jpg", im, exif=exif.tobytes(), quality=100)
     assert image_size(path) == (30, 10) == check_image(path) == check_image(path, full=True)
     out = load_image(path)
     assert out.shape == (30, 10, 3)
     assert out[:5].mean() > 200 and out[-10:].mean() < 30  # the band is now on top
     mask = np.zeros((10, 30), np.uint8)
     mask[:, :5] = 255
-    mask_path = _save(tmp_path / "rot_mask.png", Image.fromarray(mask), exif=exif.tobytes())
+    mask_path = write_image(tmp_path / "rot_mask.png", mask, exif=exif.tobytes())
     loaded = load_mask(mask_path, (30, 10), path)
     assert loaded.shape == (30, 10) and loaded[:5].all() and not loaded[5:].any()
 
@@ -232,45 +219,41 @@ def test_exif_orientation_is_applied_to_size_and_pixels(tmp_path):
 # ---------------------------------------------------------------------- masks
 
 
-def _mask_file(tmp_path: Path, array: np.ndarray, name: str = "m.png", mode=None) -> Path:
-    return _save(tmp_path / name, Image.fromarray(array, mode) if mode else Image.fromarray(array))
-
-
 def test_mask_binary_label_map_soft_and_sixteen_bit(tmp_path):
     binary = np.array([[0, 255, 0, 255]], np.uint8)
-    assert load_mask(_mask_file(tmp_path, binary, "b.png")).tolist() == [[False, True, False, True]]
+    assert load_mask(write_image(tmp_path / "b.png", binary)).tolist() == [[False, True, False, True]]
     label = np.array([[0, 1, 1, 0]], np.uint8)
-    assert load_mask(_mask_file(tmp_path, label, "l.png")).tolist() == [[False, True, True, False]]
+    assert load_mask(write_image(tmp_path / "l.png", label)).tolist() == [[False, True, True, False]]
     soft = np.array([[0, 127, 128, 255]], np.uint8)
-    assert load_mask(_mask_file(tmp_path, soft, "s.png")).tolist() == [[False, False, True, True]]
+    assert load_mask(write_image(tmp_path / "s.png", soft)).tolist() == [[False, False, True, True]]
     sixteen = np.array([[0, 32767, 32768, 65535]], np.uint16)
-    path = _mask_file(tmp_path, sixteen, "16.png")
+    path = write_image(tmp_path / "16.png", sixteen)
     assert Image.open(path).mode.startswith("I;16")
     assert load_mask(path).tolist() == [[False, False, True, True]]
     label16 = np.array([[0, 1, 0, 1]], np.uint16)
-    assert load_mask(_mask_file(tmp_path, label16, "l16.png")).tolist() == [[False, True, False, True]]
+    assert load_mask(write_image(tmp_path / "l16.png", label16)).tolist() == [[False, True, False, True]]
     bilevel = Image.fromarray(np.array([[0, 255, 255, 0]], np.uint8)).convert("1")
-    assert load_mask(_save(tmp_path / "one.png", bilevel)).tolist() == [[False, True, True, False]]
+    assert load_mask(write_image(tmp_path / "one.png", bilevel)).tolist() == [[False, True, True, False]]
 
 
 def test_colour_and_transparent_masks(tmp_path):
     red = np.zeros((1, 3, 3), np.uint8)
     red[0, 1] = [255, 0, 0]
-    assert load_mask(_mask_file(tmp_path, red, "red.png")).tolist() == [[False, True, False]]
+    assert load_mask(write_image(tmp_path / "red.png", red)).tolist() == [[False, True, False]]
     # constant colour, the mask in the alpha channel: shown over black
     rgba = np.full((1, 3, 4), 255, np.uint8)
     rgba[0, :, 3] = [0, 255, 100]
-    assert load_mask(_mask_file(tmp_path, rgba, "alpha.png", "RGBA")).tolist() == [[False, True, False]]
+    assert load_mask(write_image(tmp_path / "alpha.png", rgba, "RGBA")).tolist() == [[False, True, False]]
     la = np.stack([np.full((1, 3), 255, np.uint8), np.array([[255, 0, 200]], np.uint8)], axis=2)
-    assert load_mask(_mask_file(tmp_path, la, "la.png", "LA")).tolist() == [[True, False, True]]
+    assert load_mask(write_image(tmp_path / "la.png", la, "LA")).tolist() == [[True, False, True]]
 
 
 def test_ambiguous_mask_is_refused_naming_mask_and_image(tmp_path):
-    path = _mask_file(tmp_path, np.array([[0, 40, 100, 0]], np.uint8), "faint_mask.png")
+    path = write_image(tmp_path / "faint_mask.png", np.array([[0, 40, 100, 0]], np.uint8))
     image = tmp_path / "faint.png"
     with pytest.raises(MaskError, match=rf"mask '{path}' of image '{image}' has positive values up to 100 but none reaches"):
         load_mask(path, None, image)
-    multi = _mask_file(tmp_path, np.array([[0, 2, 3, 0]], np.uint8), "classes.png")
+    multi = write_image(tmp_path / "classes.png", np.array([[0, 2, 3, 0]], np.uint8))
     with pytest.raises(MaskError, match="ambiguous"):
         load_mask(multi)
 
@@ -278,7 +261,7 @@ def test_ambiguous_mask_is_refused_naming_mask_and_image(tmp_path):
 def test_photograph_saved_as_mask_is_refused(tmp_path):
     photo = np.random.default_rng(1).integers(1, 250, (20, 20), dtype=np.uint8)
     photo[0, 0] = 255
-    path = _mask_file(tmp_path, photo, "photo.png")
+    path = write_image(tmp_path / "photo.png", photo)
     with pytest.raises(MaskError, match=rf"'{path}'.*does not look like a mask"):
         load_mask(path)
 
@@ -286,7 +269,7 @@ def test_photograph_saved_as_mask_is_refused(tmp_path):
 def test_mask_of_other_size_same_aspect_is_resized_by_nearest_neighbour(tmp_path):
     small = np.zeros((4, 6), np.uint8)
     small[1, 2] = 255
-    out = load_mask(_mask_file(tmp_path, small), (8, 12), tmp_path / "img.png")
+    out = load_mask(write_image(tmp_path / "m.png", small), (8, 12), tmp_path / "img.png")
     assert out.shape == (8, 12)
     expected = np.zeros((8, 12), bool)
     expected[2:4, 4:6] = True
@@ -294,7 +277,7 @@ def test_mask_of_other_size_same_aspect_is_resized_by_nearest_neighbour(tmp_path
 
 
 def test_mask_of_other_aspect_is_refused_naming_both_files(tmp_path):
-    path = _mask_file(tmp_path, np.zeros((10, 10), np.uint8))
+    path = write_image(tmp_path / "m.png", np.zeros((10, 10), np.uint8))
     image = tmp_path / "img.png"
     with pytest.raises(MaskError, match=rf"mask '{path}' is 10x10 pixels but its image '{image}' is 20x10"):
         load_mask(path, (10, 20), image)
@@ -302,10 +285,46 @@ def test_mask_of_other_aspect_is_refused_naming_both_files(tmp_path):
 
 def test_broken_mask_names_mask_and_image(tmp_path):
     path = tmp_path / "000_mask.png"
-    path.write_bytes(_encoded(np.zeros((30, 30), np.uint8), "PNG")[:40])
+    path.write_bytes(encoded(np.zeros((30, 30), np.uint8), "PNG")[:40])
     image = tmp_path / "000.png"
     with pytest.raises(ImageDecodeError, match=rf"cannot decode mask '{path}' of image '{image}'"):
         load_mask(path, (30, 30), image)
+
+
+def test_mask_problem_tells_masks_from_pictures(tmp_path):
+    binary = np.zeros((20, 20), np.uint8)
+    binary[5:9, 5:9] = 255
+    soft = binary.copy()
+    soft[4, 5:9] = 100  # a soft edge
+    grey_rgb = np.repeat(binary[..., None], 3, axis=2)
+    for name, array in (("l.png", binary), ("soft.png", soft), ("zero.png", binary * 0), ("grey_rgb.png", grey_rgb)):
+        assert mask_problem(write_image(tmp_path / name, array)) is None, name
+    colour = write_image(tmp_path / "colour.png", noise_image(1, 20, 20))
+    assert mask_problem(colour) == "is a colour picture (mode RGB), not a mask (masks are one channel or grey)"
+    red = np.zeros((20, 20, 3), np.uint8)
+    red[5:9, 5:9, 0] = 255  # accepted by load_mask, but a colour picture to a naming convention
+    assert "colour picture" in mask_problem(write_image(tmp_path / "red.png", red))
+    photo = write_image(tmp_path / "photo.png", noise_image(2, 20, 20)[:, :, 0])
+    assert mask_problem(photo).startswith(f"is not accepted as a mask (mask {str(photo)!r}")
+    assert "does not look like a mask" in mask_problem(photo)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(ImageDecodeError, match=rf"cannot decode mask '{broken}'"):
+        mask_problem(broken)
+
+
+def test_conventional_mask_names(tmp_path):
+    names = ["a.jpg", "a.png", "b.png", "c.png", "c_mask.png", "d.JPEG", "d.PNG", "e_mask.tif", "f.bmp", "f.png",
+             "g_mask.png", "g.tif", "h.png", "h.webp", "sub/a.png", "_mask.png"]
+    files = [tmp_path / n for n in names]
+    found = {m.relative_to(tmp_path).as_posix(): (i.name, pattern) for m, (i, pattern) in conventional_masks(files).items()}
+    assert found == {
+        "a.png": ("a.jpg", "{stem}.png"),
+        "c_mask.png": ("c.png", "{stem}_mask.png"),
+        "d.PNG": ("d.JPEG", "{stem}.PNG"),
+        "f.png": ("f.bmp", "{stem}.png"),
+        "g_mask.png": ("g.tif", "{stem}_mask.png"),
+    }
 
 
 # ---------------------------------------------------------------------- output names

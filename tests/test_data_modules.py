@@ -14,35 +14,12 @@ from lightning_ad.data.datamodule import AnomalyDataModule
 from lightning_ad.data.dataset import ANOMALOUS, NORMAL, Sample
 from lightning_ad.errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 
-SIZE = 40
-
-
-def _write(path: Path, array: np.ndarray, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, **kwargs)
-    return path
-
-
-def _image(seed: int, h: int = SIZE, w: int = SIZE) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _square_mask(h: int = SIZE, w: int = SIZE) -> np.ndarray:
-    mask = np.zeros((h, w), np.uint8)
-    mask[h // 4 : h // 2, w // 4 : w // 2] = 255
-    return mask
+from conftest import SIZE, make_image_folder, make_magnetic_tile, make_mvtec, noise_image, square_mask, write_image
 
 
 def make_category(root: Path, name: str = "widget", n_train: int = 4, n_good: int = 2, n_bad: int = 2) -> Path:
-    base = root / name
-    for i in range(n_train):
-        _write(base / "train" / "good" / f"{i:03d}.png", _image(i))
-    for i in range(n_good):
-        _write(base / "test" / "good" / f"{i:03d}.png", _image(100 + i))
-    for i in range(n_bad):
-        _write(base / "test" / "crack" / f"{i:03d}.png", _image(200 + i))
-        _write(base / "ground_truth" / "crack" / f"{i:03d}_mask.png", _square_mask())
-    return base
+    """A tiny MVTec category ``root/name`` (defect group ``crack``, SIZE x SIZE images); returns its folder."""
+    return make_mvtec(root, name, n_train=n_train, n_good=n_good, n_bad=n_bad, size=SIZE, defect="crack") / name
 
 
 def mvtec(root: Path, **kwargs) -> MVTecDataModule:
@@ -176,7 +153,7 @@ def test_no_ground_truth_serves_image_level_only_with_a_warning(tmp_path):
 def test_mask_of_other_aspect_is_refused_in_setup_naming_both(tmp_path):
     base = make_category(tmp_path)
     mask = base / "ground_truth" / "crack" / "001_mask.png"
-    _write(mask, _square_mask(SIZE, SIZE * 2))
+    write_image(mask, square_mask(SIZE, SIZE * 2))
     image = base / "test" / "crack" / "001.png"
     with pytest.raises(MaskError, match=rf"mask {q(mask)} is 80x40 pixels but its image {q(image)} is 40x40"):
         mvtec(tmp_path).setup("test")
@@ -186,7 +163,7 @@ def test_mask_of_other_size_same_aspect_is_resized(tmp_path):
     base = make_category(tmp_path)
     mask = np.zeros((SIZE // 2, SIZE // 2), np.uint8)
     mask[5:10, 5:10] = 255  # pixels 10..19 at full size
-    _write(base / "ground_truth" / "crack" / "000_mask.png", mask)
+    write_image(base / "ground_truth" / "crack" / "000_mask.png", mask)
     dm = MVTecDataModule(root=str(tmp_path), category="widget", image_size=SIZE, crop_size=SIZE, num_workers=0)
     dm.setup("test")
     item = next(dm.test_dataset[i] for i in range(len(dm.test_dataset)) if dm.test_dataset[i]["path"].endswith("crack/000.png"))
@@ -198,17 +175,17 @@ def test_mask_of_other_size_same_aspect_is_resized(tmp_path):
 def test_mask_of_normal_image_that_marks_pixels_is_refused_naming_both(tmp_path):
     base = make_category(tmp_path)
     good_mask = base / "ground_truth" / "good" / "001_mask.png"
-    _write(good_mask, np.zeros((SIZE, SIZE), np.uint8))
+    write_image(good_mask, np.zeros((SIZE, SIZE), np.uint8))
     mvtec(tmp_path).setup("test")  # an empty mask for a normal image is fine
-    _write(good_mask, _square_mask())
+    write_image(good_mask, square_mask())
     with pytest.raises(MaskError, match=rf"mask {q(good_mask)} marks 100 anomalous pixel\(s\) but its image {q(base / 'test' / 'good' / '001.png')} is labelled normal"):
         mvtec(tmp_path).setup("test")
 
 
 def test_ambiguous_mask_stops_setup_not_the_test_epoch(tmp_path):
     base = make_category(tmp_path)
-    faint = _square_mask() // 4  # values 0 and 63
-    mask = _write(base / "ground_truth" / "crack" / "000_mask.png", faint)
+    faint = square_mask() // 4  # values 0 and 63
+    mask = write_image(base / "ground_truth" / "crack" / "000_mask.png", faint)
     with pytest.raises(MaskError, match=rf"mask {q(mask)} of image {q(base / 'test' / 'crack' / '000.png')} has positive values up to 63"):
         mvtec(tmp_path).setup("test")
 
@@ -225,14 +202,9 @@ def test_broken_mask_file_stops_setup_naming_both(tmp_path):
 
 
 def _folders(root: Path) -> None:
-    for i in range(5):
-        _write(root / "ok" / f"{i:03d}.jpg", _image(i))
+    make_image_folder(root / "ok", 5)
     for cam in ("cam1", "cam2"):
-        for i in range(2):
-            _write(root / cam / "defect" / f"{i:03d}.jpg", _image(50 + i))
-            soft = _square_mask().astype(np.float64)
-            soft[SIZE // 4 - 1, :] = 100  # a soft edge
-            _write(root / cam / "defect" / f"{i:03d}.png", soft.astype(np.uint8))
+        make_image_folder(root / cam / "defect", 2, seed=50, masks="{stem}.png", defect=True)
 
 
 def folder_dm(root, **kwargs) -> FolderDataModule:
@@ -264,7 +236,7 @@ def test_folders_of_the_same_name_outside_root_get_distinct_groups(tmp_path):
 
 def test_folder_outside_root_never_gives_an_escaping_output_name(tmp_path):
     _folders(tmp_path / "data")
-    _write(tmp_path / "elsewhere" / "bad" / "000.jpg", _image(9))
+    write_image(tmp_path / "elsewhere" / "bad" / "000.jpg", noise_image(9))
     dm = folder_dm(tmp_path / "data", abnormal_dirs=["../elsewhere/bad"], mask_pattern=None)
     dm.setup("test")
     names = [s.relpath for s in dm.test_dataset.samples]
@@ -291,7 +263,7 @@ def test_mask_dir_without_any_mask_is_refused(tmp_path):
 
 def test_folder_normal_test_image_with_marking_mask_is_refused(tmp_path):
     _folders(tmp_path)
-    bad_mask = _write(tmp_path / "ok" / "000.png", _square_mask())  # the mask of ok/000.jpg (held out for test)
+    bad_mask = write_image(tmp_path / "ok" / "000.png", square_mask())  # the mask of ok/000.jpg (held out for test)
     with pytest.raises(MaskError, match=rf"mask {q(bad_mask)} marks .* its image {q(tmp_path / 'ok' / '000.jpg')} is labelled normal"):
         folder_dm(tmp_path).setup("test")
 
@@ -305,11 +277,117 @@ def test_two_samples_with_one_output_name_are_refused(tmp_path):
 
 def test_predict_dir_relpaths_are_inside_it(tmp_path):
     make_category(tmp_path)
-    _write(tmp_path / "incoming" / "line1" / "a.png", _image(1))
-    _write(tmp_path / "incoming" / "a.png", _image(2))
+    write_image(tmp_path / "incoming" / "line1" / "a.png", noise_image(1))
+    write_image(tmp_path / "incoming" / "a.png", noise_image(2))
     (tmp_path / "incoming" / "notes.txt").write_text("x")
     dm = mvtec(tmp_path, predict_dir=str(tmp_path / "incoming"))
     dm.setup("predict")
     assert [s.relpath for s in dm.predict_dataset.samples] == ["a.png", "line1/a.png"]
     with pytest.raises(ConfigurationError, match="predict needs a folder of images"):
         mvtec(tmp_path).setup("predict")
+
+
+# ---------------------------------------------------------------------- mask files are never images
+
+
+def tile_dm(root: Path, **kwargs) -> FolderDataModule:
+    args = dict(root=str(root), normal_dir="MT_Free/Imgs", abnormal_dirs=["MT_Blowhole/Imgs", "MT_Crack/Imgs"],
+                normal_test_split=0.2, image_size=32, crop_size=32, num_workers=0)
+    args.update(kwargs)
+    return FolderDataModule(**args)
+
+
+def _names(samples) -> list:
+    return [s.path.name for s in samples]
+
+
+@pytest.mark.parametrize("mask_pattern,why", [(None, r"Masks are off \(mask_pattern: null\)"),
+                                              ("{stem}_mask.png", r"mask_pattern='\{stem\}_mask.png' names other files")])
+def test_magnetic_tile_masks_are_not_images_when_masks_are_not_configured(tmp_path, mask_pattern, why):
+    make_magnetic_tile(tmp_path, n_free=10, defects={"MT_Blowhole": 3, "MT_Crack": 2})
+    dm = tile_dm(tmp_path, mask_pattern=mask_pattern)
+    with pytest.warns(UserWarning) as record:
+        dm.setup()
+    train, test = dm.train_dataset.samples, dm.test_dataset.samples
+    # 10 normal images: 2 held out (positions 0 and 5), 8 train; the 10 masks beside them are no images
+    assert _names(train) == ["001.jpg", "002.jpg", "003.jpg", "004.jpg", "006.jpg", "007.jpg", "008.jpg", "009.jpg"]
+    assert _names(s for s in test if s.label == NORMAL) == ["000.jpg", "005.jpg"]
+    assert sorted(s.relpath for s in test if s.label == ANOMALOUS) == [
+        "MT_Blowhole/Imgs/000.jpg", "MT_Blowhole/Imgs/001.jpg", "MT_Blowhole/Imgs/002.jpg",
+        "MT_Crack/Imgs/000.jpg", "MT_Crack/Imgs/001.jpg",
+    ]
+    assert all(s.mask is None for s in test)
+    messages = [str(w.message) for w in record if "masks of images beside them" in str(w.message)]
+    expected = {"normal_dir": ("MT_Free", 10), "abnormal_dirs entry": ("MT_Blowhole", 3)}
+    for what, (folder, count) in expected.items():
+        pattern = (rf"{what} {q(tmp_path / folder / 'Imgs')}: {count} file\(s\) are the masks of images beside them "
+                   rf"by their names \(e.g. '000.png' of '000.jpg'\); they are not used as images. {why}: to use them set mask_pattern, "
+                   r'e.g. --data.init_args.mask_pattern "\{stem\}.png"')
+        assert sum(bool(re.search(pattern, m)) for m in messages) == 1, (pattern, messages)
+    assert sum(f"abnormal_dirs entry {str(tmp_path / 'MT_Crack' / 'Imgs')!r}: 2 file(s)" in m for m in messages) == 1
+    assert len(messages) == 3  # one per folder, listed once though two stages read normal_dir
+
+
+def test_magnetic_tile_with_its_mask_pattern_uses_the_masks(tmp_path, recwarn):
+    make_magnetic_tile(tmp_path, n_free=10, defects={"MT_Blowhole": 3, "MT_Crack": 2})
+    dm = tile_dm(tmp_path, mask_pattern="{stem}.png")
+    dm.setup()
+    assert len(dm.train_dataset) == 8 and all(s.path.suffix == ".jpg" for s in dm.train_dataset.samples)
+    anomalous = [s for s in dm.test_dataset.samples if s.label == ANOMALOUS]
+    assert len(anomalous) == 5
+    assert all(s.mask == s.path.with_suffix(".png") for s in anomalous)
+    assert dm.test_dataset.has_masks
+    item = dm.test_dataset[[s.label for s in dm.test_dataset.samples].index(ANOMALOUS)]
+    assert item["has_mask"] and int(item["mask"].sum()) > 0
+    assert not [w for w in recwarn if "masks of images beside them" in str(w.message)]
+
+
+def test_mask_suffix_convention_beside_images_is_not_an_image(tmp_path):
+    make_image_folder(tmp_path / "ok", 5)
+    make_image_folder(tmp_path / "bad", 3, seed=20, masks="{stem}_mask.png", defect=True)
+    dm = FolderDataModule(root=str(tmp_path), normal_dir="ok", abnormal_dirs="bad", mask_pattern=None,
+                          image_size=32, crop_size=32, num_workers=0)
+    with pytest.warns(UserWarning, match=rf"abnormal_dirs entry {q(tmp_path / 'bad')}: 3 file\(s\).*'000_mask.png' of "
+                      r"'000.jpg'.*mask_pattern \"\{stem\}_mask.png\""):
+        dm.setup("test")
+    assert _names(s for s in dm.test_dataset.samples if s.label == ANOMALOUS) == ["000.jpg", "001.jpg", "002.jpg"]
+
+
+@pytest.mark.parametrize("picture,problem", [("colour", r"is a colour picture \(mode RGB\), not a mask"),
+                                             ("grey", r"is not accepted as a mask \(.*does not look like a mask")])
+def test_a_photo_named_like_a_mask_is_an_error_naming_it(tmp_path, picture, problem):
+    images = make_image_folder(tmp_path / "ok", 5)
+    photo = noise_image(7) if picture == "colour" else noise_image(7)[:, :, 0]
+    png = write_image(tmp_path / "ok" / "002.png", photo)  # a second picture, not a mask of 002.jpg
+    dm = FolderDataModule(root=str(tmp_path), normal_dir="ok", normal_test_split=0.2, mask_pattern=None,
+                          image_size=32, crop_size=32, num_workers=0)
+    with pytest.raises(DataError, match=rf"normal_dir: {q(png)} {problem}.*the mask of {q(images[2])}.*rename one of them, "
+                       r'or, if it is a mask, set mask_pattern, e.g. --data.init_args.mask_pattern "\{stem\}.png"'):
+        dm.setup("fit")
+
+
+def test_mvtec_files_named_like_masks_are_not_images(tmp_path):
+    base = make_category(tmp_path, n_bad=2)
+    write_image(base / "test" / "crack" / "000_mask.png", square_mask())  # a copy of the mask beside the image
+    write_image(base / "test" / "crack" / "x_mask.png", square_mask())  # a stray mask
+    write_image(base / "train" / "good" / "001_mask.png", np.zeros((SIZE, SIZE), np.uint8))
+    dm = mvtec(tmp_path)
+    with pytest.warns(UserWarning) as record:
+        dm.setup()
+    assert _names(dm.train_dataset.samples) == ["000.png", "001.png", "002.png", "003.png"]
+    anomalous = [s for s in dm.test_dataset.samples if s.label == ANOMALOUS]
+    assert _names(anomalous) == ["000.png", "001.png"]
+    assert [s.mask for s in anomalous] == [base / "ground_truth" / "crack" / f"00{i}_mask.png" for i in range(2)]
+    messages = [str(w.message) for w in record]
+    assert any(re.search(rf"MVTec test folder {q(base / 'test' / 'crack')}: 2 file\(s\) named like masks", m) for m in messages)
+    assert any(re.search(rf"MVTec training folder {q(base / 'train' / 'good')}: 1 file\(s\) named like masks", m) for m in messages)
+
+
+def test_predict_dir_leaves_out_the_masks_beside_images(tmp_path):
+    make_category(tmp_path)
+    make_image_folder(tmp_path / "incoming" / "line1", 2, masks="{stem}.png")
+    write_image(tmp_path / "incoming" / "a.png", noise_image(3))
+    dm = mvtec(tmp_path, predict_dir=str(tmp_path / "incoming"))
+    with pytest.warns(UserWarning, match=rf"predict_dir {q(tmp_path / 'incoming' / 'line1')}: 2 file\(s\).*not predicted"):
+        dm.setup("predict")
+    assert [s.relpath for s in dm.predict_dataset.samples] == ["a.png", "line1/000.jpg", "line1/001.jpg"]

@@ -1,4 +1,4 @@
-"""Tests of the embedded procedural demo data set (lightning_ad.data.demo)."""
+"""Tests of the embedded procedural demo data set (lightning_ad.data.demo_render, lightning_ad.data.demo)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_ad.data import demo
-from lightning_ad.data.demo import (
+import lightning_ad
+from lightning_ad.data import demo_render
+from lightning_ad.data.demo_render import (
     DEMO_CATEGORY,
     DEMO_DEFECT_TYPES,
     DEMO_MASK_FRACTION,
@@ -23,26 +24,13 @@ from lightning_ad.data.demo import (
     make_demo_dataset,
 )
 
+from conftest import REPO, file_bytes, read_array
+
 SMALL = dict(n_train=4, n_test_good=3, n_test_per_defect=2, image_size=96)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _files(folder: Path) -> dict:
-    """Relative path -> bytes of every file below ``folder``."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _without_stamp(files: dict) -> dict:
     return {k: v for k, v in files.items() if k != ".lightning_ad_demo.json"}
-
-
-def _load(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +93,8 @@ def test_masks_binary_sized_and_in_range(default_set):
 
 
 def test_normal_images_are_not_copies(default_set):
-    imgs = [_load(p).astype(np.float32) for p in sorted((default_set / "train" / "good").glob("*.png"))]
-    imgs += [_load(p).astype(np.float32) for p in sorted((default_set / "test" / "good").glob("*.png"))]
+    imgs = [read_array(p).astype(np.float32) for p in sorted((default_set / "train" / "good").glob("*.png"))]
+    imgs += [read_array(p).astype(np.float32) for p in sorted((default_set / "test" / "good").glob("*.png"))]
     assert len({im.tobytes() for im in imgs}) == len(imgs)
     # more than sensor noise: shifts, rotations, lighting, texture
     for a, b in zip(imgs, imgs[1:]):
@@ -120,14 +108,14 @@ def test_normal_images_are_not_copies(default_set):
 
 def test_defects_change_pixels_under_mask(default_set):
     ds = default_set
-    goods = np.stack([_load(p).astype(np.float32) for p in sorted((ds / "train" / "good").glob("*.png"))])
+    goods = np.stack([read_array(p).astype(np.float32) for p in sorted((ds / "train" / "good").glob("*.png"))])
     ref = np.median(goods, axis=0)
     good_diff = np.abs(goods[:8] - ref).mean(axis=3)  # normal variation
     for d in DEMO_DEFECT_TYPES:
         insides, normals = [], []
         for img_path in sorted((ds / "test" / d).glob("*.png")):
-            img = _load(img_path).astype(np.float32)
-            mask = _load(ds / "ground_truth" / d / f"{img_path.stem}_mask.png") > 0
+            img = read_array(img_path).astype(np.float32)
+            mask = read_array(ds / "ground_truth" / d / f"{img_path.stem}_mask.png") > 0
             diff = np.abs(img - ref).mean(axis=2)
             inside, outside = diff[mask].mean(), diff[~mask].mean()
             normal_inside = good_diff[:, mask].mean()  # good images, same place
@@ -142,7 +130,7 @@ def test_defects_change_pixels_under_mask(default_set):
 @pytest.mark.parametrize("kind", DEMO_DEFECT_TYPES)
 def test_mask_marks_exactly_the_altered_pixels(kind):
     for i in range(4):
-        out, mask, clean = demo._render(demo._rng_for(0, "test", kind, i), 128, kind)
+        out, mask, clean = demo_render._render(demo_render._rng_for(0, "test", kind, i), 128, kind)
         changed = np.abs(out.astype(np.int16) - clean).max(axis=2)
         assert mask.shape == out.shape[:2] == clean.shape[:2]
         assert mask.any()
@@ -162,14 +150,14 @@ def test_image_does_not_depend_on_counts(tmp_path):
 def test_deterministic_byte_identical(tmp_path):
     a = make_demo_dataset(tmp_path / "one", **SMALL)
     b = make_demo_dataset(tmp_path / "two", **SMALL)
-    fa, fb = _files(a), _files(b)
+    fa, fb = file_bytes(a), file_bytes(b)
     pngs = [k for k in fa if k.endswith(".png")]
     assert len(pngs) == 4 + 3 + 2 * 3 + 2 * 3
     assert {k: fa[k] for k in pngs} == {k: fb[k] for k in pngs}
     assert fa[".complete"] == fb[".complete"]
 
     c = make_demo_dataset(tmp_path / "three", **{**SMALL, "seed": 1})
-    fc = _files(c)
+    fc = file_bytes(c)
     assert all(fc[k] != fa[k] for k in pngs if "_mask" not in k)
 
 
@@ -180,8 +168,8 @@ def test_second_call_does_not_rewrite(tmp_path, monkeypatch):
     def no_render(*args, **kwargs):
         raise AssertionError("an existing complete data set was regenerated")
 
-    monkeypatch.setattr(demo, "_render_sample", no_render)
-    before = _files(path)
+    monkeypatch.setattr(demo_render, "_render_sample", no_render)
+    before = file_bytes(path)
     old = 1_000_000_000  # 2001: any rewrite would bump the times
     entries = [path, *path.rglob("*")]
     for p in entries:
@@ -189,7 +177,7 @@ def test_second_call_does_not_rewrite(tmp_path, monkeypatch):
     again = make_demo_dataset(tmp_path, **SMALL)
     assert again == path
     assert all(p.stat().st_mtime_ns == old for p in entries)
-    assert _files(path) == before
+    assert file_bytes(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEMO_CATEGORY]  # no leftovers
 
 
@@ -202,10 +190,10 @@ def test_empty_target_folder_is_filled(tmp_path):
 
 # ------------------------------------------------------------ interrupted --
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    reference = _files(make_demo_dataset(tmp_path / "ref", **SMALL))
+    reference = file_bytes(make_demo_dataset(tmp_path / "ref", **SMALL))
     root = tmp_path / "root"
     calls = {"n": 0}
-    real_save = demo._save_png
+    real_save = demo_render._save_png
 
     def failing_save(img, path):
         calls["n"] += 1
@@ -213,16 +201,16 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
             raise KeyboardInterrupt("simulated interruption")
         real_save(img, path)
 
-    monkeypatch.setattr(demo, "_save_png", failing_save)
+    monkeypatch.setattr(demo_render, "_save_png", failing_save)
     with pytest.raises(KeyboardInterrupt):
         make_demo_dataset(root, **SMALL)
     assert calls["n"] == 7
     assert not (root / DEMO_CATEGORY).exists()
     assert list(root.iterdir()) == []  # the temporary folder was removed
 
-    monkeypatch.setattr(demo, "_save_png", real_save)
+    monkeypatch.setattr(demo_render, "_save_png", real_save)
     path = make_demo_dataset(root, **SMALL)
-    assert _without_stamp(_files(path)) == _without_stamp(reference)
+    assert _without_stamp(file_bytes(path)) == _without_stamp(reference)
 
 
 def test_killed_generation_leftovers_are_cleaned(tmp_path):
@@ -231,15 +219,15 @@ def test_killed_generation_leftovers_are_cleaned(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from lightning_ad.data import demo
-        real, n = demo._save_png, [0]
+        from lightning_ad.data import demo_render
+        real, n = demo_render._save_png, [0]
         def save(img, path):
             n[0] += 1
             if n[0] == 5:
                 os.kill(os.getpid(), signal.SIGKILL)
             real(img, path)
-        demo._save_png = save
-        demo.make_demo_dataset({str(root)!r}, **{SMALL!r})
+        demo_render._save_png = save
+        demo_render.make_demo_dataset({str(root)!r}, **{SMALL!r})
         """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -261,7 +249,7 @@ def test_killed_generation_leftovers_are_cleaned(tmp_path):
 
 def test_incomplete_target_raises_and_overwrite_replaces(tmp_path):
     path = make_demo_dataset(tmp_path, **SMALL)
-    reference = _files(path)
+    reference = file_bytes(path)
     (path / ".complete").unlink()  # e.g. copied without the marker
     (path / "train" / "good" / "000.png").unlink()
     with pytest.raises(DemoDatasetError) as err:
@@ -272,7 +260,7 @@ def test_incomplete_target_raises_and_overwrite_replaces(tmp_path):
 
     again = make_demo_dataset(tmp_path, **SMALL, overwrite=True)
     assert again == path
-    assert _without_stamp(_files(path)) == _without_stamp(reference)
+    assert _without_stamp(file_bytes(path)) == _without_stamp(reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEMO_CATEGORY]
 
 
@@ -296,18 +284,18 @@ def test_foreign_folder_is_never_deleted(tmp_path):
 
 def test_other_arguments_raise_clear_error(tmp_path):
     path = make_demo_dataset(tmp_path, **SMALL)
-    before = _files(path)
+    before = file_bytes(path)
     with pytest.raises(DemoDatasetError) as err:
         make_demo_dataset(tmp_path, **{**SMALL, "seed": 7})
     msg = str(err.value)
     assert str(path) in msg and "seed" in msg and "overwrite=True" in msg
     with pytest.raises(DemoDatasetError):
         make_demo_dataset(tmp_path, **{**SMALL, "n_train": 5})
-    assert _files(path) == before
+    assert file_bytes(path) == before
 
     make_demo_dataset(tmp_path, **{**SMALL, "seed": 7}, overwrite=True)
     assert json.loads((path / ".complete").read_text())["seed"] == 7
-    assert _files(path)["train/good/000.png"] != before["train/good/000.png"]
+    assert file_bytes(path)["train/good/000.png"] != before["train/good/000.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [DEMO_CATEGORY]
 
 
@@ -333,3 +321,17 @@ def test_invalid_arguments(tmp_path, kwargs, exc):
     with pytest.raises(exc):
         make_demo_dataset(tmp_path, **{**SMALL, **kwargs})
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------- datamodule --
+def test_datamodule_serves_the_demo(default_set):
+    assert lightning_ad.DemoDataModule is lightning_ad.data.DemoDataModule
+    assert lightning_ad.data.make_demo_dataset is make_demo_dataset
+    before = file_bytes(default_set)
+    dm = lightning_ad.DemoDataModule(root=str(default_set.parent), seed=0, image_size=64, crop_size=64, num_workers=0)
+    dm.setup()
+    assert file_bytes(default_set) == before  # the complete set made with the same arguments is reused
+    assert len(dm.train_dataset) == 40
+    labels = [s.label for s in dm.test_dataset.samples]
+    assert labels.count(0) == 12 and labels.count(1) == 8 * len(DEMO_DEFECT_TYPES)
+    assert dm.test_dataset.has_masks

@@ -71,7 +71,7 @@ def assert_banks_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].shape == b[key].shape, key
-        if key.endswith(("bank_index", "bank_image_size")):
+        if key.endswith(("bank.index", "bank.image_size")):
             assert torch.equal(a[key], b[key]), key
         else:
             scale = float(a[key].double().abs().max())
@@ -91,7 +91,7 @@ def runs(tmp_path_factory):
 def test_bank_of_two_processes_equals_one(runs):
     _, _, ckpts = runs
     one, two = bank(ckpts[1]), bank(ckpts[2])
-    assert torch.equal(one["model.bank_index"], torch.arange(7))  # every image once, in dataset order
+    assert torch.equal(one["model.bank.index"], torch.arange(7))  # every image once, in dataset order
     assert_banks_equal(one, two)
 
 

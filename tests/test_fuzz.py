@@ -7,7 +7,6 @@ exception, and never a hang (each call runs under an alarm).
 
 from __future__ import annotations
 
-import io
 import signal
 import time
 import warnings
@@ -18,6 +17,8 @@ from PIL import Image
 
 from lightning_ad.data.io import check_image, image_size, load_image, load_mask
 from lightning_ad.errors import DataError
+
+from conftest import encoded
 
 SEED = 20240611
 PER_CALL_SECONDS = 5
@@ -60,9 +61,7 @@ def _valid_files(rng: np.random.Generator):
                 continue
             if mode == "P" and fmt in ("JPEG", "PPM", "WEBP"):
                 continue
-            buffer = io.BytesIO()
-            im.save(buffer, fmt)
-            out.append((ext, buffer.getvalue()))
+            out.append((ext, encoded(im, fmt)))
     return out
 
 

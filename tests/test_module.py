@@ -46,7 +46,7 @@ def test_fit_builds_bank_without_training(tiny_mvtec, tmp_path):
     t = trainer(tmp_path / "run")
     t.fit(model, datamodule=dm)
     assert model.model.bank_size == 9
-    assert torch.equal(model.model.bank_index, torch.arange(9))
+    assert torch.equal(model.model.bank.index, torch.arange(9))
     for key, value in model.model.backbone.state_dict().items():
         assert torch.equal(value, weights_before[key]), key
     assert float(model.step_anchor.detach()) == 0.0 and all(p.grad is None or not p.grad.any() for p in model.parameters())
@@ -55,8 +55,8 @@ def test_fit_builds_bank_without_training(tiny_mvtec, tmp_path):
     dm.setup("fit")
     images = torch.stack([dm.train_dataset[i]["image"] for i in range(9)])
     feats = model.model.extract(images)
-    assert torch.allclose(model.model.bank_pooled, feats.pooled, rtol=1e-4, atol=1e-4)
-    assert torch.allclose(model.model.bank_level1, feats.pyramid[0].permute(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(model.model.bank.pooled, feats.pooled, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(model.model.bank.level1, feats.pyramid[0].permute(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
     # thresholds were learned from normal images alone
     assert 0 < model.image_threshold and 0 < model.pixel_threshold
 
@@ -67,17 +67,17 @@ def test_fit_writes_a_checkpoint_with_the_bank(fitted, tmp_path):
     assert len(files) == 1 and files[0].parent.name == "checkpoints"
     checkpoint = torch.load(files[0], map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
-    assert state["model.bank_pooled"].shape == (9, 1280)
-    assert torch.equal(state["model.bank_level2"], model.model.bank_level2)
+    assert state["model.bank.pooled"].shape == (9, 1280)
+    assert torch.equal(state["model.bank.level2"], model.model.bank.level2)
     assert checkpoint["lightning_ad"]["backbone"] == "efficientnet_lite0"
 
 
 def test_second_fit_replaces_the_bank(fitted, tmp_path):
     model, dm, _ = fitted
-    bank = model.model.bank_pooled.clone()
+    bank = model.model.bank.pooled.clone()
     with pytest.warns(UserWarning, match="fit replaces it"):
         trainer(tmp_path / "again").fit(model, datamodule=dm)
-    assert model.model.bank_size == 9 and torch.equal(model.model.bank_pooled, bank)
+    assert model.model.bank_size == 9 and torch.equal(model.model.bank.pooled, bank)
 
 
 def test_test_metrics_equal_direct_computation(fitted):
@@ -96,7 +96,7 @@ def test_test_metrics_equal_direct_computation(fitted):
     _, _, f1 = precision_recall_f1(out.image_scores, labels, model.image_threshold)
     assert logged["test/image_f1"] == pytest.approx(float(f1), abs=1e-6)
     assert logged["test/pixel_auroc"] > 0.9  # the red squares are found
-    assert torch.equal(model.test_results.indices, torch.arange(len(items)))
+    assert torch.equal(model.test_results.index, torch.arange(len(items)))
 
 
 def test_checkpoint_alone_is_enough_to_test(fitted, tmp_path):
@@ -139,12 +139,12 @@ def test_predict_returns_paths_scores_maps(fitted):
     model, _, t = fitted
     dm = datamodule(Path(fitted[1].root), predict_dir=str(Path(fitted[1].root) / "widget" / "test"))
     batches = t.predict(model, datamodule=dm)
-    paths = [p for b in batches for p in b["paths"]]
+    paths = [p for b in batches for p in b.path]
     assert len(paths) == 7 and all(Path(p).exists() for p in paths)
-    scores = torch.cat([b["image_scores"] for b in batches])
-    maps = torch.cat([b["anomaly_maps"] for b in batches])
+    scores = torch.cat([b.score for b in batches])
+    maps = torch.cat([b.anomaly_map for b in batches])
     assert maps.shape == (7, 64, 64)
-    normalized = torch.cat([b["normalized_scores"] for b in batches])
+    normalized = torch.cat([b.normalized_score for b in batches])
     assert ((normalized > 0.5) == (scores > model.image_threshold)).all()
     assert torch.equal(torch.argsort(normalized), torch.argsort(scores.double()))
 
@@ -175,3 +175,40 @@ def test_settings_that_cannot_work_are_refused(tiny_mvtec, tmp_path):
         Spade(threshold_method="otsu")
     with pytest.raises(ConfigurationError, match="kappa"):
         Spade(kappa=0)
+
+
+def test_a_partial_bank_says_so_with_both_counts(tiny_mvtec, tmp_path):
+    model = Spade(image_k=2, gallery_k=2, threshold_samples=2)
+    with pytest.warns(UserWarning, match=r"the bank holds 4 of the 9 training images"):
+        trainer(tmp_path / "run", limit_train_batches=1).fit(model, datamodule=datamodule(tiny_mvtec))
+    assert model.model.bank_size == 4
+    assert model.threshold_source["partial_bank"] is True and model.threshold_source["train_images"] == 9
+    (path,) = (tmp_path / "run").rglob("*.ckpt")
+    saved = torch.load(path, weights_only=True, map_location="cpu")["lightning_ad"]["thresholds"]
+    assert saved["partial_bank"] is True and saved["bank_images"] == 4
+    complete = Spade(image_k=2, gallery_k=2, threshold_samples=2)
+    trainer(tmp_path / "full").fit(complete, datamodule=datamodule(tiny_mvtec))
+    assert complete.threshold_source["partial_bank"] is False
+
+
+def test_f1_thresholds_tested_on_their_own_validation_images_warn(tiny_mvtec, tmp_path):
+    model = Spade(image_k=3, gallery_k=3, threshold_method="f1")
+    calibration = datamodule(tiny_mvtec, val_split=0.5)
+    trainer(tmp_path / "run").fit(model, datamodule=calibration)
+    calibrated = model.threshold_source["calibration_paths"]
+    assert len(calibrated) == len(calibration.val_dataset) > 0
+    with pytest.warns(UserWarning, match=rf"{len(calibrated)} of the 7 test images set this checkpoint's F1 thresholds"):
+        trainer(tmp_path / "test").test(model, datamodule=datamodule(tiny_mvtec))
+    # holding them out (the same split) gives no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=r"(?!.*F1 thresholds)")
+        trainer(tmp_path / "held").test(model, datamodule=datamodule(tiny_mvtec, val_split=0.5))
+
+
+def test_images_outside_zero_one_are_refused(fitted):
+    model, _, _ = fitted
+    with pytest.raises(ConfigurationError, match=r"images in \[0, 1\].*Divide 0\.\.255 images by 255"):
+        model.model(torch.full((1, 3, 64, 64), 200.0))
+    with pytest.raises(ConfigurationError, match="torch.uint8"):
+        model.model(torch.zeros((1, 3, 64, 64), dtype=torch.uint8))

@@ -111,7 +111,7 @@ def fitted(data, tmp_path):
     [
         ({"image_k": 7}, r"image_k=7 is larger than the 6 training images; set --model.image_k to at most 6"),
         ({"gallery_k": 9}, r"gallery_k=9 is larger than the 6 training images"),
-        ({"image_k": 6, "gallery_k": 6}, r"leave-one-out thresholds need image_k and gallery_k <= 5"),
+        ({"image_k": 6, "gallery_k": 6}, r"image_k=6 is larger than the 5 training images left for leave-one-out thresholds"),
     ],
 )
 def test_k_larger_than_the_training_set_fails_before_any_extraction(data, tmp_path, kwargs, match):
@@ -156,10 +156,10 @@ def test_checkpoint_loads_with_weights_only(fitted):
     meta = checkpoint["lightning_ad"]
     assert meta["backbone"] == "efficientnet_lite0" and meta["layers"] == [1, 2, 3] and meta["bank_size"] == 6
     state = checkpoint["state_dict"]
-    assert state["model.bank_pooled"].shape == (6, model.model.pooled_dim)
-    assert torch.equal(state["model.bank_level1"], model.model.bank_level1)
+    assert state["model.bank.pooled"].shape == (6, model.model.pooled_dim)
+    assert torch.equal(state["model.bank.level1"], model.model.bank.level1)
     reloaded = Spade.load_from_checkpoint(path, weights="random")
-    assert reloaded.model.is_fitted and torch.equal(reloaded.model.bank_pooled, model.model.bank_pooled)
+    assert reloaded.model.is_fitted and torch.equal(reloaded.model.bank.pooled, model.model.bank.pooled)
 
 
 def test_checkpoint_of_other_levels_or_backbone_is_refused(fitted, data, tmp_path):
@@ -176,8 +176,8 @@ def test_checkpoint_of_other_levels_or_backbone_is_refused(fitted, data, tmp_pat
 def test_checkpoint_whose_bank_contradicts_its_metadata_is_refused(fitted, data, tmp_path):
     _, path = fitted
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    level3 = checkpoint["state_dict"]["model.bank_level3"]
-    checkpoint["state_dict"]["model.bank_level3"] = level3[..., :7].clone()  # 7 channels instead of 112
+    level3 = checkpoint["state_dict"]["model.bank.level3"]
+    checkpoint["state_dict"]["model.bank.level3"] = level3[..., :7].clone()  # 7 channels instead of 112
     tampered = tmp_path / "tampered.ckpt"
     torch.save(checkpoint, tampered)
     with pytest.raises(CheckpointError, match=r"does not fit the configured model.*level 3 has 7 channels \(efficientnet_lite0: 112\)"):
@@ -228,7 +228,7 @@ def test_nan_in_training_features_raises_before_a_bank_exists(data, tmp_path):
 def test_nan_in_test_features_raises_before_metrics(fitted, data, tmp_path, monkeypatch):
     model, _ = fitted
     logged = []
-    monkeypatch.setattr(Spade, "_log_metrics", lambda self, stage, results: logged.append(stage))
+    monkeypatch.setattr(Spade, "_log_evaluation", lambda self, stage, results: logged.append(stage))
     model.model.backbone.register_forward_hook(_nan_hook)
     with pytest.raises(FloatingPointError, match=r"test features \(pooled\) contain 1 NaN"):
         trainer(tmp_path / "test").test(model, datamodule=datamodule(data))
@@ -250,10 +250,10 @@ def _spade_run(root: Path) -> bytes:
     train = torch.stack([dm.train_dataset[i]["image"] for i in range(len(dm.train_dataset))])
     test = torch.stack([dm.test_dataset[i]["image"] for i in range(len(dm.test_dataset))])
     torch.manual_seed(0)  # the random backbone weights
-    model = SpadeModel("efficientnet_lite0", weights="random", image_k=2, gallery_k=3, kappa=2, sigma=2.0)
+    model = SpadeModel(backbone="efficientnet_lite0", weights="random", image_k=2, gallery_k=3, kappa=2, sigma=2.0)
     model.fit_bank(train, batch_size=4)
     out = model(test)
-    parts = [t.numpy().tobytes() for t in [train, test, model.bank_pooled, *model.bank_levels(), out.image_scores, out.anomaly_maps]]
+    parts = [t.numpy().tobytes() for t in [train, test, model.bank.pooled, *model.bank.levels_hwc(), out.image_scores, out.anomaly_maps]]
     return b"".join(parts)
 
 
@@ -272,7 +272,7 @@ def test_cpu_fit_and_test_through_the_trainer_are_bitwise_repeatable(data, tmp_p
         tr.fit(model, datamodule=dm)
         tr.test(model, datamodule=dm, verbose=False)
         r = model.test_results
-        return [t.numpy().tobytes() for t in (model.model.bank_pooled, model.model.bank_level1, r.scores, r.maps)]
+        return [t.numpy().tobytes() for t in (model.model.bank.pooled, model.model.bank.level1, r.score, r.anomaly_map)]
 
     assert run("a") == run("b")
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from lightning_ad.errors import ConfigurationError
 from lightning_ad.spade import Features, SpadeModel
 
 
@@ -47,7 +48,7 @@ def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, 
 @pytest.mark.parametrize("image_k,gallery_k,kappa,sigma", [(5, 5, 1, 4.0), (3, 7, 3, 2.0), (12, 1, 1, 0.0)])
 def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigma):
     train, test = images
-    model = SpadeModel("efficientnet_lite0", image_k=image_k, gallery_k=gallery_k, kappa=kappa, sigma=sigma)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=image_k, gallery_k=gallery_k, kappa=kappa, sigma=sigma)
     model.fit_bank(train, batch_size=5)
     out = model(test)
     ref_scores, ref_maps = reference_spade(model, train, test, image_k, gallery_k, kappa, sigma)
@@ -62,7 +63,7 @@ def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigm
 
 def test_bank_is_independent_of_order(images):
     train, _ = images
-    model = SpadeModel("efficientnet_lite0", image_k=2, gallery_k=2)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=2, gallery_k=2)
     feats = model.extract(train)
     model.set_bank(feats, (64, 64))
     reference = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("bank")}
@@ -75,26 +76,26 @@ def test_bank_is_independent_of_order(images):
 
 def test_state_dict_round_trip_and_mismatch(images):
     train, test = images
-    model = SpadeModel("efficientnet_lite0", image_k=3, gallery_k=3)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=3, gallery_k=3)
     model.fit_bank(train)
-    fresh = SpadeModel("efficientnet_lite0", image_k=3, gallery_k=3)
+    fresh = SpadeModel(backbone="efficientnet_lite0", image_k=3, gallery_k=3)
     assert not fresh.is_fitted
     fresh.load_state_dict(model.state_dict())
     assert fresh.bank_size == 12 and fresh.image_size == (64, 64)
     assert torch.equal(fresh(test).anomaly_maps, model(test).anomaly_maps)
-    other = SpadeModel("efficientnet_lite0", layers=(2, 3), image_k=3, gallery_k=3)
+    other = SpadeModel(backbone="efficientnet_lite0", layers=(2, 3), image_k=3, gallery_k=3)
     with pytest.raises(ValueError, match=r"levels \[1, 2, 3\] \(configured: \[2, 3\]\)"):
         other.load_state_dict(model.state_dict())
 
 
 def test_half_precision_bank_is_close(images):
     train, test = images
-    full = SpadeModel("efficientnet_lite0", image_k=3, gallery_k=3)
+    full = SpadeModel(backbone="efficientnet_lite0", image_k=3, gallery_k=3)
     full.fit_bank(train)
-    half = SpadeModel("efficientnet_lite0", image_k=3, gallery_k=3, bank_dtype="float16")
+    half = SpadeModel(backbone="efficientnet_lite0", image_k=3, gallery_k=3, bank_dtype="float16")
     half.fit_bank(train)
-    assert half.bank_level1.dtype == torch.float16
-    assert half.bank_level1.element_size() * 2 == full.bank_level1.element_size()
+    assert half.bank.level1.dtype == torch.float16
+    assert half.bank.level1.element_size() * 2 == full.bank.level1.element_size()
     a, b = full(test), half(test)
     assert torch.allclose(a.image_scores, b.image_scores, rtol=1e-2)
     assert float((a.anomaly_maps - b.anomaly_maps).abs().max()) < 1e-2 * float(a.anomaly_maps.max())
@@ -102,12 +103,12 @@ def test_half_precision_bank_is_close(images):
 
 def test_leave_one_out_excludes_self(images):
     train, _ = images
-    model = SpadeModel("efficientnet_lite0", image_k=2, gallery_k=2)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=2, gallery_k=2)
     model.fit_bank(train)
     loo = model.score_bank()
     assert (loo.image_scores > 0).all() and (loo.anomaly_maps > 0).all()
     # equals scoring image 0 against a bank built without it
-    other = SpadeModel("efficientnet_lite0", image_k=2, gallery_k=2)
+    other = SpadeModel(backbone="efficientnet_lite0", image_k=2, gallery_k=2)
     other.fit_bank(train[1:])
     direct = other(train[:1])
     assert torch.allclose(loo.image_scores[0], direct.image_scores[0], rtol=1e-5)
@@ -116,16 +117,16 @@ def test_leave_one_out_excludes_self(images):
 
 def test_errors(images):
     train, test = images
-    model = SpadeModel("efficientnet_lite0", image_k=20, gallery_k=2)
-    with pytest.raises(RuntimeError, match="bank is empty"):
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=20, gallery_k=2)
+    with pytest.raises(ConfigurationError, match="no memory bank"):
         model(test)
     model.fit_bank(train)
     with pytest.raises(ValueError, match="image_k=20 is larger than the 12 training images"):
         model(test)
-    small = SpadeModel("efficientnet_lite0", image_k=2, gallery_k=2)
+    small = SpadeModel(backbone="efficientnet_lite0", image_k=2, gallery_k=2)
     small.fit_bank(train)
     with pytest.raises(ValueError, match="64x64 images"):
         small(torch.rand(1, 3, 96, 96))
     for kwargs, pattern in [({"kappa": 0}, "kappa"), ({"sigma": -1}, "sigma"), ({"bank_dtype": "int8"}, "bank_dtype")]:
         with pytest.raises(ValueError, match=pattern):
-            SpadeModel("efficientnet_lite0", **kwargs)
+            SpadeModel(backbone="efficientnet_lite0", **kwargs)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.metrics import binary_auroc, f1_optimal_threshold
-from lightning_ad.data.datamodule import spread_positions
+from lightning_ad.positions import spread_positions
 from lightning_ad.thresholds import normalize_scores, quantile_threshold
 
 
@@ -63,7 +63,7 @@ def test_fit_sets_thresholds_from_leave_one_out_scores(tiny_mvtec, tmp_path):
     trainer(tmp_path).fit(model, datamodule=dm(tiny_mvtec))
     spade = model.model
     rows = torch.arange(spade.bank_size)
-    loo_image, _ = spade.nearest_images(spade.bank_pooled.float(), exclude=rows)
+    loo_image, _ = spade.nearest_images(spade.bank.pooled.float(), exclude=rows)
     loo_maps = spade.score_bank(rows[spread_positions(spade.bank_size, 4)]).anomaly_maps
     assert model.image_threshold == pytest.approx(float(np.quantile(loo_image.double().numpy(), 0.9)), rel=1e-6)
     assert model.pixel_threshold == pytest.approx(float(np.quantile(loo_maps.double().numpy(), 0.99)), rel=1e-5)
@@ -85,9 +85,9 @@ def test_f1_thresholds_from_a_validation_split(tiny_mvtec, tmp_path):
     t = trainer(tmp_path)
     t.fit(model, datamodule=data)
     results = model.val_results
-    assert results is not None and len(results.labels) == len(data.val_dataset)
-    expected_image = float(f1_optimal_threshold(results.scores, results.labels)[0])
-    expected_pixel = float(f1_optimal_threshold(results.maps, results.masks)[0])
+    assert results is not None and len(results.label) == len(data.val_dataset)
+    expected_image = float(f1_optimal_threshold(results.score, results.label)[0])
+    expected_pixel = float(f1_optimal_threshold(results.anomaly_map, results.mask)[0])
     assert model.image_threshold == pytest.approx(expected_image)
     assert model.pixel_threshold == pytest.approx(expected_pixel)
     # the validation images are not in the test set

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -13,48 +12,18 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
+from ..positions import interleaved_split
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .io import check_image, image_size, list_images, load_mask, safe_relpath
+from .mask_files import drop_conventional_masks
 from .transforms import Preprocess, Size
 
-__all__ = ["AnomalyDataModule", "interleaved_split", "spread_positions", "default_num_workers", "OwnerSampler"]
+__all__ = ["AnomalyDataModule", "default_num_workers", "OwnerSampler"]
 
 
 def default_num_workers() -> int:
     """Loader workers when ``num_workers`` is not set: one per CPU core, at most 4."""
     return max(0, min(4, os.cpu_count() or 1))
-
-
-def interleaved_split(count: int, fraction: float) -> List[int]:
-    """Deterministic, evenly spread positions ``floor(j / fraction)`` of ``count`` sorted items.
-
-    ``fraction=0.2`` takes positions 0, 5, 10, ... (every fifth item, starting with the first).
-    """
-    if not 0 <= fraction < 1:
-        raise ConfigurationError(f"split fraction {fraction!r} must lie in [0, 1)")
-    if fraction == 0 or count == 0:
-        return []
-    step = 1 / Fraction(fraction).limit_denominator(10**6)
-    taken = []
-    j = 0
-    while True:
-        position = int(j * step)  # floor of an exact fraction
-        if position >= count:
-            return taken
-        taken.append(position)
-        j += 1
-
-
-def spread_positions(count: int, samples: int) -> List[int]:
-    """``samples`` positions evenly spread over ``range(count)``: ``floor(i * count / samples)``; all when
-    ``samples >= count``.
-
-    >>> spread_positions(7, 2)
-    [0, 3]
-    """
-    if samples >= count:
-        return list(range(count))
-    return interleaved_split(count, samples / count)
 
 
 class OwnerSampler(DistributedSampler):
@@ -89,7 +58,8 @@ class AnomalyDataModule(pl.LightningDataModule):
         batch_size: images per batch, for every stage.
         num_workers: loader worker processes (decode images while features are
             extracted); default: one per CPU core, at most 4.
-        predict_dir: folder of unlabelled images (searched recursively) for ``predict``.
+        predict_dir: folder of unlabelled images (searched recursively) for ``predict``;
+            files that are masks of images beside them by their names are left out.
         val_split: fraction of the labelled test images (per defect type, evenly spread)
             served as a validation set instead (for F1-optimal thresholds); 0: none.
         skip_broken: skip images that fail to decode (counted in a warning) instead of
@@ -253,7 +223,11 @@ class AnomalyDataModule(pl.LightningDataModule):
                     )
             else:
                 root = Path(self.predict_dir)
-                files = list_images(root, recursive=True, what="predict_dir")
+                files = drop_conventional_masks(
+                    list_images(root, recursive=True, what="predict_dir"),
+                    "predict_dir",
+                    advice="They are not predicted (move them out of predict_dir to silence this warning).",
+                )
                 samples = [Sample(p, UNLABELLED, None, "predict", safe_relpath(p, root)) for p in files]
                 self._check_relpaths(samples, "predict set")
                 self.predict_dataset = AnomalyDataset(self._check_images(samples, "predict set"), self.preprocess)
@@ -291,8 +265,3 @@ class AnomalyDataModule(pl.LightningDataModule):
             loader = DataLoader(loader.dataset, batch_size=self.batch_size, sampler=sampler,
                                 num_workers=self.num_workers, drop_last=False)
         return loader
-
-    @property
-    def image_shape(self) -> Tuple[int, int]:
-        """``(height, width)`` of the images served."""
-        return self.preprocess.output_size

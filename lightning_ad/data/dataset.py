@@ -58,10 +58,6 @@ class AnomalyDataset(Dataset):
         return len(self.samples)
 
     @property
-    def labels(self) -> List[int]:
-        return [s.label for s in self.samples]
-
-    @property
     def has_masks(self) -> bool:
         """True when every anomalous sample has a mask (pixel metrics are meaningful)."""
         anomalous = [s for s in self.samples if s.label == ANOMALOUS]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..errors import ConfigurationError, DataError, MaskError
-from .datamodule import AnomalyDataModule, interleaved_split
+from ..positions import interleaved_split
+from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample
 from .io import list_images, safe_relpath
-from .transforms import Size
+from .mask_files import drop_conventional_masks
 
 __all__ = ["FolderDataModule"]
 
@@ -29,7 +30,14 @@ class FolderDataModule(AnomalyDataModule):
     * Masks: the mask of image ``<stem>.<ext>`` is ``mask_pattern`` formatted with
       ``stem`` (``"{stem}_mask.png"``, ``"{stem}.png"`` ...), looked up in ``mask_dir``
       (mirroring each image folder's name below it) or, when ``mask_dir`` is None,
-      beside the image. Files that are the mask of another image are not images. With
+      beside the image.
+    * Mask files are never images: neither those ``mask_pattern`` names, nor (whatever
+      ``mask_pattern`` says) those the common conventions name
+      (:mod:`~lightning_ad.data.mask_files`: ``<stem>_mask.<ext>`` beside
+      ``<stem>.<ext2>``, a ``.png`` beside a ``.jpg``/``.jpeg``/``.bmp`` of the same
+      stem). The latter are left out with a warning that names the folder, the count
+      and the ``mask_pattern`` that would use them; one that is not a mask (a colour
+      photo) is an error naming it. With
       ``mask_pattern=None``, or when no defective image has a mask, the set is served
       for image-level metrics only; when some have masks and others not, it is an error,
       and so it is when ``mask_dir`` is set but holds no mask of a defective image.
@@ -52,7 +60,7 @@ class FolderDataModule(AnomalyDataModule):
         mask_pattern: mask file name rule, or None for no masks.
         mask_dir: folder of masks (``<mask_dir>/<image folder name>/<mask name>``); None: beside the images.
         normal_test_split: share of ``normal_dir`` held out for testing, in [0, 1).
-        **kwargs: see :class:`~lightning_ad.data.datamodule.AnomalyDataModule`.
+        **kwargs: see AnomalyDataModule.
     """
 
     def __init__(
@@ -64,15 +72,9 @@ class FolderDataModule(AnomalyDataModule):
         mask_pattern: Optional[str] = "{stem}_mask.png",
         mask_dir: Optional[str] = None,
         normal_test_split: float = 0.2,
-        image_size: Size = 256,
-        crop_size: Optional[Size] = 224,
-        batch_size: int = 32,
-        num_workers: Optional[int] = None,
-        predict_dir: Optional[str] = None,
-        val_split: float = 0.0,
-        skip_broken: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(image_size, crop_size, batch_size, num_workers, predict_dir, val_split, skip_broken)
+        super().__init__(**kwargs)
         self.root = Path(root) if root is not None else None
         self.normal_dir = self._resolve(normal_dir)
         dirs = [abnormal_dirs] if isinstance(abnormal_dirs, (str, Path)) else list(abnormal_dirs)
@@ -85,6 +87,7 @@ class FolderDataModule(AnomalyDataModule):
         if not isinstance(normal_test_split, (int, float)) or not 0 <= normal_test_split < 1:
             raise ConfigurationError(f"normal_test_split={normal_test_split!r} must lie in [0, 1)")
         self.normal_test_split = float(normal_test_split)
+        self._listed: Dict[Path, List[Path]] = {}
 
     def _resolve(self, folder: Union[str, Path]) -> Path:
         path = Path(folder).expanduser()
@@ -142,12 +145,29 @@ class FolderDataModule(AnomalyDataModule):
         return folder / name
 
     def _images(self, folder: Path, what: str) -> List[Path]:
+        """Images of ``folder``: its image files less the masks (by ``mask_pattern`` and by
+        the conventions of :mod:`~lightning_ad.data.mask_files`). Listed once per folder."""
+        if folder in self._listed:
+            return self._listed[folder]
         files = list_images(folder, what=what)
         # a file is a mask when it is the mask of ANOTHER file of the folder
-        masks = {self._mask_of(f) for f in files if self._mask_of(f) not in (None, f)}
-        images = [f for f in files if f not in masks]
+        declared = {self._mask_of(f) for f in files if self._mask_of(f) not in (None, f)}
+        if self.mask_pattern is None:
+            why = "Masks are off (mask_pattern: null): to use them"
+        elif self.mask_dir is not None:
+            why = f"Masks are read from mask_dir {str(self.mask_dir)!r}: to use these instead, unset mask_dir and"
+        else:
+            why = f"mask_pattern={self.mask_pattern!r} names other files: to use them"
+        images = drop_conventional_masks(
+            files,
+            what,
+            declared=declared,
+            advice=f"{why} set mask_pattern, e.g. --data.init_args.mask_pattern \"{{pattern}}\".",
+            declare='set mask_pattern, e.g. --data.init_args.mask_pattern "{pattern}"',
+        )
         if not images:
             raise DataError(f"{what} {str(folder)!r} holds only mask files (mask_pattern={self.mask_pattern!r}).")
+        self._listed[folder] = images
         return images
 
     def _normal_split(self) -> tuple:

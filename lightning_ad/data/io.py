@@ -58,6 +58,13 @@ Masks
       without is refused, naming the images and the mask files looked for.
     * A mask found for a normal image must mark no pixel (an all-zero mask is
       fine); one that marks pixels is refused, naming both files.
+    * Files that are masks are never images. Besides the datamodule's own rule, a
+      file is taken for a mask by the common conventions
+      (:mod:`lightning_ad.data.mask_files`): ``<stem>_mask.<ext>`` beside
+      ``<stem>.<ext2>``, and a ``.png`` beside a ``.jpg``/``.jpeg``/``.bmp`` of the
+      same stem (Magnetic Tile). Such a file must look like a mask
+      (:func:`mask_problem`: one channel or grey, and accepted by the rules above);
+      one that does not (a colour photo) is an error naming it, not a guess.
 
 Data sets (checked in ``setup``, before any feature is extracted)
     * MVTec layout: a missing root, an unknown category (the error lists the
@@ -107,6 +114,7 @@ __all__ = [
     "image_size",
     "load_image",
     "load_mask",
+    "mask_problem",
     "safe_relpath",
 ]
 
@@ -460,3 +468,25 @@ def load_mask(path: Path, image_hw: Optional[Tuple[int, int]] = None, image_path
         resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((iw, ih), Image.Resampling.NEAREST)
         mask = np.asarray(resized) > 127
     return mask
+
+
+def mask_problem(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be a mask (``None`` when it can): a mask is one channel, or grey
+    (equal colour channels), and is accepted by :func:`load_mask` (few values: not a photo).
+
+    Used to tell a mask from a picture when only a naming convention says which it is.
+    A file that does not decode raises :class:`~lightning_ad.errors.ImageDecodeError`.
+    """
+    path = Path(path)
+    with _decode(path, is_mask=True) as im:
+        mode = im.mode
+        flat = im.convert("RGBA" if "transparency" in im.info else "RGB") if mode == "P" else im
+        if flat.mode not in ("1", "L", "LA", "La", "I", "F") and not flat.mode.startswith("I;16"):
+            rgb = np.asarray(flat.convert("RGB"))
+            if not ((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all()):
+                return f"is a colour picture (mode {mode}), not a mask (masks are one channel or grey)"
+    try:
+        load_mask(path)
+    except MaskError as err:
+        return f"is not accepted as a mask ({err})"
+    return None

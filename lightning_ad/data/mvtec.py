@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List
 
 from pytorch_lightning.utilities import rank_zero_warn
 
@@ -11,7 +11,7 @@ from ..errors import DataError, MaskError
 from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample
 from .io import list_images, safe_relpath
-from .transforms import Size
+from .mask_files import is_mask_name
 
 __all__ = ["MVTecDataModule", "mvtec_categories"]
 
@@ -24,12 +24,32 @@ def mvtec_categories(root: Path) -> List[str]:
     return sorted(p.name for p in root.iterdir() if (p / "train" / "good").is_dir())
 
 
+def _images(folder: Path, what: str) -> List[Path]:
+    """Image files of ``folder`` less those named like masks (``*_mask.*``), with a warning."""
+    files = list_images(folder, what=what)
+    masks = [f for f in files if is_mask_name(f)]
+    if masks:
+        rank_zero_warn(
+            f"{what} {str(folder)!r}: {len(masks)} file(s) named like masks (e.g. {masks[0].name!r}) are not "
+            "images and are left out; MVTec masks are read from ground_truth/<defect>/<stem>_mask.png."
+        )
+    images = [f for f in files if not is_mask_name(f)]
+    if not images:
+        raise DataError(
+            f"{what} {str(folder)!r} holds only files named like masks (*_mask.*), no image. MVTec masks "
+            "belong in ground_truth/<defect>/<stem>_mask.png."
+        )
+    return images
+
+
 class MVTecDataModule(AnomalyDataModule):
     """One category of MVTec AD (or any data set laid out the same way).
 
     ``train/good`` gives the normal training images; every folder of ``test`` is a
     test group (``good`` normal, the others anomalous), and the mask of
     ``test/<defect>/<stem>.<ext>`` is ``ground_truth/<defect>/<stem>_mask.png``.
+    Files named like masks (``<stem>_mask.<ext>``) in the image folders are never
+    images: they are left out with a warning.
     Without a ``ground_truth`` folder (or with an empty one) the category is served
     for image-level metrics only, with a warning. A ``ground_truth`` folder that
     holds files none of which is the mask of an anomalous test image is an error
@@ -40,22 +60,11 @@ class MVTecDataModule(AnomalyDataModule):
     Args:
         root: folder holding the categories.
         category: the category (a subfolder of ``root``).
-        **kwargs: see :class:`~lightning_ad.data.datamodule.AnomalyDataModule`.
+        **kwargs: see AnomalyDataModule.
     """
 
-    def __init__(
-        self,
-        root: str = "../shared/data/mvtec_ad",
-        category: str = "bottle",
-        image_size: Size = 256,
-        crop_size: Optional[Size] = 224,
-        batch_size: int = 32,
-        num_workers: Optional[int] = None,
-        predict_dir: Optional[str] = None,
-        val_split: float = 0.0,
-        skip_broken: bool = False,
-    ) -> None:
-        super().__init__(image_size, crop_size, batch_size, num_workers, predict_dir, val_split, skip_broken)
+    def __init__(self, root: str = "../shared/data/mvtec_ad", category: str = "bottle", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.category = category
 
@@ -90,7 +99,7 @@ class MVTecDataModule(AnomalyDataModule):
     def collect_train(self) -> List[Sample]:
         folder = self.category_dir / "train" / "good"
         base = self.category_dir
-        return [Sample(p, NORMAL, None, "good", safe_relpath(p, base)) for p in list_images(folder, what="MVTec training folder")]
+        return [Sample(p, NORMAL, None, "good", safe_relpath(p, base)) for p in _images(folder, "MVTec training folder")]
 
     def collect_test(self) -> List[Sample]:
         base = self.category_dir
@@ -109,7 +118,7 @@ class MVTecDataModule(AnomalyDataModule):
         samples: List[Sample] = []
         for group in groups:
             label = NORMAL if group.name == "good" else ANOMALOUS
-            for path in list_images(group, what="MVTec test folder"):
+            for path in _images(group, "MVTec test folder"):
                 mask, expected = None, None
                 if annotated:
                     candidate = truth / group.name / f"{path.stem}_mask.png"

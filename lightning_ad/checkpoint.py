@@ -1,0 +1,106 @@
+"""What a lightning_ad checkpoint holds beyond the state dict, and the checks on it.
+
+A fitted checkpoint carries a ``lightning_ad`` section: the format, the backbone and
+levels the bank was fitted with, the bank's size and input size. :func:`read_checkpoint`
+opens a file with ``weights_only=True`` and refuses anything that is not a complete
+lightning_ad checkpoint; :func:`check_compatible` refuses a bank that would not fit the
+configured model. Both raise :class:`~lightning_ad.errors.CheckpointError` naming the
+file or setting and what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .errors import CheckpointError
+
+__all__ = [
+    "META_KEY", "FORMAT", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
+    "contract_mismatch", "scoring_changes",
+]
+
+#: Key of the lightning_ad section of a checkpoint.
+META_KEY = "lightning_ad"
+#: Version of the section's layout (1: round 1; 2: bank in a MemoryBank).
+FORMAT = 2
+
+
+def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """The checkpoint dict at ``path`` (on the CPU, ``weights_only=True``), with its lightning_ad section checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist (--ckpt_path).")
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            "Is it a complete .ckpt file written by lightning-ad fit?"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(META_KEY), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} was not written by lightning_ad (no '{META_KEY}' section).")
+    return checkpoint
+
+
+def check_compatible(meta: Dict[str, Any], backbone: str, layers: Sequence[int], source: str = "the checkpoint") -> None:
+    """Refuse a bank fitted with another backbone or other levels than the configured ones."""
+    problems = []
+    if meta.get("backbone") != backbone:
+        problems.append(f"backbone {meta.get('backbone')!r} (configured: {backbone!r})")
+    if list(meta.get("layers", [])) != list(layers):
+        problems.append(f"layers {list(meta.get('layers', []))} (configured: {list(layers)})")
+    if problems:
+        raise CheckpointError(
+            f"{source}'s bank was fitted with " + " and ".join(problems)
+            + ". Configure the model the same way (--model.backbone / --model.layers) or fit again."
+        )
+
+
+def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
+    """Refuse resuming a fit, and a checkpoint without a complete bank."""
+    if fitting:
+        complete = "the bank was complete" if meta.get("bank_size") else "before the bank was complete"
+        raise CheckpointError(
+            f"fit cannot resume from a checkpoint (this one was saved {complete}): SPADE builds its bank in "
+            "one pass. Run fit again without ckpt_path."
+        )
+    if not meta.get("bank_size"):
+        raise CheckpointError(
+            "this checkpoint holds no memory bank: it was saved before fit completed (an interrupted fit, "
+            "or a checkpoint saved during the pass). Use the checkpoint written at the end of fit, or fit again."
+        )
+
+
+#: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
+SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma")
+
+
+def input_contract(datamodule: Any) -> Optional[Dict[str, Any]]:
+    """``{"image_size": [H, W], "crop_size": [h, w] or None}`` of a datamodule with a ``preprocess``
+    (resize, then centre-crop; None: no crop), else None."""
+    preprocess = getattr(datamodule, "preprocess", None)
+    if preprocess is None:
+        return None
+    image_size, crop_size = list(preprocess.image_size), list(preprocess.crop_size)
+    return {"image_size": image_size, "crop_size": None if crop_size == image_size else crop_size}
+
+
+def contract_mismatch(saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> Optional[str]:
+    """An error message when a datamodule prepares images otherwise than the checkpoint's fit did."""
+    if not saved or not current or saved == current:
+        return None
+    return (
+        f"the data is prepared with image_size={current['image_size']}, crop_size={current['crop_size']} but the "
+        f"checkpoint's bank and thresholds were fitted with image_size={saved['image_size']}, crop_size="
+        f"{saved['crop_size']}: scores would not be comparable. Leave --data.image_size/--data.crop_size unset "
+        "(the checkpoint's are used) or set them to the checkpoint's values, or fit again."
+    )
+
+
+def scoring_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """``"name saved -> current"`` for each scoring setting that differs."""
+    return [f"{name} {saved[name]!r} -> {current[name]!r}" for name in SCORING_SETTINGS
+            if name in saved and name in current and saved[name] != current[name]]

@@ -1,0 +1,59 @@
+"""What the console shows: Lightning's advertising tips and known, expected warnings are
+silenced through Lightning's logger and Python's warning filters; warnings about the user's
+data and settings stay. :func:`quiet_lightning` is applied when the package is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+__all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "bank_summary", "partial_bank_warning"]
+
+#: Lightning and torch warnings that are expected with a frozen, training-free model.
+EXPECTED_WARNINGS = (
+    # the backbone is frozen in eval mode on purpose
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # a data set without a validation split serves an empty list
+    r"Total length of `list` across ranks is zero",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # test/predict/validate restore a checkpoint written in another folder: nothing to resume
+    r"The dirpath has changed from",
+    # Lightning's own use of a deprecated torch API (not ours, not the user's)
+    r".*`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+_RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's "💡 Tip" advertisements."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's tips and :data:`EXPECTED_WARNINGS` (idempotent)."""
+    for pattern in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
+def bank_summary(model: Any, seconds: float, processes: int) -> str:
+    """The status line after fit built the bank of ``model`` (a SpadeModel); starts on its own line."""
+    rate = model.bank_size / max(seconds, 1e-9)
+    return (f"\nSPADE bank: {model.bank_size} training images in {seconds:.2f} s ({rate:.1f} images/s on {processes} "
+            f"process(es)), backbone {model.backbone_name}, levels {list(model.layers)}, "
+            f"{model.bank.nbytes() / 2**20:.1f} MB")
+
+
+def partial_bank_warning(bank_images: int, train_images: int) -> str:
+    """The warning for a bank built from part of the training set, with both counts."""
+    return (f"the bank holds {bank_images} of the {train_images} training images (limit_train_batches, fast_dev_run "
+            "or max_steps cut the pass short): its scores and thresholds come from a partial bank. Fit without "
+            "those trainer settings for a complete one.")
