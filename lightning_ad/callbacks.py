@@ -410,7 +410,7 @@ class PredictionWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             count = self._merge(trainer.world_size)
             rank_zero_info(
-                f"predictions of {count} images written to {str(self.output_path)!r} ({PREDICTIONS_CSV}"
+                f"\npredictions of {count} images written to {str(self.output_path)!r} ({PREDICTIONS_CSV}"
                 + (", maps/" if self.write_maps else "") + (", overlays/" if self.write_overlays else "") + ")"
             )
         trainer.strategy.barrier("lightning_ad_prediction_writer_csv")
@@ -564,7 +564,7 @@ class TestReport(Callback):
                             f"test_report/{name}", V.png_to_array(data), global_step=trainer.global_step, dataformats="HWC"
                         )
                     experiment.flush()
-        rank_zero_info(f"test report written to {str(self.output_path)!r} ({', '.join(sorted(images)) or 'overlays only'})")
+        rank_zero_info(f"\ntest report written to {str(self.output_path)!r} ({', '.join(sorted(images)) or 'overlays only'})")
 
     @staticmethod
     def _figures(results: ImageResults, evaluation: Evaluation) -> Dict[str, Any]:

@@ -146,7 +146,7 @@ class SpadeCLI(LightningCLI):
         callback = trainer.checkpoint_callback
         path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         if path:
-            rank_zero_info(f"fitted checkpoint: {path}")
+            rank_zero_info(f"\nfitted checkpoint: {path}")
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
             trainer.test(self.model, datamodule=self.datamodule)
 

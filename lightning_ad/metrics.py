@@ -464,7 +464,33 @@ def per_region_overlap(maps: Any, masks: Any, max_fpr: float = 0.3) -> Tensor:
 # --------------------------------------------------------------------------- #
 # torchmetrics wrappers
 # --------------------------------------------------------------------------- #
-class AUROC(Metric):
+class _KeepAllMetric(Metric):
+    """Keeps every score and target (``dist_reduce_fx="cat"``); :meth:`compute` applies the exact
+    functional form once, over everything seen (subclasses set ``_compute_exact``)."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    scores: List[Tensor]
+    target: List[Tensor]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def _compute_exact(self, scores: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self) -> Tensor:
+        """The metric over everything seen so far (``float64`` scalar)."""
+        if isinstance(self.scores, list) and len(self.scores) == 0:
+            raise ValueError(f"{type(self).__name__}.compute() called without data: call update() first")
+        return self._compute_exact(dim_zero_cat(self.scores), dim_zero_cat(self.target))
+
+
+class AUROC(_KeepAllMetric):
     """Exact image- or pixel-level AUROC of raw anomaly scores (see :func:`binary_auroc`).
 
     All scores and targets are kept (``dist_reduce_fx="cat"``) and the exact
@@ -482,18 +508,6 @@ class AUROC(Metric):
         tensor(0.6250, dtype=torch.float64)
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    scores: List[Tensor]
-    target: List[Tensor]
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-
     def update(self, scores: Tensor, target: Tensor) -> None:  # type: ignore[override]
         """Add a batch: ``scores`` of any shape (flattened) and ``target`` of the same shape."""
         scores = _check_scores(scores)
@@ -502,16 +516,11 @@ class AUROC(Metric):
         self.scores.append(scores.detach().reshape(-1))
         self.target.append(target.reshape(-1).to(scores.device))
 
-    def compute(self) -> Tensor:
-        """Exact AUROC over everything seen so far (``float64`` scalar)."""
-        if isinstance(self.scores, list) and len(self.scores) == 0:
-            raise ValueError("AUROC.compute() called without data: call update() first")
-        scores = dim_zero_cat(self.scores)
-        target = dim_zero_cat(self.target)
+    def _compute_exact(self, scores: Tensor, target: Tensor) -> Tensor:
         return binary_auroc(scores, target)
 
 
-class PRO(Metric):
+class PRO(_KeepAllMetric):
     """Per-region overlap up to ``max_fpr`` over a stream of maps (see :func:`per_region_overlap`).
 
     Args:
@@ -530,18 +539,9 @@ class PRO(Metric):
         tensor(1., dtype=torch.float64)
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    maps: List[Tensor]
-    masks: List[Tensor]
-
     def __init__(self, max_fpr: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_fpr = _check_max_fpr(max_fpr)
-        self.add_state("maps", default=[], dist_reduce_fx="cat")
-        self.add_state("masks", default=[], dist_reduce_fx="cat")
 
     def update(self, maps: Tensor, masks: Tensor) -> None:  # type: ignore[override]
         """Add a batch of anomaly maps ``[B, H, W]``/``[B, 1, H, W]`` and masks (same shape)."""
@@ -551,18 +551,13 @@ class PRO(Metric):
         maps = _to_nhw(maps, "maps")
         masks = _to_nhw(masks, "masks")
         hw = (int(maps.shape[1]), int(maps.shape[2]))
-        if len(self.maps) > 0 and tuple(self.maps[0].shape[1:]) != hw:
+        if len(self.scores) > 0 and tuple(self.scores[0].shape[1:]) != hw:
             raise ValueError(
                 f"all batches must have the same spatial size: got {hw}, "
-                f"expected {tuple(self.maps[0].shape[1:])}"
+                f"expected {tuple(self.scores[0].shape[1:])}"
             )
-        self.maps.append(maps.detach())
-        self.masks.append(masks.to(maps.device))
+        self.scores.append(maps.detach())
+        self.target.append(masks.to(maps.device))
 
-    def compute(self) -> Tensor:
-        """PRO score over all maps seen so far (``float64`` scalar)."""
-        if isinstance(self.maps, list) and len(self.maps) == 0:
-            raise ValueError("PRO.compute() called without data: call update() first")
-        maps = dim_zero_cat(self.maps)
-        masks = dim_zero_cat(self.masks)
-        return per_region_overlap(maps, masks, max_fpr=self.max_fpr)
+    def _compute_exact(self, scores: Tensor, target: Tensor) -> Tensor:
+        return per_region_overlap(scores, target, max_fpr=self.max_fpr)
