@@ -6,6 +6,7 @@ quiet_lightning()
 
 from .callbacks import PredictionWriter, TestReport  # noqa: E402
 from .data import DemoDataModule, FolderDataModule, MVTecDataModule  # noqa: E402
+from .detector import Detection, Detector  # noqa: E402
 from .evaluation import Evaluation, evaluate  # noqa: E402
 from .module import Spade  # noqa: E402
 from .results import ImageResults  # noqa: E402
@@ -17,6 +18,8 @@ __all__ = [
     "Spade",
     "SpadeModel",
     "ImageResults",
+    "Detector",
+    "Detection",
     "Evaluation",
     "evaluate",
     "MVTecDataModule",

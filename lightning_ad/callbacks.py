@@ -30,6 +30,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from . import visualize as V
+from .data.io import image_size
+from .detector import Detection, overlay_for, restore_map
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
 from .positions import spread_positions
@@ -152,6 +154,24 @@ class _Names:
         return base
 
 
+def detection_at_original_size(results: ImageResults, i: int, contract: Optional[Dict[str, Any]]) -> Optional[Detection]:
+    """Image ``i`` of ``results`` as a :class:`~lightning_ad.detector.Detection` at its file's own size
+    (map NaN where the crop removed a border; see :mod:`lightning_ad.detector`), or None when it has
+    no file or the input contract is unknown."""
+    path = results.path[i]
+    if not contract or not path or not os.path.isfile(path):
+        return None
+    size = image_size(Path(path))
+    full = restore_map(results.anomaly_map[i], size, contract)
+    theta, decision = results.pixel_threshold, results.decision
+    mask = np.nan_to_num(full, nan=-np.inf) >= theta if math.isfinite(theta) else None
+    return Detection(
+        score=float(results.score[i]), normalized_score=float(results.normalized_score[i]),
+        decision=None if decision is None else bool(decision[i]), anomaly_map=full, mask=mask, size=tuple(size),
+        path=path, image_threshold=results.image_threshold, pixel_threshold=theta,
+    )
+
+
 def _dataset_relpaths(loaders: Any) -> List[str]:
     """``relpath`` of every sample of the loaders' data sets (empty when they do not say)."""
     relpaths: List[str] = []
@@ -175,9 +195,11 @@ class PredictionWriter(BasePredictionWriter):
                                   (threshold = 0.5), label (1 anomalous / 0 normal at the
                                   image threshold; empty when it is unknown), map_file,
                                   overlay_file; one row per image, sorted by path
-        maps/<stem>.tiff          raw anomaly map, float32 TIFF (lossless), at the served
-                                  image size (after resize and crop)
-        overlays/<stem>.png       heatmap over the served image, predicted mask outlined
+        maps/<stem>.tiff          raw anomaly map, float32 TIFF (lossless), at the image
+                                  file's own size; NaN where the centre crop removed a
+                                  border (not inspected; see :mod:`lightning_ad.detector`)
+        overlays/<stem>.png       heatmap over the image at its own size, predicted mask
+                                  outlined, uninspected borders greyed and hatched
 
     ``<stem>`` is the image's ``relpath`` without its extension (``sub/a.jpg`` gives
     ``sub/a.png``); images of the set that share a stem (``a.jpg`` beside ``a.png``)
@@ -333,6 +355,7 @@ class PredictionWriter(BasePredictionWriter):
         tau, theta = prediction.image_threshold, prediction.pixel_threshold
         normalized, decisions, pred_masks = prediction.normalized_score, prediction.decision, prediction.pred_mask
         world, rank = trainer.world_size, trainer.global_rank
+        contract = getattr(pl_module, "input_contract", None)
         for i in range(len(prediction)):
             index = int(prediction.index[i])
             if world > 1 and index % world != rank:
@@ -350,12 +373,16 @@ class PredictionWriter(BasePredictionWriter):
                     if not _is_within(target, out) or os.path.realpath(target) in inputs:
                         raise ConfigurationError(f"refusing to write {str(target)!r}: it would leave the output folder or replace an input")
             anomaly_map = prediction.anomaly_map[i]
+            original = detection_at_original_size(prediction, i, contract)
             if map_name:
-                save_map_tiff(out / map_name, anomaly_map)
+                save_map_tiff(out / map_name, original.anomaly_map if original is not None else anomaly_map)
             if overlay_name:
-                pred = pred_masks[i] if pred_masks is not None else None
-                rgb = V.overlay(_image_for(prediction.image, i, anomaly_map.shape), anomaly_map, theta,
-                                pred_mask=pred, alpha=self.overlay_alpha)
+                if original is not None:
+                    rgb = overlay_for(original, original.path, alpha=self.overlay_alpha)
+                else:
+                    pred = pred_masks[i] if pred_masks is not None else None
+                    rgb = V.overlay(_image_for(prediction.image, i, anomaly_map.shape), anomaly_map, theta,
+                                    pred_mask=pred, alpha=self.overlay_alpha)
                 save_png(out / overlay_name, rgb)
             known = math.isfinite(tau)
             self._part_writer.writerow((

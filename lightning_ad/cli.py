@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
-from .checkpoint import META_KEY, check_compatible, read_checkpoint
+from .checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint
 from .console import quiet_lightning
 from .errors import LightningADError
 from .module import Spade
@@ -57,7 +58,7 @@ class SpadeCLI(LightningCLI):
         override is the only place to stop that. Here:
 
         * a model or input setting the user did not give (left at its default) comes from the
-          checkpoint, and a line says which;
+          checkpoint, and a line names those that make the scores;
         * a scoring setting given differently is honoured: the module recomputes the
           thresholds from the bank (leave-one-out) and says so;
         * an input setting (resize, crop) given differently is refused when the run starts;
@@ -77,7 +78,8 @@ class SpadeCLI(LightningCLI):
             if name in config.model and _normalise(config.model[name]) == _normalise(defaults.get(name)) \
                     and _normalise(value) != _normalise(config.model[name]):
                 config.model[name] = value
-                taken.append(f"{name}={value!r}")
+                if name in SCORING_SETTINGS or name in ("backbone", "layers", "weights"):
+                    taken.append(f"{name}={value!r}")  # what makes the scores; the rest is taken quietly
         check_compatible(meta, config.model["backbone"], config.model["layers"] or [], source=f"checkpoint {str(path)!r}")
         contract = meta.get("input")
         init_args = getattr(config.get("data"), "init_args", None)
@@ -126,7 +128,7 @@ class SpadeCLI(LightningCLI):
         while target.exists():
             target = source.with_name(f"{source.stem}-f1-{counter}.ckpt")
             counter += 1
-        self.trainer.save_checkpoint(target)
+        self.trainer.save_checkpoint(target, weights_only=True)  # the bank, thresholds and settings; no loop state
         rank_zero_info(
             f"checkpoint with F1-optimal thresholds (image {model.image_threshold:.6g}, pixel "
             f"{model.pixel_threshold:.6g}): {target}"
@@ -189,10 +191,23 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+#: Subcommands beside LightningCLI's: name -> (module, function taking the remaining arguments).
+_DEPLOY_COMMANDS = {"export": ("lightning_ad.export", "export_main"), "serve": ("lightning_ad.serve", "serve_main")}
+
+
 def main(args: Optional[List[str]] = None) -> None:
-    """Console entry point; user-facing errors are printed without a traceback (exit status 2)."""
+    """Console entry point; user-facing errors are printed without a traceback (exit status 2).
+
+    ``fit``/``validate``/``test``/``predict`` are LightningCLI's; ``export`` and ``serve`` run a
+    fitted checkpoint outside Lightning (``lightning-ad export --help``, ``lightning-ad serve --help``).
+    """
     quiet_lightning()
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv and argv[0] in _DEPLOY_COMMANDS:
+            module, function = _DEPLOY_COMMANDS[argv[0]]
+            getattr(importlib.import_module(module), function)(argv[1:])
+            return
         SpadeCLI(
             Spade,
             pl.LightningDataModule,

@@ -466,3 +466,38 @@ def test_figures_show_threshold_and_auroc():
     x, y = V.roc_figure(many, target).axes[0].get_lines()[0].get_data()
     assert len(x) < 10000 and x[0] == 0 and y[0] == 0 and x[-1] == 1 and y[-1] == 1
     assert abs(float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2)) - float(binary_auroc(torch.tensor(many), torch.tensor(target)))) < 2e-3
+
+
+def test_predicted_maps_and_overlays_are_at_each_images_own_size(fitted, tmp_path):
+    """A 96x64 and a 40x72 photo give maps of exactly those sizes; with a centre crop the removed
+    border is NaN (never 'normal') and hatched in the overlay."""
+    _, data, _ = fitted
+    model = Spade(image_k=3, gallery_k=3, threshold_samples=4)
+    cropped = MVTecDataModule(root=str(data), category=CATEGORY, image_size=SIZE, crop_size=48, batch_size=3, num_workers=0)
+    _trainer(tmp_path / "fit").fit(model, datamodule=cropped)
+    assert model.input_contract == {"image_size": [SIZE, SIZE], "crop_size": [48, 48]}
+    inputs = tmp_path / "inputs"
+    rng = np.random.default_rng(7)
+    _save(inputs / "tall.png", np.asarray(Image.fromarray(_texture(rng)).resize((64, 96))))
+    _save(inputs / "wide.png", np.asarray(Image.fromarray(_texture(rng)).resize((72, 40))))
+    predict = MVTecDataModule(root=str(data), category=CATEGORY, image_size=SIZE, crop_size=48, batch_size=3,
+                              num_workers=0, predict_dir=str(inputs))
+    outputs = _trainer(tmp_path / "run", [PredictionWriter()]).predict(model, datamodule=predict)
+    served = {Path(p).name: m for b in outputs for p, m in zip(b.path, b.anomaly_map)}
+    out = tmp_path / "run" / "predictions" / "version_0"
+    for name, (height, width) in (("tall", (96, 64)), ("wide", (40, 72))):
+        with Image.open(out / "maps" / f"{name}.tiff") as im:
+            stored = np.asarray(im)
+        assert stored.shape == (height, width)
+        # the crop keeps the middle 48 of 64 resized rows/columns: 1/8 of each side is not inspected
+        rows, cols = np.isfinite(stored).any(axis=1), np.isfinite(stored).any(axis=0)
+        assert not rows[: height // 8].any() and not rows[-(height // 8):].any() and rows[height // 4 : -height // 4].all()
+        assert not cols[: width // 8].any() and not cols[-(width // 8):].any() and cols[width // 4 : -width // 4].all()
+        # inside, the map is the served map resized: its extremes are the served map's (bilinear never overshoots)
+        inside = stored[np.isfinite(stored)]
+        assert inside.max() <= float(served[f"{name}.png"].max()) + 1e-4 and inside.min() >= float(served[f"{name}.png"].min()) - 1e-4
+        with Image.open(out / "overlays" / f"{name}.png") as im:
+            assert im.size == (width, height)
+            drawn = np.asarray(im.convert("RGB"))
+        corner = drawn[: height // 8, : width // 8]
+        assert (corner == 64).all(axis=-1).any(), "the uninspected border is not hatched"

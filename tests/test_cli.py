@@ -157,3 +157,12 @@ def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):
     new = torch.load(calibrated, weights_only=True)["state_dict"]
     assert torch.equal(old["model.bank.pooled"], new["model.bank.pooled"])
     assert float(new["model.image_threshold"]) != float(old["model.image_threshold"])
+    assert "weights_only" not in result.stdout + result.stderr
+    # the calibrated checkpoint remembers its validation images: testing on them warns with the count,
+    # holding them out (the same split) does not
+    reused = run(["test", "--config", str(config), "--ckpt_path", str(calibrated)], base)
+    assert reused.returncode == 0, reused.stderr[-3000:]
+    assert "of the 7 test images set this checkpoint's F1 thresholds" in reused.stdout + reused.stderr
+    held_out = run(["test", "--config", str(config), "--ckpt_path", str(calibrated), "--data.val_split", "0.5"], base)
+    assert held_out.returncode == 0 and "set this checkpoint's F1 thresholds" not in held_out.stdout + held_out.stderr
+    assert "threshold_method" not in reused.stdout + reused.stderr  # the user changed nothing: nothing to report

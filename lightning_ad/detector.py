@@ -1,0 +1,492 @@
+"""The Trainer-free detector: a fitted checkpoint in; files, PIL images, arrays or tensors of any size in; one record per image out.
+
+::
+
+    detector = Detector.from_checkpoint("fit.ckpt")
+    for found in detector(["a.png", pil_image, uint8_array]):
+        print(found.score, found.decision, found.anomaly_map.shape)   # map at the image's own size
+
+Inputs (a single item or a list; sizes may differ)
+    * a path (``str`` / ``Path``): decoded by :func:`lightning_ad.data.io.load_image`, with its
+      rules (EXIF orientation, 16-bit scaling, grey -> RGB, alpha dropped) and its errors
+      (:class:`~lightning_ad.errors.ImageDecodeError` naming the file);
+    * a PIL image: oriented by its EXIF tag and converted by the same rules;
+    * a numpy array ``[H, W, 3]``, ``[H, W, 1]`` or ``[H, W]``: ``uint8`` as is, ``uint16``
+      scaled by 255/65535 and rounded (as 16-bit files), float in [0, 1] quantised to 8 bits
+      (``round(255 x)``); ``bool``, other integer types, float values outside [0, 1] or not
+      finite, and any other shape (4 channels included: an array has no mode that says
+      whether it is RGBA, BGRA or CMYK) are refused with a :class:`~lightning_ad.errors.DataError`
+      naming the input;
+    * a torch tensor ``[3, H, W]``, ``[1, H, W]`` or ``[H, W]`` (channels first), ``uint8`` or
+      float in [0, 1], converted as the arrays; a 4-D tensor ``[B, 3, H, W]`` (or array
+      ``[B, H, W, 3]``) is taken as ``B`` images.
+
+Every image is then brought to 8-bit RGB ``[H0, W0, 3]`` and goes through the checkpoint's
+input contract with :class:`~lightning_ad.data.transforms.Preprocess` (resize to
+``image_size``, bilinear with antialiasing, then centre crop to ``crop_size``), exactly as
+the datamodules serve it, so a picture scores the same here as in ``lightning-ad predict``.
+
+Maps at the original size (the rule)
+    The model's map covers the crop ``[h, w]`` of the resized image ``[Hr, Wr]``, whose
+    top-left corner is at ``(top, left)`` (torchvision's centre crop). Pixel ``(y, x)`` of the
+    original image ``[H0, W0]`` has its centre at ``sy = (y + 0.5) Hr / H0`` in the resized
+    image (likewise ``sx``).
+
+    * It was inspected when the resized pixel holding that centre, ``floor(sy)``, lies in
+      ``top .. top + h - 1`` (and likewise for ``x``); otherwise the crop removed it: its
+      value is NaN and it is never in the mask.
+    * An inspected pixel gets the map bilinearly interpolated (``align_corners=False``
+      convention) at ``(sy - 0.5 - top, sx - 0.5 - left)`` in the crop's pixel grid, clamped
+      to the crop (the edge value is repeated, as ``F.interpolate`` does at borders). So
+      values and validity are resized separately and NaN never bleeds into inspected pixels.
+    * Without a crop this is plain ``F.interpolate(map, (H0, W0), mode="bilinear",
+      align_corners=False)``.
+
+    The rule is two fixed matrices per image size (:func:`map_resize_matrices`); the
+    exported models (:mod:`lightning_ad.export`) bake the same matrices in.
+
+Thresholds are raw squared distances: the checkpoint's user overrides
+(``image_threshold`` / ``pixel_threshold`` hyper-parameters) when set, else the learned
+ones; NaN when unknown (then ``decision`` and ``mask`` are None and ``normalized_score``
+is NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import Tensor
+
+from . import checkpoint as ckpt
+from .data.io import _TRANSPOSE, _orientation, _sixteen_bit_to_uint8, _to_rgb, load_image
+from .data.transforms import Preprocess
+from .errors import CheckpointError, ConfigurationError, DataError, ImageDecodeError
+from .spade import SpadeModel
+from .thresholds import normalize_scores
+
+__all__ = [
+    "Detector",
+    "Detection",
+    "input_contract",
+    "crop_offsets",
+    "map_resize_matrices",
+    "restore_map",
+    "as_rgb_uint8",
+    "overlay_for",
+    "load_model",
+]
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+
+#: Hatch period (pixels) and grey of the uninspected border in overlays.
+_HATCH_PERIOD = 8
+_BORDER_GREY = 128
+
+
+# ---------------------------------------------------------------------- the input contract
+
+
+def input_contract(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """``{"image_size": [H, W], "crop_size": [h, w] or None}`` of a checkpoint's lightning_ad section.
+
+    Checkpoints written before the contract was recorded served the bank's size
+    (``meta["image_size"]``) with no crop.
+    """
+    contract = meta.get("input")
+    if isinstance(contract, dict) and contract.get("image_size") is not None:
+        crop = contract.get("crop_size")
+        return {"image_size": [int(v) for v in contract["image_size"]],
+                "crop_size": [int(v) for v in crop] if crop is not None else None}
+    size = meta.get("image_size")
+    if not size or len(size) != 2 or not all(int(v) > 0 for v in size):
+        raise CheckpointError("this checkpoint records no input size (lightning_ad section without 'image_size'): fit again.")
+    return {"image_size": [int(v) for v in size], "crop_size": None}
+
+
+def crop_offsets(resized: Sequence[int], crop: Sequence[int]) -> Tuple[int, int]:
+    """``(top, left)`` of torchvision's centre crop of ``crop`` ``(h, w)`` from ``resized`` ``(H, W)``."""
+    rows = TF.center_crop(torch.arange(int(resized[0])).view(1, -1, 1), [int(crop[0]), 1])
+    cols = TF.center_crop(torch.arange(int(resized[1])).view(1, 1, -1), [1, int(crop[1])])
+    return int(rows[0, 0, 0]), int(cols[0, 0, 0])
+
+
+def _axis_matrix(out_len: int, resized_len: int, crop_len: int, offset: int) -> Tuple[Tensor, Tensor]:
+    """One axis of :func:`map_resize_matrices`: weights ``[out_len, crop_len]`` float64 and validity ``[out_len]``."""
+    centre = (torch.arange(out_len, dtype=torch.float64) + 0.5) * (resized_len / out_len)  # in resized pixels
+    valid = (torch.floor(centre) >= offset) & (torch.floor(centre) < offset + crop_len)
+    source = (centre - 0.5 - offset).clamp(0.0, crop_len - 1.0)
+    low = torch.floor(source).long().clamp(max=crop_len - 1)
+    high = (low + 1).clamp(max=crop_len - 1)
+    frac = source - low.double()
+    weights = torch.zeros(out_len, crop_len, dtype=torch.float64)
+    rows = torch.arange(out_len)
+    weights.index_put_((rows, low), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, high), frac, accumulate=True)
+    return weights, valid
+
+
+def map_resize_matrices(
+    original: Sequence[int], contract: Dict[str, Any]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(rows [H0, h], cols [W0, w], valid [H0, W0] bool)``: ``rows @ map @ cols.T`` is the map at
+    the original size ``(H0, W0)``, NaN (not inspected) where ``valid`` is False. See the module rule."""
+    resized = contract["image_size"]
+    crop = contract["crop_size"] or resized
+    top, left = crop_offsets(resized, crop)
+    rows, valid_y = _axis_matrix(int(original[0]), int(resized[0]), int(crop[0]), top)
+    cols, valid_x = _axis_matrix(int(original[1]), int(resized[1]), int(crop[1]), left)
+    return rows, cols, valid_y[:, None] & valid_x[None, :]
+
+
+def restore_map(anomaly_map: Tensor, original: Sequence[int], contract: Dict[str, Any]) -> np.ndarray:
+    """A model map ``[h, w]`` -> float32 ``[H0, W0]`` at the original size, NaN where not inspected."""
+    rows, cols, valid = map_resize_matrices(original, contract)
+    full = rows.float() @ anomaly_map.detach().float().cpu() @ cols.float().T
+    full = torch.where(valid, full, torch.full_like(full, float("nan")))
+    return full.numpy()
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def _describe(item: Any, position: int) -> str:
+    if isinstance(item, (np.ndarray, Tensor)):
+        return f"input {position} ({type(item).__name__} of shape {tuple(item.shape)}, dtype {item.dtype})"
+    return f"input {position} ({type(item).__name__})"
+
+
+def _array_to_rgb(array: np.ndarray, what: str) -> np.ndarray:
+    """``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` uint8 / uint16 / float in [0, 1] -> ``[H, W, 3]`` uint8."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        extra = (" Arrays carry no colour mode: drop the alpha channel yourself (array[..., :3]) or convert "
+                 "to RGB." if array.ndim == 3 and array.shape[2] == 4 else "")
+        raise DataError(f"{what}: an image array must be [H, W, 3] (RGB), [H, W, 1] or [H, W] (grey).{extra}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise DataError(f"{what}: the image has no pixels.")
+    if array.dtype == np.uint8:
+        rgb = array
+    elif array.dtype == np.uint16:
+        rgb = _sixteen_bit_to_uint8(array)
+    elif array.dtype.kind == "f":
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            finite = values[np.isfinite(values)]
+            span = f"values {finite.min():.4g} .. {finite.max():.4g}" if finite.size else "no finite value"
+            raise DataError(
+                f"{what}: float images must hold finite values in [0, 1] (found {span}"
+                f"{', with NaN or infinity' if finite.size < values.size else ''}). Divide 0..255 data by 255, "
+                "or pass uint8 / uint16 arrays."
+            )
+        rgb = np.rint(values * 255.0).astype(np.uint8)
+    else:
+        raise DataError(
+            f"{what}: arrays of dtype {array.dtype} have no known brightness scale: pass uint8 (0..255), "
+            "uint16 (0..65535) or float in [0, 1]."
+        )
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    rgb = np.ascontiguousarray(rgb)
+    return rgb if rgb.flags.writeable else rgb.copy()  # torch.from_numpy warns on read-only arrays
+
+
+def _pil_to_rgb(im: Image.Image, what: str) -> np.ndarray:
+    try:
+        orientation = _orientation(im)
+        im.load()
+        if orientation != 1:
+            im = im.transpose(_TRANSPOSE[orientation])
+        return _to_rgb(im, what)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated data, modes PIL cannot convert ...
+        raise ImageDecodeError(f"{what}: cannot convert the PIL image (mode {im.mode}) to RGB: "
+                               f"{type(err).__name__}: {err}.") from None
+
+
+def as_rgb_uint8(item: ImageInput, position: int = 0) -> np.ndarray:
+    """One input (see the module rules) as an ``[H0, W0, 3]`` uint8 RGB array."""
+    what = _describe(item, position)
+    if isinstance(item, (str, Path)):
+        return load_image(Path(item))
+    if isinstance(item, Image.Image):
+        return _pil_to_rgb(item, what)
+    if isinstance(item, Tensor):
+        tensor = item.detach().cpu()
+        if tensor.ndim == 3 and tensor.shape[0] in (1, 3):
+            tensor = tensor.permute(1, 2, 0)
+        elif tensor.ndim != 2:
+            raise DataError(f"{what}: an image tensor must be [3, H, W], [1, H, W] or [H, W] (channels first).")
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
+        if tensor.dtype == torch.uint16:
+            tensor = tensor.to(torch.int32)
+            return _array_to_rgb(tensor.numpy().astype(np.uint16), what)
+        return _array_to_rgb(tensor.numpy(), what)
+    if isinstance(item, np.ndarray):
+        return _array_to_rgb(item, what)
+    raise DataError(f"{what}: unsupported image type; pass a path, a PIL image, a numpy array or a torch tensor.")
+
+
+def _flatten(images: Union[ImageInput, Iterable[ImageInput]]) -> List[ImageInput]:
+    if isinstance(images, (str, Path, Image.Image)):
+        return [images]
+    if isinstance(images, Tensor):
+        return list(images.unbind(0)) if images.ndim == 4 else [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    items: List[ImageInput] = []
+    for item in images:
+        if isinstance(item, (Tensor, np.ndarray)) and item.ndim == 4:
+            items.extend(item.unbind(0) if isinstance(item, Tensor) else list(item))
+        else:
+            items.append(item)
+    return items
+
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The result of one image.
+
+    Attributes:
+        score: raw image score (mean squared distance to the ``image_k`` nearest training images).
+        normalized_score: ``score`` mapped to [0, 1) with the image threshold at 0.5 (NaN when unknown).
+        decision: ``score >= image_threshold`` (None when the threshold is unknown).
+        anomaly_map: float32 ``[H0, W0]`` raw map at the image's original size; NaN where the
+            centre crop removed the pixel (not inspected).
+        mask: bool ``[H0, W0]``, ``anomaly_map >= pixel_threshold`` (False where not inspected);
+            None when the pixel threshold is unknown.
+        size: ``(H0, W0)``.
+        path: the file, for path inputs (else None).
+        image_threshold, pixel_threshold: the thresholds used (raw; NaN: unknown).
+    """
+
+    score: float
+    normalized_score: float
+    decision: Optional[bool]
+    anomaly_map: np.ndarray = field(repr=False)
+    mask: Optional[np.ndarray] = field(repr=False)
+    size: Tuple[int, int]
+    path: Optional[str] = None
+    image_threshold: float = math.nan
+    pixel_threshold: float = math.nan
+
+    @property
+    def inspected(self) -> np.ndarray:
+        """bool ``[H0, W0]``: the pixels the model saw (not removed by the crop)."""
+        return np.isfinite(self.anomaly_map)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {"score": self.score, "normalized_score": None if math.isnan(self.normalized_score) else self.normalized_score,
+                "decision": self.decision, "size": list(self.size), "path": self.path}
+
+    def overlay(self, image: ImageInput, alpha: float = 0.5) -> np.ndarray:
+        """See :func:`overlay_for`."""
+        return overlay_for(self, image, alpha=alpha)
+
+
+def overlay_for(detection: Detection, image: ImageInput, alpha: float = 0.5) -> np.ndarray:
+    """The heatmap of ``detection`` over ``image`` (any input form, at its original size): ``[H0, W0, 3]`` uint8.
+
+    Colours follow :mod:`lightning_ad.visualize` (fixed scale, pixel threshold at the middle
+    colour), with the predicted mask outlined. Pixels the model did not inspect (NaN in the
+    map) are shown greyed out with diagonal hatching.
+    """
+    from . import visualize
+
+    rgb = as_rgb_uint8(image)
+    if tuple(rgb.shape[:2]) != tuple(detection.size):
+        raise DataError(f"overlay: the image is {rgb.shape[0]}x{rgb.shape[1]} but the detection is "
+                        f"{detection.size[0]}x{detection.size[1]}: pass the image that was scored.")
+    inspected = detection.inspected
+    values = np.where(inspected, detection.anomaly_map, 0.0)
+    out = visualize.overlay(rgb, values, detection.pixel_threshold, pred_mask=detection.mask, alpha=alpha)
+    if not inspected.all():
+        yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]]
+        hatch = ((yy + xx) % _HATCH_PERIOD) < 2
+        grey = (rgb.astype(np.float32).mean(axis=2, keepdims=True) * 0.5 + _BORDER_GREY * 0.5).astype(np.uint8)
+        border = np.repeat(grey, 3, axis=2)
+        border[hatch] = 64
+        out = np.where(inspected[:, :, None], out, border)
+    return np.ascontiguousarray(out)
+
+
+# ---------------------------------------------------------------------- the model
+
+
+def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict[str, Any]]:
+    """``(model, hyper_parameters, lightning_ad section)`` of a fitted checkpoint (CPU, eval mode).
+
+    Raises :class:`~lightning_ad.errors.CheckpointError` for a missing file, a file not
+    written by lightning_ad, or a checkpoint without a complete bank.
+    """
+    checkpoint = ckpt.read_checkpoint(path)
+    meta = checkpoint[ckpt.META_KEY]
+    ckpt.check_usable(meta, fitting=False)
+    hp = dict(checkpoint.get("hyper_parameters") or {})
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict.")
+    try:
+        with warnings.catch_warnings():
+            # the state dict brings the trained weights: the random initialisation is never used
+            warnings.filterwarnings("ignore", message=r".*uses RANDOM weights.*", category=UserWarning)
+            model = SpadeModel(
+                backbone=hp.get("backbone", meta.get("backbone", "efficientnet_lite0")), weights="random",
+                layers=hp.get("layers", meta.get("layers", (1, 2, 3))), image_k=hp.get("image_k", 50),
+                gallery_k=hp.get("gallery_k", 50), kappa=hp.get("kappa", 1), sigma=hp.get("sigma", 4.0),
+                bank_dtype=hp.get("bank_dtype", "float32"),
+                chunk_bytes=hp.get("knn_chunk_bytes", hp.get("chunk_bytes", 4 * 2**20)),
+            )
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - hyper-parameters this version cannot build
+        raise CheckpointError(f"checkpoint {str(path)!r}: cannot build its model ({type(err).__name__}: {err}).") from None
+    ckpt.check_compatible(meta, model.backbone_name, model.layers, source=f"checkpoint {str(path)!r}")
+    own = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
+    try:
+        model.load_state_dict(own)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {str(path)!r}: its state dict does not load ({str(err).splitlines()[0][:300]}).") from None
+    model.eval()
+    return model, hp, meta
+
+
+def _threshold(override: Any, learned: Tensor) -> float:
+    return float(override) if override is not None else float(learned)
+
+
+class Detector:
+    """Score images of any size with a fitted SPADE model, without a Trainer.
+
+    Build it with :meth:`from_checkpoint`; call it on one input or a list (see the module
+    docstring) to get one :class:`Detection` per image, in order.
+
+    Args:
+        model: a fitted :class:`SpadeModel`.
+        contract: the input contract ``{"image_size": [H, W], "crop_size": [h, w] or None}``.
+        image_threshold, pixel_threshold: raw thresholds (NaN: unknown).
+        device: where the model runs.
+        batch_size: images per forward pass.
+        meta: extra facts reported by :attr:`info`.
+    """
+
+    def __init__(self, model: SpadeModel, contract: Dict[str, Any], image_threshold: float = math.nan,
+                 pixel_threshold: float = math.nan, device: Union[str, torch.device] = "cpu", batch_size: int = 8,
+                 meta: Optional[Dict[str, Any]] = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size={batch_size!r} must be a positive integer")
+        model.require_fitted()
+        self.contract = {"image_size": list(contract["image_size"]),
+                         "crop_size": list(contract["crop_size"]) if contract.get("crop_size") else None}
+        self.preprocess = Preprocess(self.contract["image_size"], self.contract["crop_size"])
+        if tuple(self.preprocess.output_size) != tuple(model.image_size):
+            raise CheckpointError(
+                f"the input contract {self.contract} serves {list(self.preprocess.output_size)} images but the bank "
+                f"was fitted at {list(model.image_size)}: the checkpoint is inconsistent; fit again."
+            )
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.image_threshold = float(image_threshold)
+        self.pixel_threshold = float(pixel_threshold)
+        self.batch_size = batch_size
+        self._meta = dict(meta or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu", batch_size: int = 8) -> "Detector":
+        """The detector of a checkpoint written by ``lightning-ad fit`` (see :func:`load_model` for its errors)."""
+        model, hp, meta = load_model(path)
+        contract = input_contract(meta)
+        return cls(
+            model, contract,
+            image_threshold=_threshold(hp.get("image_threshold"), model.image_threshold),
+            pixel_threshold=_threshold(hp.get("pixel_threshold"), model.pixel_threshold),
+            device=device, batch_size=batch_size,
+            meta={"checkpoint": str(path), "bank_size": int(meta.get("bank_size", model.bank_size)),
+                  "threshold_source": meta.get("thresholds") or {}},
+        )
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        """JSON-serialisable facts: input contract, backbone, levels, K values, thresholds, version."""
+        from . import __version__
+
+        def finite(value: float) -> Optional[float]:
+            return value if math.isfinite(value) else None
+
+        model = self.model
+        return {
+            "lightning_ad_version": __version__,
+            "input": dict(self.contract),
+            "model_input_size": list(model.image_size),
+            "backbone": model.backbone_name,
+            "layers": list(model.layers),
+            "image_k": model.image_k,
+            "gallery_k": model.gallery_k,
+            "kappa": model.kappa,
+            "sigma": model.sigma,
+            "bank_size": model.bank_size,
+            "thresholds": {"image": finite(self.image_threshold), "pixel": finite(self.pixel_threshold)},
+            "scores": "raw squared feature distances; normalized = score / (2 t) below the image threshold t, "
+                      "1 - t / (2 score) above (0.5 at t)",
+            **{k: v for k, v in self._meta.items() if k in ("threshold_source",)},
+        }
+
+    # ------------------------------------------------------------------ scoring
+
+    def prepare(self, images: Union[ImageInput, Iterable[ImageInput]]) -> List[Tuple[np.ndarray, Optional[str]]]:
+        """Inputs -> ``[(rgb uint8 [H0, W0, 3], path or None)]`` (decoding and checks only)."""
+        items = _flatten(images)
+        out = []
+        for position, item in enumerate(items):
+            path = str(item) if isinstance(item, (str, Path)) else None
+            out.append((as_rgb_uint8(item, position), path))
+        return out
+
+    def score_tensor(self, batch: Tensor) -> Tuple[Tensor, Tensor]:
+        """Raw scores ``[B]`` and maps ``[B, h, w]`` of preprocessed images ``[B, 3, h, w]`` in [0, 1]."""
+        with torch.inference_mode():
+            out = self.model(batch.to(self.device))
+        return out.image_scores.detach().cpu(), out.anomaly_maps.detach().cpu()
+
+    def __call__(self, images: Union[ImageInput, Iterable[ImageInput]]) -> List[Detection]:
+        prepared = self.prepare(images)
+        results: List[Detection] = []
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
+            batch = torch.stack([self.preprocess.image(rgb) for rgb, _ in chunk])
+            scores, maps = self.score_tensor(batch)
+            normalized = normalize_scores(scores.double(), self.image_threshold)
+            for (rgb, path), score, norm, small in zip(chunk, scores.double().tolist(), normalized.tolist(), maps):
+                size = (int(rgb.shape[0]), int(rgb.shape[1]))
+                full = restore_map(small, size, self.contract)
+                mask = None
+                if math.isfinite(self.pixel_threshold):
+                    with np.errstate(invalid="ignore"):
+                        mask = np.nan_to_num(full, nan=-np.inf) >= self.pixel_threshold
+                decision = bool(score >= self.image_threshold) if math.isfinite(self.image_threshold) else None
+                results.append(Detection(score=float(score), normalized_score=float(norm), decision=decision,
+                                         anomaly_map=full, mask=mask, size=size, path=path,
+                                         image_threshold=self.image_threshold, pixel_threshold=self.pixel_threshold))
+        return results
+
+    def __repr__(self) -> str:
+        return (f"Detector(backbone={self.model.backbone_name!r}, bank={self.model.bank_size} images, "
+                f"input={self.contract}, device={str(self.device)!r})")

@@ -1,0 +1,322 @@
+"""The Trainer-free Detector: same numbers as ``trainer.predict``, any input kind and size, maps at the original size."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from conftest import make_mvtec, require_real, write_image
+from lightning_ad import FolderDataModule, MVTecDataModule, Spade
+from lightning_ad.detector import Detection, Detector, as_rgb_uint8, map_resize_matrices, overlay_for
+from lightning_ad.errors import CheckpointError, DataError, ImageDecodeError
+from lightning_ad.results import ImageResults
+from lightning_ad.thresholds import normalize_scores
+
+#: The tiny set's contract: resize to 64, centre crop 48 (offset 8).
+IMAGE_SIZE, CROP = 64, 48
+
+
+def _trainer(root: Path) -> pl.Trainer:
+    return pl.Trainer(default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+
+
+def _checkpoint(root: Path) -> Path:
+    found = sorted(root.rglob("*.ckpt"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def fit_checkpoint(base: Path, datamodule: pl.LightningDataModule, **spade) -> Path:
+    """Fit ``Spade`` in a plain Trainer and return the checkpoint it wrote."""
+    options = dict(image_k=3, gallery_k=3, threshold_samples=4)
+    options.update(spade)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(base / "run").fit(Spade(**options), datamodule=datamodule)
+    return _checkpoint(base / "run")
+
+
+def predict_records(ckpt: Path, datamodule: pl.LightningDataModule, root: Path) -> ImageResults:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = _trainer(root).predict(Spade.load_from_checkpoint(str(ckpt)), datamodule=datamodule)
+    return ImageResults.cat(parts)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A fitted checkpoint of a tiny MVTec-layout set (contract 64 -> crop 48) and its test files."""
+    base = tmp_path_factory.mktemp("detector")
+    root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=2, size=64)
+    test_dir = root / "widget" / "test"
+    dm = MVTecDataModule(str(root), category="widget", image_size=IMAGE_SIZE, crop_size=CROP, batch_size=4,
+                         num_workers=0, predict_dir=str(test_dir))
+    ckpt = fit_checkpoint(base, dm)
+    files = sorted(str(p) for p in test_dir.rglob("*.png"))
+    return {"base": base, "ckpt": ckpt, "dm": dm, "files": files}
+
+
+@pytest.fixture(scope="module")
+def detector(tiny):
+    return Detector.from_checkpoint(tiny["ckpt"], batch_size=3)
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.nanmax(np.abs(a - b)) / max(np.nanmax(np.abs(b)), 1e-12))
+
+
+def expected_valid(size, resized=IMAGE_SIZE, crop=CROP):
+    """Independent statement of the rule: the resized pixel holding the pixel centre lies in the crop."""
+    top = (resized - crop) // 2
+    axes = []
+    for n in size:
+        source = np.floor((np.arange(n) + 0.5) * resized / n)
+        axes.append((source >= top) & (source < top + crop))
+    return axes[0][:, None] & axes[1][None, :]
+
+
+# ---------------------------------------------------------------------- equality with predict
+
+
+def test_detector_equals_predict(tiny, detector):
+    records = predict_records(tiny["ckpt"], tiny["dm"], tiny["base"] / "predict")
+    order = {p: i for i, p in enumerate(records.path)}
+    found = detector(tiny["files"])
+    assert [d.path for d in found] == tiny["files"]
+    top = (IMAGE_SIZE - CROP) // 2
+    for det in found:
+        i = order[det.path]
+        assert det.score == pytest.approx(float(records.score[i]), rel=1e-5)
+        assert det.size == (64, 64) and det.anomaly_map.shape == (64, 64) and det.anomaly_map.dtype == np.float32
+        inner = det.anomaly_map[top : top + CROP, top : top + CROP]
+        assert np.isfinite(inner).all()
+        assert rel(inner, records.anomaly_map[i].numpy()) < 1e-5
+        assert np.isnan(det.anomaly_map).sum() == 64 * 64 - CROP * CROP
+        # thresholds: the checkpoint's learned ones, as predict uses them
+        assert det.image_threshold == pytest.approx(records.image_threshold)
+        assert det.decision == bool(det.score >= det.image_threshold)
+        assert det.normalized_score == pytest.approx(float(normalize_scores(torch.tensor([det.score]), det.image_threshold)[0]))
+        assert np.array_equal(det.mask, np.nan_to_num(det.anomaly_map, nan=-1.0) >= det.pixel_threshold)
+        assert not det.mask[~np.isfinite(det.anomaly_map)].any()
+
+
+def test_batch_size_does_not_change_results(tiny, detector):
+    one = Detector.from_checkpoint(tiny["ckpt"], batch_size=1)(tiny["files"])
+    many = detector(tiny["files"])
+    for a, b in zip(one, many):
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert rel(a.anomaly_map, b.anomaly_map) < 1e-5
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def test_every_input_kind_gives_the_same_score(tiny, detector, tmp_path):
+    path = tiny["files"][0]
+    rgb = as_rgb_uint8(path)
+    grey = np.array(Image.fromarray(rgb).convert("L"))
+    grey_file = write_image(tmp_path / "grey.png", grey)
+    sixteen = write_image(tmp_path / "grey16.png", Image.fromarray(grey.astype(np.uint16) * 257))
+    colour = [path, Path(path), Image.open(path), rgb, rgb.astype(np.uint16) * 257, rgb.astype(np.float32) / 255,
+              torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(rgb).permute(2, 0, 1).float() / 255]
+    greys = [str(grey_file), str(sixteen), grey, grey[:, :, None], np.repeat(grey[:, :, None], 3, axis=2),
+             grey.astype(np.uint16) * 257, torch.from_numpy(grey), torch.from_numpy(grey)[None],
+             Image.fromarray(grey)]
+    colour_scores = [d.score for d in detector(colour)]
+    grey_scores = [d.score for d in detector(greys)]
+    assert colour_scores == pytest.approx([colour_scores[0]] * len(colour), rel=1e-6)
+    assert grey_scores == pytest.approx([grey_scores[0]] * len(greys), rel=1e-6)
+    assert grey_scores[0] != pytest.approx(colour_scores[0], rel=1e-6)  # a different picture scores differently
+    # a single item gives a list of one; a 4-D tensor is a batch
+    single = detector(rgb)
+    assert isinstance(single, list) and len(single) == 1 and isinstance(single[0], Detection)
+    batch = detector(torch.from_numpy(np.stack([rgb, rgb])).permute(0, 3, 1, 2))
+    assert [d.score for d in batch] == pytest.approx([colour_scores[0]] * 2, rel=1e-6)
+
+
+def test_exif_orientation_of_pil_images_is_applied(tiny, detector, tmp_path):
+    rgb = as_rgb_uint8(tiny["files"][0])
+    im = Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1)))  # stored rotated ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... displayed rotated back (ROTATE_270)
+    path = tmp_path / "rotated.jpg"
+    im.save(path, exif=exif.tobytes(), quality=100)
+    from_file, from_pil = detector([str(path), Image.open(path)])
+    assert from_file.score == pytest.approx(from_pil.score, rel=1e-6)
+    assert from_file.size == (64, 64)
+
+
+def test_maps_come_back_at_the_original_size_with_nan_borders(tiny, detector):
+    rgb = as_rgb_uint8(tiny["files"][2])
+    square = np.asarray(Image.fromarray(rgb).resize((512, 512), Image.BICUBIC))
+    wide = np.asarray(Image.fromarray(rgb).resize((640, 480), Image.BICUBIC))
+    small = np.asarray(Image.fromarray(rgb).resize((37, 50), Image.BICUBIC))
+    found = detector([square, wide, small, rgb])
+    for det, size in zip(found, [(512, 512), (480, 640), (50, 37), (64, 64)]):
+        assert det.size == size and det.anomaly_map.shape == size and det.mask.shape == size
+        valid = expected_valid(size)
+        assert np.array_equal(np.isfinite(det.anomaly_map), valid)
+        assert (det.anomaly_map[valid] >= 0).all()
+    # 512: the resized 64x64 image keeps rows/columns 8..55, i.e. original 64..447
+    rows = np.isfinite(found[0].anomaly_map).any(axis=1).nonzero()[0]
+    assert (rows.min(), rows.max()) == (64, 447)
+    # 640x480: rows 60..419, columns 80..559
+    valid = np.isfinite(found[1].anomaly_map)
+    assert (valid.any(axis=1).nonzero()[0][[0, -1]].tolist(), valid.any(axis=0).nonzero()[0][[0, -1]].tolist()) == ([60, 419], [80, 559])
+    # the map inside is the model's map, resized: its range is that of the crop's map
+    assert np.nanmax(found[0].anomaly_map) <= np.nanmax(found[3].anomaly_map) * 1.5
+
+
+def test_map_rule_without_crop_is_plain_bilinear():
+    contract = {"image_size": [48, 40], "crop_size": None}
+    rows, cols, valid = map_resize_matrices((100, 70), contract)
+    small = torch.rand(48, 40, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(small[None, None], size=(100, 70), mode="bilinear", align_corners=False)[0, 0]
+    assert valid.all()
+    assert torch.allclose(rows @ small @ cols.T, expected, atol=1e-12)
+
+
+def test_bad_inputs_raise_documented_errors(detector, tmp_path, tiny):
+    data = Path(tiny["files"][0]).read_bytes()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="truncated.png"):
+        detector([tiny["files"][0], str(truncated)])
+    with pytest.raises(DataError, match="does not exist"):
+        detector(str(tmp_path / "missing.png"))
+    with pytest.raises(DataError, match=r"input 1 .*\[H, W, 3\].*alpha"):
+        detector([np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 4), np.uint8)])
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        detector(np.full((20, 20, 3), 2.0, np.float32))
+    with pytest.raises(DataError, match="NaN"):
+        detector(np.full((20, 20), np.nan, np.float64))
+    with pytest.raises(DataError, match="dtype int32"):
+        detector(np.zeros((20, 20, 3), np.int32))
+    with pytest.raises(DataError, match="channels first"):
+        detector(torch.zeros(5, 20, 20))
+    with pytest.raises(DataError, match="unsupported image type"):
+        detector([42])
+
+
+# ---------------------------------------------------------------------- checkpoints and facts
+
+
+def test_checkpoint_errors(tmp_path, tiny):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Detector.from_checkpoint(tmp_path / "none.ckpt")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Detector.from_checkpoint(garbage)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="not written by lightning_ad"):
+        Detector.from_checkpoint(foreign)
+    checkpoint = torch.load(tiny["ckpt"], weights_only=True, map_location="cpu")
+    checkpoint["lightning_ad"]["bank_size"] = 0
+    unfitted = tmp_path / "unfitted.ckpt"
+    torch.save(checkpoint, unfitted)
+    with pytest.raises(CheckpointError, match="no memory bank"):
+        Detector.from_checkpoint(unfitted)
+
+
+def test_threshold_overrides_and_info(tiny, detector, tmp_path):
+    scores = sorted(d.score for d in detector(tiny["files"]))
+    middle = (scores[1] + scores[2]) / 2
+    checkpoint = torch.load(tiny["ckpt"], weights_only=True, map_location="cpu")
+    checkpoint["hyper_parameters"]["image_threshold"] = middle
+    checkpoint["hyper_parameters"]["pixel_threshold"] = None
+    override = tmp_path / "override.ckpt"
+    torch.save(checkpoint, override)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no random-weights warning: the checkpoint brings the weights
+        other = Detector.from_checkpoint(override)
+    found = other(tiny["files"])
+    assert sorted(d.decision for d in found) == [False, False, True, True]
+    assert all(d.decision == (d.score >= middle) for d in found)
+    assert all(d.normalized_score > 0.5 for d in found if d.decision)
+    info = json.loads(json.dumps(other.info))
+    assert info["thresholds"]["image"] == pytest.approx(middle)
+    assert info["thresholds"]["pixel"] == pytest.approx(float(checkpoint["state_dict"]["model.pixel_threshold"]))
+    assert info["input"] == {"image_size": [IMAGE_SIZE, IMAGE_SIZE], "crop_size": [CROP, CROP]}
+    assert info["backbone"] == "efficientnet_lite0" and info["layers"] == [1, 2, 3]
+    assert (info["image_k"], info["gallery_k"], info["kappa"]) == (3, 3, 1)
+    assert info["lightning_ad_version"]
+
+
+def test_checkpoint_without_input_contract_serves_the_bank_size(tiny, tmp_path):
+    checkpoint = torch.load(tiny["ckpt"], weights_only=True, map_location="cpu")
+    checkpoint["lightning_ad"].pop("input", None)
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    det = Detector.from_checkpoint(old)
+    assert det.contract == {"image_size": [CROP, CROP], "crop_size": None}
+    found = det(np.zeros((30, 50, 3), np.uint8))[0]
+    assert found.anomaly_map.shape == (30, 50) and np.isfinite(found.anomaly_map).all()
+
+
+def test_overlay_greys_out_the_uninspected_border(tiny, detector):
+    rgb = as_rgb_uint8(tiny["files"][2])
+    wide = np.asarray(Image.fromarray(rgb).resize((80, 60), Image.BICUBIC))
+    det = detector(wide)[0]
+    picture = det.overlay(wide)
+    assert picture.shape == (60, 80, 3) and picture.dtype == np.uint8
+    border = ~np.isfinite(det.anomaly_map)
+    assert border.any()
+    grey = picture[border]
+    assert (grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all()
+    assert np.array_equal(overlay_for(det, wide), picture)
+    with pytest.raises(DataError, match="pass the image that was scored"):
+        det.overlay(rgb)
+
+
+# ---------------------------------------------------------------------- real data
+
+
+def test_real_bottle_detector_equals_predict(tmp_path):
+    bottle = require_real("mvtec_ad", "bottle")
+    train = sorted((bottle / "train" / "good").glob("*.png"))[:20]
+    tests = [sorted((bottle / "test" / group).glob("*.png"))[0] for group in ("good", "broken_large", "contamination")]
+    tests.append(sorted((bottle / "test" / "good").glob("*.png"))[1])
+    folders = {name: tmp_path / name for name in ("train", "good", "bad", "predict")}
+    for folder in folders.values():
+        folder.mkdir()
+    for path in train:
+        (folders["train"] / path.name).symlink_to(path)
+    for i, path in enumerate(tests):  # symlinks only: the data is never copied
+        (folders["good" if "good" in path.parts else "bad"] / f"{i}_{path.name}").symlink_to(path)
+        (folders["predict"] / f"{i}_{path.name}").symlink_to(path)
+    dm = FolderDataModule(normal_dir=str(folders["train"]), abnormal_dirs=[str(folders["bad"])],
+                          normal_test_dir=str(folders["good"]), mask_pattern=None, image_size=256, crop_size=224,
+                          batch_size=10, num_workers=0, predict_dir=str(folders["predict"]))
+    ckpt = fit_checkpoint(tmp_path, dm, image_k=5, gallery_k=5)
+    detector = Detector.from_checkpoint(ckpt, batch_size=4)
+    records = predict_records(ckpt, dm, tmp_path / "predict_run")
+    by_name = {Path(p).name: i for i, p in enumerate(records.path)}
+    found = detector(sorted(str(p) for p in folders["predict"].iterdir()))
+    for det in found:
+        i = by_name[Path(det.path).name]
+        assert det.score == pytest.approx(float(records.score[i]), rel=1e-5)
+        assert det.size == (512, 512) and det.anomaly_map.shape == (512, 512)
+        valid = expected_valid((512, 512), 256, 224)
+        assert np.array_equal(np.isfinite(det.anomaly_map), valid)
+        # 512 -> 256 is exactly 2: the inspected region is the model's map upsampled by 2
+        small = torch.from_numpy(det.anomaly_map[32:480, 32:480]).float()
+        back = torch.nn.functional.avg_pool2d(small[None, None], 2)[0, 0]
+        assert rel(back.numpy(), records.anomaly_map[i].numpy()) < 0.05
+    # an MVTec-original-sized 900x900 input, made in memory, gives a 900x900 map
+    big = np.asarray(Image.open(tests[1]).convert("RGB").resize((900, 900), Image.BICUBIC))
+    det = detector(big)[0]
+    assert det.anomaly_map.shape == (900, 900)
+    assert np.array_equal(np.isfinite(det.anomaly_map), expected_valid((900, 900), 256, 224))
+    good = [d.score for d in found if Path(d.path).name.startswith(("0_", "3_"))]  # tests[0], tests[3]: test/good
+    assert len(good) == 2 and det.score > min(good)  # a broken bottle scores above a good one

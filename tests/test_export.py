@@ -1,0 +1,270 @@
+"""ONNX and TorchScript exports: same numbers as the Detector, metadata inside, runnable without lightning_ad, written safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from conftest import make_mvtec
+from lightning_ad import MVTecDataModule, Spade
+from lightning_ad import export as export_module
+from lightning_ad.data.transforms import Preprocess
+from lightning_ad.detector import Detector, as_rgb_uint8
+from lightning_ad.errors import CheckpointError, ConfigurationError
+from lightning_ad.export import OUTPUT_NAMES, Uint8Preprocess, build_exportable, export_detector, export_main
+
+onnx = pytest.importorskip("onnx")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+ort = pytest.importorskip("onnxruntime")
+
+IMAGE_SIZE, CROP = 64, 48
+#: A second exported input size (not the contract's): the maps come back at it, with NaN borders.
+OTHER = (80, 100)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=2, size=64)
+    dm = MVTecDataModule(str(root), category="widget", image_size=IMAGE_SIZE, crop_size=CROP, batch_size=4, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pl.Trainer(default_root_dir=str(base / "run"), max_epochs=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0).fit(
+            Spade(image_k=3, gallery_k=3, threshold_samples=4), datamodule=dm)
+    ckpt = next((base / "run").rglob("*.ckpt"))
+    files = sorted(str(p) for p in (root / "widget" / "test").rglob("*.png"))
+    images = np.stack([as_rgb_uint8(f) for f in files])  # [4, 64, 64, 3]
+    other = np.stack([np.asarray(Image.fromarray(im).resize(OTHER[::-1], Image.BICUBIC)) for im in images])
+    detector = Detector.from_checkpoint(ckpt)
+    out = base / "out"
+    out.mkdir()
+    return {"base": base, "ckpt": ckpt, "images": images, "other": other, "detector": detector, "out": out,
+            "expected": detector(list(images)), "expected_other": detector(list(other))}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny):
+    paths = {}
+    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
+        paths[fmt] = tiny["out"] / f"model{suffix}"
+        export_detector(tiny["ckpt"], fmt, paths[fmt])
+        paths[fmt + "_other"] = tiny["out"] / f"other{suffix}"
+        export_detector(tiny["ckpt"], fmt, paths[fmt + "_other"], input_size=OTHER)
+    return paths
+
+
+def run_onnx(path: Path, images: np.ndarray):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})
+
+
+def run_torchscript(path: Path, images: np.ndarray):
+    model = torch.jit.load(str(path))
+    with torch.no_grad():
+        return [t.numpy() for t in model(torch.from_numpy(images))]
+
+
+def assert_matches(outputs, expected, rtol=1e-4):
+    score, normalized, decision, maps, mask = (np.asarray(o) for o in outputs)
+    assert score.shape == (len(expected),) and maps.shape == (len(expected), *expected[0].size)
+    assert decision.dtype == np.bool_ and mask.dtype == np.bool_
+    ref_score = np.array([d.score for d in expected])
+    np.testing.assert_allclose(score, ref_score, rtol=rtol)
+    np.testing.assert_allclose(normalized, [d.normalized_score for d in expected], rtol=rtol)
+    ref_maps = np.stack([d.anomaly_map for d in expected])
+    assert np.array_equal(np.isnan(maps), np.isnan(ref_maps))
+    finite = np.isfinite(ref_maps)
+    scale = np.abs(ref_maps[finite]).max()
+    assert np.abs(maps[finite] - ref_maps[finite]).max() <= rtol * scale
+    threshold = expected[0].image_threshold
+    clear = np.abs(ref_score - threshold) > 1e-4 * threshold
+    assert np.array_equal(decision[clear], np.array([d.decision for d in expected])[clear])
+    pixel_t = expected[0].pixel_threshold
+    ref_mask = np.stack([d.mask for d in expected])
+    clear_px = ~finite | (np.abs(np.nan_to_num(ref_maps) - pixel_t) > 1e-4 * pixel_t)
+    assert np.array_equal(mask[clear_px], ref_mask[clear_px])
+    return float(np.abs(score - ref_score).max() / ref_score.max()), float(np.abs(maps[finite] - ref_maps[finite]).max() / scale)
+
+
+# ---------------------------------------------------------------------- numbers
+
+
+def test_uint8_preprocessing_is_torchs_kernel_bit_for_bit():
+    rng = np.random.default_rng(0)
+    cases = [((900, 900), 256, 224), ((37, 100), 64, 48), ((64, 64), 80, None), ((64, 50), 64, 48), ((48, 64), 64, 33)]
+    for (height, width), size, crop in cases:
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        contract = {"image_size": [size, size], "crop_size": [crop, crop] if crop else None}
+        expected = Preprocess(size, crop).image(image)
+        got = Uint8Preprocess(contract, (height, width))(torch.from_numpy(image)[None])[0]
+        assert torch.equal(got, expected), (height, width, size, crop)
+
+
+def test_exportable_scoring_equals_the_model(tiny):
+    """The export-friendly kNN path (no knn.py) gives the Detector's numbers in eager mode."""
+    module, _ = build_exportable(tiny["ckpt"])
+    with torch.no_grad():
+        outputs = [t.numpy() for t in module(torch.from_numpy(tiny["images"]))]
+    score_rel, map_rel = assert_matches(outputs, tiny["expected"], rtol=1e-5)
+    assert score_rel < 1e-5 and map_rel < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_equals_detector(tiny, exported, fmt):
+    run = run_onnx if fmt == "onnx" else run_torchscript
+    assert_matches(run(exported[fmt], tiny["images"]), tiny["expected"])
+    assert_matches(run(exported[fmt], tiny["images"][1:2]), tiny["expected"][1:2])  # any batch size
+    # another input size: maps at that size, NaN exactly where the Detector has NaN
+    outputs = run(exported[fmt + "_other"], tiny["other"])
+    assert np.asarray(outputs[3]).shape == (4, *OTHER)
+    assert np.isnan(np.asarray(outputs[3])).any()
+    assert_matches(outputs, tiny["expected_other"])
+
+
+def test_metadata_is_inside(tiny, exported):
+    info = tiny["detector"].info
+    model = onnx.load(str(exported["onnx"]))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["lightning_ad"])
+    extra = {"lightning_ad.json": ""}
+    torch.jit.load(str(exported["torchscript"]), _extra_files=extra)
+    ts_meta = json.loads(extra["lightning_ad.json"])
+    for fmt, found in (("onnx", meta), ("torchscript", ts_meta)):
+        assert found["format"] == fmt
+        assert found["thresholds"] == info["thresholds"]
+        assert found["contract"] == info["input"]
+        assert found["input"]["size"] == [IMAGE_SIZE, IMAGE_SIZE] and found["input"]["dtype"] == "uint8"
+        assert (found["backbone"], found["layers"]) == (info["backbone"], info["layers"])
+        assert (found["image_k"], found["gallery_k"], found["kappa"]) == (3, 3, 1)
+        assert found["lightning_ad_version"] == info["lightning_ad_version"]
+        assert found["outputs"] == list(OUTPUT_NAMES)
+    session = ort.InferenceSession(str(exported["onnx_other"]), providers=["CPUExecutionProvider"])
+    assert session.get_modelmeta().custom_metadata_map["lightning_ad"]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+
+
+# ---------------------------------------------------------------------- standalone runtimes
+
+
+def _run_python(code: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(cwd), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_torchscript_runs_with_torch_alone(tiny, exported, tmp_path):
+    np.save(tmp_path / "images.npy", tiny["images"])
+    out = _run_python(f"""
+        import sys, json, torch, numpy
+        extra = {{"lightning_ad.json": ""}}
+        model = torch.jit.load({str(exported["torchscript"])!r}, _extra_files=extra)
+        images = torch.from_numpy(numpy.load("images.npy"))
+        score, normalized, decision, maps, mask = model(images)
+        numpy.save("ts_score.npy", score.numpy()); numpy.save("ts_maps.npy", maps.numpy())
+        try:
+            model(images.float())
+        except Exception as err:
+            print("DTYPE-ERROR", "uint8 [B, 64, 64, 3]" in str(err))
+        print("IMPORTED", any(name.startswith("lightning_ad") for name in sys.modules))
+        print(json.loads(extra["lightning_ad.json"])["backbone"])
+    """, tmp_path)
+    assert "IMPORTED False" in out and "DTYPE-ERROR True" in out and "efficientnet_lite0" in out
+    np.testing.assert_allclose(np.load(tmp_path / "ts_score.npy"), [d.score for d in tiny["expected"]], rtol=1e-4)
+    assert np.array_equal(np.isnan(np.load(tmp_path / "ts_maps.npy")), np.isnan(np.stack([d.anomaly_map for d in tiny["expected"]])))
+
+
+def test_onnx_runs_with_onnxruntime_and_numpy_alone(tiny, exported, tmp_path):
+    np.save(tmp_path / "images.npy", tiny["images"])
+    out = _run_python(f"""
+        import sys, json, numpy, onnxruntime
+        session = onnxruntime.InferenceSession({str(exported["onnx"])!r}, providers=["CPUExecutionProvider"])
+        score, normalized, decision, maps, mask = session.run(None, {{"images": numpy.load("images.npy")}})
+        numpy.save("onnx_score.npy", score)
+        print("IMPORTED", sorted(n for n in ("torch", "lightning_ad") if n in sys.modules))
+        print(json.loads(session.get_modelmeta().custom_metadata_map["lightning_ad"])["contract"])
+    """, tmp_path)
+    assert "IMPORTED []" in out and "'crop_size': [48, 48]" in out
+    np.testing.assert_allclose(np.load(tmp_path / "onnx_score.npy"), [d.score for d in tiny["expected"]], rtol=1e-4)
+
+
+def test_wrong_input_size_or_dtype_is_refused(tiny, exported):
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="(?s)invalid dimensions.*Got: 80 Expected: 64"):
+        session.run(None, {"images": tiny["other"]})
+    with pytest.raises(Exception, match=r"(?s)Unexpected input data type.*expected: \(tensor\(uint8\)\)"):
+        session.run(None, {"images": tiny["images"].astype(np.float32)})
+    model = torch.jit.load(str(exported["torchscript"]))
+    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got shape"):
+        model(torch.from_numpy(tiny["other"]))
+    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got dtype"):
+        model(torch.from_numpy(tiny["images"]).float())
+    with pytest.raises(Exception, match="Got shape"):
+        model(torch.from_numpy(tiny["images"][0]))
+
+
+# ---------------------------------------------------------------------- files
+
+
+def test_refuses_to_overwrite_and_writes_atomically(tiny, exported, monkeypatch):
+    target = exported["torchscript"]
+    before = target.read_bytes()
+    for fmt in ("torchscript", "onnx"):
+        with pytest.raises(ConfigurationError, match=rf"{target.name}.*overwrite"):
+            export_detector(tiny["ckpt"], fmt, target)
+    assert target.read_bytes() == before
+
+    def broken_save(*args, **kwargs):
+        Path(args[1]).write_bytes(b"partial")  # a half-written temporary file, then a failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch.jit, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        export_detector(tiny["ckpt"], "torchscript", target, overwrite=True)
+    assert target.read_bytes() == before  # the old file is intact ...
+    assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == []  # ... and no temp file is left
+    monkeypatch.undo()
+    export_detector(tiny["ckpt"], "torchscript", target, overwrite=True)  # overwrite=True replaces it
+    assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_large_models_use_external_data(tiny, monkeypatch, tmp_path):
+    monkeypatch.setattr(export_module, "ONNX_EXTERNAL_BYTES", 0)
+    target = tmp_path / "external.onnx"
+    export_detector(tiny["ckpt"], "onnx", target)
+    assert (tmp_path / "external.onnx.data").stat().st_size > target.stat().st_size
+    assert_matches(run_onnx(target, tiny["images"]), tiny["expected"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["external.onnx", "external.onnx.data"]
+
+
+def test_errors_and_command_line(tiny, tmp_path, capsys):
+    with pytest.raises(ConfigurationError, match="format 'tflite'"):
+        export_detector(tiny["ckpt"], "tflite", tmp_path / "x")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        export_detector(tmp_path / "missing.ckpt", "onnx", tmp_path / "x.onnx")
+    with pytest.raises(ConfigurationError, match="input_size"):
+        export_detector(tiny["ckpt"], "onnx", tmp_path / "x.onnx", input_size=(0, 10))
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        export_detector(tiny["ckpt"], "onnx", tmp_path / "no" / "x.onnx")
+    target = tmp_path / "cli.pt"
+    assert export_main(["--ckpt_path", str(tiny["ckpt"]), "--format", "torchscript", "--output", str(target),
+                        "--input_size", "40", "60"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    model = torch.jit.load(str(target))
+    assert model(torch.zeros(2, 40, 60, 3, dtype=torch.uint8))[3].shape == (2, 40, 60)
+    with pytest.raises(ConfigurationError, match="--overwrite"):
+        export_main(["--ckpt_path", str(tiny["ckpt"]), "--format", "torchscript", "--output", str(target)])
+    with pytest.raises(SystemExit):
+        export_main(["--ckpt_path", str(tiny["ckpt"]), "--format", "tflite", "--output", str(target)])
