@@ -1,0 +1,90 @@
+"""A small HTTP client of the server (standard library only), used by the tests and the benchmark.
+
+::
+
+    from lightning_ad.serve.client import Client
+    with Client("http://127.0.0.1:8000") as client:
+        status, answer = client.predict(open("000.png", "rb").read(), filename="000.png")
+        print(status, answer["verdict"], answer["score"])
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import uuid
+from typing import Any, Dict, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+__all__ = ["Client", "multipart"]
+
+
+def multipart(files: Sequence[Tuple[str, Optional[str], bytes, Optional[str]]], fields: Optional[Dict[str, str]] = None) -> Tuple[bytes, str]:
+    """``(body, content_type)`` of a multipart/form-data body.
+
+    ``files``: ``(field, file name or None, bytes, content type or None)``; ``fields``: plain fields.
+    """
+    boundary = uuid.uuid4().hex
+    out = []
+    for name, value in (fields or {}).items():
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for field, filename, data, content_type in files:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename is not None else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        out.append(head.encode("utf-8") + b"\r\n" + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """One keep-alive connection to the server at ``url`` (``http://host:port``)."""
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.timeout = timeout
+        self._connection: Optional[http.client.HTTPConnection] = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None) -> Tuple[int, Any]:
+        """``(status, parsed JSON, or the text when the answer is not JSON)``; reconnects once if the server closed."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        for attempt in (0, 1):
+            if self._connection is None:
+                self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self._connection.request(method, path, body=body, headers=headers)
+                response = self._connection.getresponse()
+                raw = response.read()
+                if response.getheader("connection", "").lower() == "close":
+                    self.close()
+                break
+            except (ConnectionError, http.client.HTTPException):
+                self.close()
+                if attempt:
+                    raise
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw.decode("utf-8", "replace")
+
+    def predict(self, data: bytes, filename: Optional[str] = "image.png", overlay: bool = False,
+                content_type: str = "application/octet-stream") -> Tuple[int, Any]:
+        """POST one image as a multipart file."""
+        body, ctype = multipart([("file", filename, data, content_type)])
+        return self.request("POST", "/predict" + ("?overlay=1" if overlay else ""), body, ctype)
+
+    def health(self) -> Tuple[int, Any]:
+        return self.request("GET", "/health")

@@ -1,0 +1,426 @@
+"""Request bodies in, checked pictures out; detections in, JSON out. No server code here.
+
+Bodies (``POST /predict``)
+    * ``multipart/form-data`` with one file part (any field name; ``file`` by convention) and,
+      optionally, a field ``overlay`` (``1``/``true``);
+    * ``application/json``: ``{"image": "<base64>", "filename": "x.png", "overlay": true}``
+      (``image`` may be a ``data:image/...;base64,`` URL);
+    * a bare image body with ``Content-Type: image/*`` or ``application/octet-stream``.
+
+    ``?overlay=1`` in the URL asks for the overlay with any body. Anything else is refused with
+    a :class:`RequestError` (HTTP 4xx) whose message names the problem.
+
+Images
+    Decoded in memory, never written to disk, by the library's rules (EXIF orientation,
+    16-bit scaling, grey -> RGB, alpha dropped: :func:`lightning_ad.detector.as_rgb_uint8`),
+    after these checks, in this order:
+
+    ============================  ======  ===========================================
+    problem                       status  ``error`` code
+    ============================  ======  ===========================================
+    wrong ``Content-Type``        415     ``unsupported_media_type``
+    body or file over the bytes   413     ``too_large``
+    limit
+    malformed multipart / JSON /  400     ``bad_request``
+    base64, no file, two files
+    file name with a folder part  400     ``bad_filename``
+    (``../x.png``, ``/etc/x``,
+    ``a\\b.png``) or control
+    characters
+    zero bytes                    400     ``empty_file``
+    not an image of a supported   400     ``not_an_image``
+    format
+    over the megapixel limit      413     ``too_many_pixels``
+    PIL's decompression-bomb      413     ``decompression_bomb``
+    limit
+    truncated or corrupt data     400     ``corrupt_image``
+    ============================  ======  ===========================================
+
+    Supported formats: PNG, JPEG, BMP, TIFF, WebP and PNM (the extensions the data folders
+    read, :data:`lightning_ad.data.io.IMAGE_EXTENSIONS`). Other PIL decoders (EPS, ...) are never
+    tried.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+__all__ = [
+    "Limits",
+    "RequestError",
+    "Upload",
+    "parse_body",
+    "check_filename",
+    "open_image",
+    "decode_image",
+    "regions",
+    "inspected_box",
+    "png_base64",
+    "truthy",
+    "PIL_FORMATS",
+]
+
+#: PIL decoders tried on request bodies (the formats of ``IMAGE_EXTENSIONS``).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM")
+_FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, PNM"
+_IMAGE_TYPES = ("image/", "application/octet-stream")
+#: Room for base64 (4/3) and multipart headers above the image byte limit.
+_BODY_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the server accepts: bytes of one image file and its pixels (width x height) in millions."""
+
+    max_bytes: int = 20 * 2**20
+    max_megapixels: float = 12.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1:
+            raise ValueError(f"max_bytes={self.max_bytes!r} must be a positive integer")
+        if not (isinstance(self.max_megapixels, (int, float)) and math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
+            raise ValueError(f"max_megapixels={self.max_megapixels!r} must be a positive number")
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+    @property
+    def max_body(self) -> int:
+        """Largest request body read: the image limit in base64 plus headers."""
+        return self.max_bytes * 4 // 3 + 4 + _BODY_OVERHEAD
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"max_bytes": self.max_bytes, "max_megapixels": self.max_megapixels, "formats": list(PIL_FORMATS)}
+
+
+class RequestError(DataError):
+    """A request the server refuses: HTTP ``status`` (4xx), a short ``code`` and a message naming the problem."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = int(status)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"error": self.code, "detail": self.message, "status": self.status}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image as sent: its bytes, the client's file name (checked) and whether the overlay is wanted."""
+
+    data: bytes
+    filename: Optional[str] = None
+    overlay: bool = False
+
+    def to_json(self) -> bytes:
+        """The canonical JSON body the inference worker reads."""
+        return json.dumps({"image": base64.b64encode(self.data).decode("ascii"), "filename": self.filename,
+                           "overlay": self.overlay}).encode("utf-8")
+
+
+def truthy(value: Any) -> bool:
+    """``1``, ``true``, ``yes``, ``on`` (any case) and ``True`` are true."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value == 1
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_filename(name: Any) -> Optional[str]:
+    """A client's file name, refused (400 ``bad_filename``) when it has a folder part or odd characters.
+
+    >>> check_filename("000.png")
+    '000.png'
+    >>> check_filename("../../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    lightning_ad.serve.payload.RequestError: file name '../../etc/passwd' tries to leave its folder (it has a folder part); send the bare file name, e.g. 'passwd'.
+    """
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str):
+        raise RequestError(400, "bad_filename", f"file name must be a string, not {type(name).__name__}.")
+    if len(name) > 255:
+        raise RequestError(400, "bad_filename", f"file name is {len(name)} characters long (at most 255).")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise RequestError(400, "bad_filename", f"file name {name!r} contains control characters.")
+    bare = PureWindowsPath(PurePosixPath(name).name).name
+    if bare != name or name in (".", "..") or ":" in name:
+        raise RequestError(
+            400, "bad_filename",
+            f"file name {name!r} tries to leave its folder (it has a folder part); send the bare file name"
+            + (f", e.g. {bare!r}." if bare not in ("", ".", "..") else "."),
+        )
+    return name
+
+
+def _too_large(size: int, limits: Limits, what: str = "the image file") -> RequestError:
+    return RequestError(413, "too_large", f"{what} is {size} bytes, over the server's limit of {limits.max_bytes} bytes "
+                                          "(--max_bytes).")
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _param(content_type: str, name: str) -> Optional[str]:
+    message = Message()
+    message["content-type"] = content_type
+    value = message.get_param(name, header="content-type")
+    return str(value) if isinstance(value, str) else None
+
+
+def _split_multipart(body: bytes, boundary: str) -> List[Tuple[Dict[str, str], bytes]]:
+    """``[(headers lower-cased, content)]`` of a multipart body held in memory (RFC 7578)."""
+    delimiter = b"--" + boundary.encode("latin-1")
+    start = body.find(delimiter)
+    if start < 0 or (start > 0 and body[start - 2 : start] != b"\r\n"):
+        raise RequestError(400, "bad_request", "malformed multipart body: the boundary of the Content-Type header is not in the body.")
+    parts: List[Tuple[Dict[str, str], bytes]] = []
+    position = start + len(delimiter)
+    while True:
+        if body[position : position + 2] == b"--":
+            return parts
+        if body[position : position + 2] != b"\r\n":
+            raise RequestError(400, "bad_request", "malformed multipart body: a boundary is not followed by a line break.")
+        end = body.find(b"\r\n" + delimiter, position + 2)
+        if end < 0:
+            raise RequestError(400, "bad_request", "malformed multipart body: it ends before its closing boundary (truncated upload?).")
+        part = body[position + 2 : end]
+        split = part.find(b"\r\n\r\n")
+        if split < 0 and not part.startswith(b"\r\n"):
+            raise RequestError(400, "bad_request", "malformed multipart body: a part has no blank line after its headers.")
+        head, content = (b"", part[2:]) if part.startswith(b"\r\n") else (part[:split], part[split + 4 :])
+        headers: Dict[str, str] = {}
+        for line in head.split(b"\r\n"):
+            key, sep, value = line.partition(b":")
+            if not sep:
+                raise RequestError(400, "bad_request", "malformed multipart body: a part header line has no ':'.")
+            headers[key.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
+        parts.append((headers, content))
+        position = end + 2 + len(delimiter)
+        if len(parts) > 16:
+            raise RequestError(400, "bad_request", "the multipart body has more than 16 parts; send one image per request.")
+
+
+def _disposition(headers: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
+    """``(field name, file name)`` of a part's Content-Disposition."""
+    raw = headers.get("content-disposition")
+    if not raw:
+        raise RequestError(400, "bad_request", "malformed multipart body: a part has no Content-Disposition header.")
+    message = Message()
+    message["content-disposition"] = raw
+    name = message.get_param("name", header="content-disposition")
+    filename = message.get_filename()
+    return (str(name) if isinstance(name, str) else None), (str(filename) if filename is not None else None)
+
+
+def _check_part_type(headers: Mapping[str, str], filename: Optional[str]) -> None:
+    declared = _media_type(headers.get("content-type", ""))
+    if declared and not declared.startswith(_IMAGE_TYPES):
+        raise RequestError(415, "unsupported_media_type",
+                           f"the file part {filename or ''!r} is declared as {declared!r}; send an image "
+                           "(image/png, image/jpeg, ... or application/octet-stream).")
+
+
+def _b64(text: Any, limits: Limits) -> bytes:
+    if not isinstance(text, str):
+        raise RequestError(400, "bad_request", f"JSON field 'image' must be a base64 string, not {type(text).__name__}.")
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise RequestError(400, "bad_request", "JSON field 'image' is a data URL without ';base64,'.")
+        media = header[5:].split(";", 1)[0].strip().lower()
+        if media and not media.startswith(_IMAGE_TYPES):
+            raise RequestError(415, "unsupported_media_type", f"the data URL in 'image' is of type {media!r}; send an image.")
+    text = "".join(text.split())
+    if len(text) * 3 // 4 > limits.max_bytes + 3:
+        raise _too_large(len(text) * 3 // 4, limits)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(400, "bad_request", f"JSON field 'image' is not valid base64 ({err}).") from None
+
+
+def parse_body(content_type: Optional[str], body: bytes, query: Mapping[str, str], limits: Limits) -> Upload:
+    """The one image of a ``POST /predict`` body (see the module rules) or a :class:`RequestError`."""
+    media = _media_type(content_type or "")
+    overlay = truthy(query.get("overlay", "0"))
+    if len(body) > limits.max_body:
+        raise _too_large(len(body), limits, "the request body")
+    if media == "multipart/form-data":
+        boundary = _param(content_type or "", "boundary")
+        if not boundary:
+            raise RequestError(400, "bad_request", "multipart/form-data without a boundary parameter.")
+        files = []
+        for headers, content in _split_multipart(body, boundary):
+            name, filename = _disposition(headers)
+            if filename is not None:
+                files.append((headers, filename, content))
+            elif name == "overlay":
+                overlay = overlay or truthy(content.decode("utf-8", "replace"))
+            elif name == "filename":
+                continue
+        if not files:
+            raise RequestError(400, "bad_request", "the multipart body holds no file part: send the image as a file "
+                                                   "(curl -F file=@image.png).")
+        if len(files) > 1:
+            raise RequestError(400, "bad_request", f"the multipart body holds {len(files)} files; send one image per request.")
+        headers, filename, content = files[0]
+        filename = check_filename(filename)
+        _check_part_type(headers, filename)
+        if len(content) > limits.max_bytes:
+            raise _too_large(len(content), limits)
+        return Upload(content, filename, overlay)
+    if media == "application/json":
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise RequestError(400, "bad_request", f"the body is not valid JSON ({err}).") from None
+        if not isinstance(payload, dict) or "image" not in payload:
+            raise RequestError(400, "bad_request", 'the JSON body must be an object {"image": "<base64 bytes>", '
+                                                   '"filename": optional, "overlay": optional}.')
+        filename = check_filename(payload.get("filename"))
+        data = _b64(payload["image"], limits)
+        if len(data) > limits.max_bytes:
+            raise _too_large(len(data), limits)
+        return Upload(data, filename, overlay or truthy(payload.get("overlay", False)))
+    if media.startswith(_IMAGE_TYPES):
+        if len(body) > limits.max_bytes:
+            raise _too_large(len(body), limits)
+        return Upload(bytes(body), check_filename(query.get("filename")), overlay)
+    shown = media or "none"
+    raise RequestError(415, "unsupported_media_type",
+                       f"Content-Type {shown!r} is not accepted; send multipart/form-data (a file), application/json "
+                       '({"image": base64}) or the image itself as image/png, image/jpeg, ...')
+
+
+# ---------------------------------------------------------------------- images
+
+
+def _named(filename: Optional[str]) -> str:
+    return f"{filename!r}" if filename else "the image"
+
+
+def open_image(data: bytes, limits: Limits, filename: Optional[str] = None) -> Image.Image:
+    """Open ``data`` from memory and check it from its header only (format, size, pixel limits).
+
+    The image is not decoded yet: :func:`decode_image` does that.
+    """
+    what = _named(filename)
+    if len(data) == 0:
+        raise RequestError(400, "empty_file", f"{what} is empty (0 bytes).")
+    if len(data) > limits.max_bytes:
+        raise _too_large(len(data), limits, f"{what}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise RequestError(413, "decompression_bomb", f"{what} is refused as a decompression bomb: {err}") from None
+        except UnidentifiedImageError:
+            raise RequestError(400, "not_an_image", f"{what} ({len(data)} bytes) is not an image in a supported format "
+                                                    f"({_FORMAT_NAMES}).") from None
+        except Exception as err:  # noqa: BLE001 - any decoder failure is the body's fault
+            raise RequestError(400, "corrupt_image", f"{what} cannot be read: {type(err).__name__}: {err}.") from None
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise RequestError(400, "corrupt_image", f"{what} has no pixels ({width}x{height}).")
+    if width * height > limits.max_pixels:
+        raise RequestError(413, "too_many_pixels",
+                           f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the server's limit "
+                           f"of {limits.max_megapixels:g} (--max_megapixels).")
+    return im
+
+
+def decode_image(data: bytes, limits: Limits, filename: Optional[str] = None) -> np.ndarray:
+    """``data`` -> ``[H, W, 3]`` uint8 RGB as displayed, or a :class:`RequestError` (4xx)."""
+    from ..detector import as_rgb_uint8
+
+    im = open_image(data, limits, filename)
+    what = _named(filename)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im.load()
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            return as_rgb_uint8(im)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise RequestError(413, "decompression_bomb", f"{what} is refused as a decompression bomb: {err}") from None
+        except DataError as err:
+            raise RequestError(400, "corrupt_image", f"{what}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - truncated data, broken chunks ...
+            raise RequestError(400, "corrupt_image", f"{what} is truncated or corrupt: {type(err).__name__}: {err}.") from None
+        finally:
+            im.close()
+
+
+# ---------------------------------------------------------------------- results
+
+
+def regions(mask: Optional[np.ndarray], anomaly_map: np.ndarray) -> List[Dict[str, Any]]:
+    """Bounding boxes of the 8-connected regions of ``mask`` in the image's own pixels, largest first.
+
+    Each is ``{"x", "y", "width", "height", "area", "peak"}``: the top-left corner, the size
+    (``x + width`` is one past the last column), the region's pixel count and its largest raw
+    map value.
+
+    >>> m = np.zeros((6, 8), bool); m[1:3, 2:5] = True; m[4, 7] = True
+    >>> [(r["x"], r["y"], r["width"], r["height"], r["area"]) for r in regions(m, m.astype(np.float32))]
+    [(2, 1, 3, 2, 6), (7, 4, 1, 1, 1)]
+    """
+    if mask is None or not mask.any():
+        return []
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    index = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
+    peaks = ndimage.maximum(np.nan_to_num(anomaly_map, nan=-np.inf), labels, index)
+    out = []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        rows, cols = box
+        out.append({"x": int(cols.start), "y": int(rows.start), "width": int(cols.stop - cols.start),
+                    "height": int(rows.stop - rows.start), "area": int(areas[label - 1]), "peak": float(peaks[label - 1])})
+    out.sort(key=lambda r: (-r["area"], r["y"], r["x"]))
+    return out
+
+
+def inspected_box(anomaly_map: np.ndarray) -> Optional[Dict[str, int]]:
+    """The box of the pixels the model inspected (finite map values; the crop removed the rest)."""
+    finite = np.isfinite(anomaly_map)
+    rows, cols = finite.any(axis=1).nonzero()[0], finite.any(axis=0).nonzero()[0]
+    if rows.size == 0:
+        return None
+    return {"x": int(cols[0]), "y": int(rows[0]), "width": int(cols[-1] - cols[0] + 1), "height": int(rows[-1] - rows[0] + 1)}
+
+
+def png_base64(rgb: np.ndarray) -> str:
+    """``[H, W, 3]`` uint8 -> base64 of a PNG (fast compression)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def finite_or_none(value: float) -> Optional[float]:
+    return float(value) if value is not None and math.isfinite(value) else None
+

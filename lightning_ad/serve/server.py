@@ -1,0 +1,216 @@
+"""``lightning-ad serve``: the LitServe server of a fitted checkpoint, its page and its command line.
+
+::
+
+    lightning-ad serve --ckpt_path fit.ckpt --port 8000            # or: python -m lightning_ad.serve ...
+    curl -F file=@000.png "http://127.0.0.1:8000/predict?overlay=1"
+
+Endpoints
+    * ``POST /predict``: one image (multipart file, JSON ``{"image": base64}`` or a bare image
+      body); answers the detection as JSON (:func:`~lightning_ad.serve.api.result_dict`), or a
+      4xx JSON ``{"error": code, "detail": message, "status": n}`` (:mod:`~lightning_ad.serve.payload`).
+    * ``GET /health``: LitServe's readiness check (``ok`` once the inference workers loaded the
+      checkpoint, else 503).
+    * ``GET /info``: the detector's :attr:`~lightning_ad.detector.Detector.info` (input contract,
+      backbone, thresholds ...) and the server's settings (batching, limits).
+    * ``GET /``: the inspection page (static files of this package, no external asset).
+
+Processes: LitServe's API server (uvicorn; the gate of :mod:`~lightning_ad.serve.gate` runs
+there) and one inference worker per device (``--devices``; on the CPU, the number of
+worker processes), each holding one :class:`~lightning_ad.detector.Detector`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+from .payload import Limits
+
+__all__ = ["build_server", "serve_main", "STATIC_FILES"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+#: URL path -> (file in ``static/``, media type). Only these are served.
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+#: The page loads nothing from elsewhere; overlays come back as data: URLs.
+_CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'"
+_HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+
+
+def _resolve_accelerator(accelerator: str) -> str:
+    if accelerator != "auto":
+        return accelerator
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_server(
+    ckpt_path: str,
+    *,
+    accelerator: str = "auto",
+    devices: int = 1,
+    max_batch_size: int = 8,
+    batch_timeout: float = 0.01,
+    limits: Optional[Limits] = None,
+    timeout: float = 30.0,
+) -> Any:
+    """A ready-to-run ``litserve.LitServer`` for ``ckpt_path`` (call ``.run(host=..., port=...)``).
+
+    The checkpoint is read once here (errors are raised before any process starts) for
+    ``GET /info``; the inference workers load their own copy.
+    """
+    from .api import LITSERVE_AVAILABLE, DetectorAPI
+
+    if not LITSERVE_AVAILABLE:
+        raise ImportError("lightning-ad serve needs LitServe: pip install -e '.[serve]'")
+    import litserve as ls
+    from fastapi import Response
+    from fastapi.responses import JSONResponse
+
+    from ..detector import Detector
+    from ..errors import ConfigurationError
+    from .gate import PredictGate
+
+    limits = limits or Limits()
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ConfigurationError(f"max_batch_size={max_batch_size!r} must be a positive integer")
+    if not (isinstance(batch_timeout, (int, float)) and math.isfinite(batch_timeout) and batch_timeout >= 0):
+        raise ConfigurationError(f"batch_timeout={batch_timeout!r} must be a number >= 0 (seconds)")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigurationError(f"devices={devices!r} must be a positive integer")
+    accelerator = _resolve_accelerator(accelerator)
+    if accelerator not in ("cpu", "cuda", "mps"):
+        raise ConfigurationError(f"accelerator={accelerator!r}: use auto, cpu, cuda or mps")
+
+    probe = Detector.from_checkpoint(ckpt_path, device="cpu", batch_size=1)
+    info = probe.info
+    del probe
+
+    api = DetectorAPI(str(ckpt_path), limits=limits, max_batch_size=max_batch_size, batch_timeout=float(batch_timeout))
+    on_cpu = accelerator == "cpu"
+    server = ls.LitServer(
+        api,
+        accelerator=accelerator,
+        devices=1 if on_cpu else devices,
+        workers_per_device=devices if on_cpu else 1,
+        timeout=timeout,
+        info_path="/litserve/info",
+        middlewares=[(PredictGate, {"limits": limits, "api_path": api.api_path})],
+    )
+    settings = {"accelerator": accelerator, "devices": devices, "max_batch_size": max_batch_size,
+                "batch_timeout": float(batch_timeout), "timeout": timeout, **limits.to_dict()}
+    info = dict(info, server=settings)
+
+    pages = {path: ((STATIC / name).read_bytes(), media) for path, (name, media) in STATIC_FILES.items()}
+    # LitServe answers "/" with a line of text: the page replaces it.
+    server.app.router.routes[:] = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+
+    def page(path: str):
+        body, media = pages[path]
+
+        async def endpoint() -> Response:
+            return Response(content=body, media_type=media.split(";")[0],
+                            headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache",
+                                     "X-Content-Type-Options": "nosniff", "Content-Type": media})
+
+        return endpoint
+
+    for path in pages:
+        server.app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
+
+    async def info_endpoint() -> JSONResponse:
+        return JSONResponse(content=info)
+
+    server.app.add_api_route("/info", info_endpoint, methods=["GET"])
+    return server
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = Limits()
+    parser = argparse.ArgumentParser(
+        prog="lightning-ad serve",
+        description="Serve a fitted checkpoint over HTTP with LitServe: POST /predict, GET /info, GET /health, "
+                    "and the inspection page at GET /.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by lightning-ad fit")
+    parser.add_argument("--host", default="127.0.0.1", choices=_HOSTS,
+                        help="address to listen on (0.0.0.0 or :: expose the server to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (1024..65535)")
+    parser.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where the detector runs")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="GPUs to use, one inference worker each; on the CPU, the number of inference worker processes")
+    parser.add_argument("--max_batch_size", type=int, default=8, help="most requests scored in one forward pass")
+    parser.add_argument("--batch_timeout", type=float, default=0.01, help="seconds a batch waits to fill")
+    parser.add_argument("--max_megapixels", type=float, default=defaults.max_megapixels,
+                        help="largest image accepted, width x height in millions of pixels")
+    parser.add_argument("--max_bytes", type=int, default=defaults.max_bytes, help="largest image file accepted, bytes")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its answer (then 504)")
+    parser.add_argument("--log_level", default="warning", choices=("debug", "info", "warning", "error"),
+                        help="server log level")
+    return parser
+
+
+def serve_main(argv: List[str]) -> None:
+    """``lightning-ad serve ...`` (see ``--help``). Runs until interrupted (Ctrl+C)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 1024 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: use a port from 1024 to 65535")
+    if args.devices < 1:
+        parser.error(f"--devices {args.devices}: must be at least 1")
+    if args.max_batch_size < 1:
+        parser.error(f"--max_batch_size {args.max_batch_size}: must be at least 1")
+    if not (math.isfinite(args.batch_timeout) and args.batch_timeout >= 0):
+        parser.error(f"--batch_timeout {args.batch_timeout}: must be a number of seconds >= 0")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.error(f"--timeout {args.timeout}: must be a number of seconds > 0")
+    try:
+        limits = Limits(max_bytes=args.max_bytes, max_megapixels=args.max_megapixels)
+    except ValueError as err:
+        parser.error(str(err).replace("max_", "--max_"))
+
+    from ..errors import LightningADError
+
+    try:
+        server = build_server(args.ckpt_path, accelerator=args.accelerator, devices=args.devices,
+                              max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, limits=limits,
+                              timeout=args.timeout)
+    except LightningADError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"lightning-ad serve: http://{shown}:{args.port}/ (page), POST /predict, GET /info, GET /health "
+          f"(max_batch_size={args.max_batch_size}, batch_timeout={args.batch_timeout}s)", file=sys.stderr, flush=True)
+    _stop_on_signals()
+    server.run(host=args.host, port=args.port, log_level=args.log_level, generate_client_file=False)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (service managers, ``kill``) and SIGINT (Ctrl+C, also when started from a shell that ignores it
+    in background jobs) both start LitServe's graceful shutdown."""
+    import os
+    import signal
+
+    main = os.getpid()
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        if os.getpid() != main:  # a forked API server re-raises what uvicorn caught: end quietly
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)

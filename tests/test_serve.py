@@ -1,0 +1,383 @@
+"""``lightning-ad serve``: a real server process on loopback gives the Detector's numbers and refuses bad requests with a 4xx.
+
+The server runs as a subprocess (``python -m lightning_ad.serve``) on a free loopback port,
+with its own empty working folder and ``TMPDIR``: both must stay empty. With the real data
+(MVTec AD bottle) the checkpoint is fitted on a few bottle images and the bottle test images
+are posted; without it, on a tiny generated set.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, make_mvtec, real_data_root
+
+pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
+
+from lightning_ad.detector import Detector, as_rgb_uint8  # noqa: E402
+from lightning_ad.serve.client import Client, multipart  # noqa: E402
+from lightning_ad.serve.payload import regions  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+#: Limits the test server runs with (small, so that the over-limit bodies stay small too).
+MAX_BYTES = 1_500_000
+MAX_MEGAPIXELS = 1.0
+
+
+# ---------------------------------------------------------------------- checkpoint and server (shared with the browser test)
+
+
+def bottle_dir() -> Path:
+    return real_data_root() / "mvtec_ad" / "bottle"
+
+
+def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
+    """A fitted checkpoint and the test images to post: a few bottle images (symlinked, never
+    copied) at 128 -> crop 112 when the data is there, else a tiny generated set (64 -> 48)."""
+    from test_detector import fit_checkpoint
+
+    from lightning_ad import FolderDataModule, MVTecDataModule
+
+    bottle = bottle_dir()
+    if (bottle / "train" / "good").is_dir():
+        folders = {name: base / name for name in ("train", "good", "bad")}
+        for folder in folders.values():
+            folder.mkdir(parents=True)
+        for path in sorted((bottle / "train" / "good").glob("*.png"))[:12]:
+            (folders["train"] / path.name).symlink_to(path)
+        tests = sorted((bottle / "test" / "good").glob("*.png"))[:3]
+        bad = [sorted((bottle / "test" / group).glob("*.png"))[i] for group in ("broken_large", "contamination") for i in (0, 1)]
+        for path in tests:
+            (folders["good"] / path.name).symlink_to(path)
+        for i, path in enumerate(bad):
+            (folders["bad"] / f"{i}_{path.name}").symlink_to(path)
+        dm = FolderDataModule(normal_dir=str(folders["train"]), abnormal_dirs=[str(folders["bad"])],
+                              normal_test_dir=str(folders["good"]), mask_pattern=None, image_size=128, crop_size=112,
+                              batch_size=12, num_workers=0)
+        return fit_checkpoint(base, dm, image_k=3, gallery_k=3), tests + bad
+    root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=3, size=64)
+    dm = MVTecDataModule(str(root), category="widget", image_size=64, crop_size=48, batch_size=4, num_workers=0)
+    return fit_checkpoint(base, dm), sorted((root / "widget" / "test").rglob("*.png"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m lightning_ad.serve`` in its own session, working folder and TMPDIR."""
+
+    def __init__(self, ckpt: Path, workdir: Path, *extra: str, startup_s: float = 150.0) -> None:
+        self.workdir = workdir
+        self.tmpdir = workdir / "tmp"
+        self.tmpdir.mkdir(parents=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "server.log"
+        env = dict(os.environ, TMPDIR=str(self.tmpdir), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "-m", "lightning_ad.serve", "--ckpt_path", str(ckpt), "--port", str(self.port), *extra]
+        self.run_dir = workdir / "cwd"
+        self.run_dir.mkdir()
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + startup_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
+            try:
+                with Client(self.url, timeout=5) as client:
+                    if client.health() == (200, "ok"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server was not ready after {startup_s} s:\n{self.log.read_text()[-4000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """SIGTERM (LitServe's graceful shutdown), then SIGKILL to the server's own process group."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of this server only (its own session)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    ckpt, images = fit_serving_checkpoint(base / "fit")
+    server = ServerProcess(ckpt, base / "server", "--max_batch_size", "4", "--batch_timeout", "0.05",
+                           "--max_bytes", str(MAX_BYTES), "--max_megapixels", str(MAX_MEGAPIXELS))
+    try:
+        yield {"server": server, "url": server.url, "ckpt": ckpt, "images": images}
+    finally:
+        server.stop()
+    assert not any(server.run_dir.iterdir()), f"the server wrote into its working folder: {list(server.run_dir.iterdir())}"
+    assert not any(server.tmpdir.iterdir()), f"the server left temporary files: {list(server.tmpdir.iterdir())}"
+
+
+@pytest.fixture(scope="module")
+def detector(served):
+    return Detector.from_checkpoint(served["ckpt"], batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def expected(served, detector):
+    return {label(path): det for path, det in zip(served["images"], detector([str(p) for p in served["images"]]))}
+
+
+def label(path: Path) -> str:
+    """A file name unique among the posted images (bottle test folders reuse 000.png)."""
+    return f"{path.parent.name}_{path.name}"
+
+
+def health_ok(url: str) -> None:
+    with Client(url, timeout=30) as client:
+        assert client.health() == (200, "ok")
+
+
+def assert_same(answer: Dict, det, name: str) -> None:
+    assert answer["score"] == pytest.approx(det.score, rel=1e-5), name
+    assert answer["decision"] == det.decision, name
+    assert answer["verdict"] == {True: "anomalous", False: "normal", None: "unknown"}[det.decision]
+    assert answer["normalized_score"] == pytest.approx(det.normalized_score, rel=1e-5)
+    assert answer["thresholds"] == {"image": pytest.approx(det.image_threshold), "pixel": pytest.approx(det.pixel_threshold)}
+    assert (answer["image_size"]["height"], answer["image_size"]["width"]) == det.size
+    assert [(b["x"], b["y"], b["width"], b["height"], b["area"]) for b in answer["boxes"]] == [
+        (b["x"], b["y"], b["width"], b["height"], b["area"]) for b in regions(det.mask, det.anomaly_map)]
+
+
+# ---------------------------------------------------------------------- the good path
+
+
+def test_health_info_and_page(served, detector):
+    url = served["url"]
+    with Client(url) as client:
+        assert client.health() == (200, "ok")
+        status, info = client.request("GET", "/info")
+        assert status == 200
+        server = info.pop("server")
+        assert info == json.loads(json.dumps(detector.info))
+        assert server["max_batch_size"] == 4 and server["max_bytes"] == MAX_BYTES and server["max_megapixels"] == MAX_MEGAPIXELS
+        status, page = client.request("GET", "/")
+        assert status == 200 and "<title>lightning_ad" in page
+        for asset in ("/static/app.js", "/static/style.css"):
+            status, text = client.request("GET", asset)
+            assert status == 200 and len(text) > 100
+            assert "http://" not in text and "https://" not in text  # nothing from a CDN
+        assert "http://" not in page and "https://" not in page
+        status, _ = client.request("GET", "/static/../server.py")
+        assert status == 404
+
+
+def test_scores_equal_the_detector(served, expected):
+    """Every test image, posted by 4 clients at once (so LitServe batches them), scores as the Detector."""
+    images = served["images"]
+
+    def post(path: Path):
+        with Client(served["url"]) as client:
+            return label(path), client.predict(path.read_bytes(), filename=label(path), content_type="image/png")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, images * 2))
+    assert len(answers) == 2 * len(images)
+    for name, (status, answer) in answers:
+        assert status == 200, answer
+        assert answer["filename"] == name
+        assert_same(answer, expected[name], name)
+        assert "overlay_png" not in answer
+    decisions = {expected[label(p)].decision for p in images}
+    if bottle_dir().is_dir():
+        assert decisions == {True, False}, "bottle: expected both verdicts among good and broken bottles"
+
+
+def test_json_and_raw_bodies_and_overlay(served, expected, detector):
+    path = served["images"][-1]
+    data = path.read_bytes()
+    det = expected[label(path)]
+    with Client(served["url"]) as client:
+        status, answer = client.request("POST", "/predict", json.dumps(
+            {"image": base64.b64encode(data).decode(), "filename": label(path), "overlay": True}).encode(), "application/json")
+        assert status == 200 and answer["filename"] == label(path)
+        assert_same(answer, det, path.name)
+        status, raw = client.request("POST", "/predict?overlay=1", data, "image/png")
+        assert status == 200 and raw["filename"] is None
+        assert_same(raw, det, path.name)
+        status, url_form = client.request("POST", "/predict", json.dumps(
+            {"image": "data:image/png;base64," + base64.b64encode(data).decode()}).encode(), "application/json")
+        assert status == 200 and url_form["score"] == pytest.approx(det.score, rel=1e-5)
+    # the overlay is the Detection's own (PNG is lossless; float rounding of the map between batch
+    # sizes may move a few pixels to the next colour of the map)
+    reference = det.overlay(as_rgb_uint8(str(path))).astype(int)
+    for got in (answer, raw):
+        overlay = np.asarray(Image.open(io.BytesIO(base64.b64decode(got["overlay_png"]))).convert("RGB")).astype(int)
+        assert overlay.shape == reference.shape
+        assert (overlay != reference).any(axis=2).mean() < 0.005
+        assert np.abs(overlay - reference).mean() < 0.5
+    # the inspected box is the crop mapped back: the finite part of the map
+    finite = np.isfinite(det.anomaly_map)
+    box = answer["inspected"]
+    assert finite[box["y"] : box["y"] + box["height"], box["x"] : box["x"] + box["width"]].all()
+    assert finite.sum() == box["width"] * box["height"]
+
+
+def test_images_of_other_sizes_and_modes(served, detector):
+    """A grey JPEG of another size and a 16-bit PNG score as the Detector scores them (maps at their own size)."""
+    rgb = as_rgb_uint8(str(served["images"][0]))
+    grey = np.asarray(Image.fromarray(rgb).convert("L").resize((300, 200)))
+    jpeg = io.BytesIO()
+    Image.fromarray(grey).save(jpeg, "JPEG", quality=90)
+    sixteen = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(sixteen, "PNG")
+    with Client(served["url"]) as client:
+        for name, data in (("grey.jpg", jpeg.getvalue()), ("grey16.png", sixteen.getvalue())):
+            status, answer = client.predict(data, filename=name)
+            assert status == 200, answer
+            det = detector(Image.open(io.BytesIO(data)))[0]
+            assert answer["image_size"] == {"width": 300, "height": 200}
+            assert_same(answer, det, name)
+
+
+# ---------------------------------------------------------------------- bad requests
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(side: int = 40_000) -> bytes:
+    """A 1-bit PNG that declares ``side`` x ``side`` pixels (1.6 gigapixels) in a few hundred bytes."""
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (side // 8 + 1) * 64, 9)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+
+
+def png_bytes(h: int, w: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bad_requests(good: bytes) -> Dict[str, Tuple[bytes, str, str, int, str]]:
+    """name -> (body, content type, path, expected status, expected error code)."""
+    def file(data: bytes, filename: str = "x.png", ctype: str = "image/png") -> Tuple[bytes, str]:
+        return multipart([("file", filename, data, ctype)])
+
+    noise = np.random.default_rng(0).integers(0, 256, MAX_BYTES + 10, dtype=np.uint8).tobytes()
+    cases = {
+        "not_an_image": (*file(b"hello, this is not a picture\n" * 20), 400, "not_an_image"),
+        "truncated": (*file(good[: len(good) // 2]), 400, "corrupt_image"),
+        "truncated_header": (*file(good[:40]), 400, None),
+        "zero_bytes": (*file(b""), 400, "empty_file"),
+        "over_bytes": (*file(noise), 413, "too_large"),
+        "over_bytes_raw": (noise, "image/png", 413, "too_large"),
+        "over_megapixels": (*file(png_bytes(1000, 1200)), 413, "too_many_pixels"),
+        "decompression_bomb": (*file(bomb_png()), 413, "decompression_bomb"),
+        "wrong_content_type": (good, "text/plain", 415, "unsupported_media_type"),
+        "no_content_type": (good, "", 415, "unsupported_media_type"),
+        "wrong_part_type": (*file(good, ctype="text/html"), 415, "unsupported_media_type"),
+        "parent_folder_name": (*file(good, "../../etc/passwd.png"), 400, "bad_filename"),
+        "absolute_name": (*file(good, "/tmp/x.png"), 400, "bad_filename"),
+        "windows_name": (*file(good, "..\\..\\x.png"), 400, "bad_filename"),
+        "json_parent_folder_name": (json.dumps({"image": base64.b64encode(good).decode(), "filename": "../x.png"}).encode(),
+                                    "application/json", 400, "bad_filename"),
+        "malformed_json": (b'{"image": ', "application/json", 400, "bad_request"),
+        "bad_base64": (json.dumps({"image": "***not base64***"}).encode(), "application/json", 400, "bad_request"),
+        "json_without_image": (b'{"picture": "x"}', "application/json", 400, "bad_request"),
+        "multipart_without_file": (*multipart([], {"overlay": "1"}), 400, "bad_request"),
+        "multipart_two_files": (*multipart([("a", "a.png", good, "image/png"), ("b", "b.png", good, "image/png")]), 400, "bad_request"),
+        "multipart_cut": (file(good)[0][:-200], file(good)[1], 400, None),
+        "gif": (*file(b"GIF89a" + b"\x00" * 50, "x.gif", "image/gif"), 400, "not_an_image"),
+    }
+    return {name: (body, ctype, "/predict", status, code) for name, (body, ctype, status, code) in cases.items()}
+
+
+BAD_CASES = sorted(bad_requests(b"").keys())
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_request_gets_a_4xx_and_the_server_goes_on(served, case):
+    good = served["images"][0].read_bytes()
+    body, ctype, path, expected_status, expected_code = bad_requests(good)[case]
+    with Client(served["url"]) as client:
+        status, answer = client.request("POST", path, body, ctype or None)
+    assert status == expected_status, (case, answer)
+    assert isinstance(answer, dict) and answer.get("detail"), answer  # a JSON error naming the problem
+    if expected_code:
+        assert answer["error"] == expected_code, answer
+    assert answer["status"] == status
+    health_ok(served["url"])
+
+
+def test_bad_requests_in_a_batch_do_not_fail_the_good_ones(served, expected):
+    """Truncated files pass the gate (their header is fine) and reach the batch: they get their own 400."""
+    images = served["images"]
+    jobs = []
+    for i, path in enumerate(images * 2):
+        data = path.read_bytes()
+        jobs.append((label(path), data))
+        if i % 2 == 0:
+            jobs.append((None, data[: len(data) // 2]))
+
+    def post(job):
+        name, data = job
+        with Client(served["url"]) as client:
+            return name, client.predict(data, filename=name or "cut.png", content_type="image/png")
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(post, jobs))
+    for name, (status, answer) in answers:
+        if name is None:
+            assert status == 400 and answer["error"] == "corrupt_image", answer
+        else:
+            assert status == 200, answer
+            assert_same(answer, expected[name], name)
+    health_ok(served["url"])
+
+
+def test_serve_command_line_errors(tmp_path):
+    """Bad options and a missing checkpoint end with status 2 and a message, before any process starts."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lightning_ad.serve", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+    missing = run("--ckpt_path", str(tmp_path / "none.ckpt"), "--port", str(free_port()))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    port = run("--ckpt_path", "x.ckpt", "--port", "80")
+    assert port.returncode == 2 and "--port 80" in port.stderr
+    limit = run("--ckpt_path", "x.ckpt", "--max_megapixels", "0")
+    assert limit.returncode == 2 and "max_megapixels" in limit.stderr
+    assert list(tmp_path.iterdir()) == []
+
