@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["world_size", "gather_rows", "gather_objects", "first_occurrences"]
+__all__ = ["world_size", "rank_and_world", "gather_rows", "gather_objects", "first_occurrences", "finish_stream",
+           "sharded_grouped_knn", "drain_sharded"]
 
 
 def world_size() -> int:
@@ -100,3 +101,123 @@ def gather_features(
     index, pooled, pyramid = gather_rows(index), gather_rows(pooled), [gather_rows(level) for level in pyramid]
     keep = first_occurrences(index)
     return index[keep], Features([level[keep] for level in pyramid], pooled[keep]), tuple(image_size)
+
+
+def rank_and_world() -> Tuple[int, int]:
+    """``(rank, world size)`` of this process (``(0, 1)`` without a process group)."""
+    if world_size() == 1:
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def finish_stream(writer: Any, bank: Any) -> None:
+    """Complete a streamed (disk or sharded) bank from every process's :class:`~lightning_ad.bank.BankWriter`.
+
+    Ids and pooled vectors (small) are gathered to every process, the sampler's padding repeats
+    dropped and the rows ordered by id; the file manifests are gathered in rank order; the
+    pyramid rows never travel. Collective: every process calls it.
+    """
+    from .errors import ConfigurationError
+
+    shard = writer.close()
+    info = (writer.image_size, writer.shapes) if writer.shapes is not None else None
+    known = next((s for s in gather_objects(info) if s is not None), None)
+    if known is None:
+        raise ConfigurationError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
+    image_size, shapes = known
+    device = bank.index.device
+    index = gather_rows(shard["index"].to(device))
+    pooled = gather_rows(writer.local_pooled(bank.pooled_dim).to(device))
+    keep = first_occurrences(index)
+    shards = gather_objects(shard)
+    rank, processes = rank_and_world()
+    bank.attach(index[keep], pooled[keep], tuple(image_size), bank.manifest(shards, shapes),
+                own=writer.kept_levels() if bank.sharding == "sharded" else None, rank=rank, processes=processes,
+                verify=False)
+
+
+_DONE = -1
+
+
+def _exchange(count: int, device: torch.device) -> List[int]:
+    mine = torch.tensor([count], device=device, dtype=torch.long)
+    counts = [torch.zeros_like(mine) for _ in range(world_size())]
+    dist.all_gather(counts, mine)
+    return [int(c.item()) for c in counts]
+
+
+def _padded_gather(tensor: Tensor, longest: int, fill: float) -> Tensor:
+    padded = tensor.new_full((longest, *tensor.shape[1:]), fill)
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat(parts)
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor], bank: Any, position: int, k: int,
+                        gallery_k: int, chunk_bytes: int, device: torch.device) -> Optional[Tensor]:
+    """:func:`~lightning_ad.knn.grouped_knn` over a bank sharded across processes: ``[B, Q, k]`` distances, ascending.
+
+    Every process passes its own queries ``[B, Q, C]`` (B may be 0) and nearest bank rows
+    ``[B, gallery_k]``; both are gathered, each process searches the rows it holds for every
+    query of every process, and the candidates are combined: the minimum by all-reduce when
+    ``k = 1``, the k smallest of everyone's k smallest otherwise. Exact: the k nearest of a
+    union are among the k nearest of its parts. Collective: every process calls it once per
+    level and batch; a process with nothing left calls it with ``queries=None`` (see
+    :func:`drain_sharded`), and then gets ``None`` back when every process is done.
+    """
+    from .knn import grouped_knn
+
+    height, width = bank.level_shape(position)
+    channels = bank.channels[position]
+    positions = height * width
+    comm = _comm_device(device)
+    counts = _exchange(_DONE if queries is None else int(queries.shape[0]), comm)
+    if all(c == _DONE for c in counts):
+        return None
+    longest = max(max(counts), 1)
+    if queries is None or neighbours is None:
+        queries = torch.zeros((0, positions, channels), device=comm)
+        neighbours = torch.zeros((0, gallery_k), dtype=torch.long, device=comm)
+    all_q = _padded_gather(queries.to(comm, torch.float32), longest, 0.0)
+    all_n = _padded_gather(neighbours.to(comm, torch.long), longest, -1)
+    held = bank.held().to(comm)
+    valid = all_n >= 0
+    mine = valid & held[all_n.clamp_min(0)]
+    result = torch.full((all_q.shape[0], positions, k), float("inf"), device=comm)
+    counts_held = mine.sum(dim=1)
+    for m in torch.unique(counts_held).tolist():
+        if m == 0:
+            continue
+        items = (counts_held == m).nonzero().flatten()
+        groups = torch.stack([all_n[i][mine[i]] for i in items.tolist()])  # slot order kept
+        gallery, local = bank.gallery(position, groups, device=comm)
+        kk = min(k, m * positions)
+        found = grouped_knn(all_q[items], gallery, local, kk, chunk_bytes=chunk_bytes)
+        result[items, :, :kk] = found
+    if k == 1:
+        dist.all_reduce(result, op=dist.ReduceOp.MIN)
+        combined = result
+    else:
+        parts = [torch.empty_like(result) for _ in range(world_size())]
+        dist.all_gather(parts, result.contiguous())
+        combined = torch.cat(parts, dim=-1).topk(k, dim=-1, largest=False, sorted=True).values
+    rank = dist.get_rank()
+    own = counts[rank] if counts[rank] != _DONE else 0
+    return combined[rank * longest : rank * longest + own].to(device)
+
+
+def drain_sharded(bank: Any, levels: int, gallery_k: int, kappa: int, chunk_bytes: int, device: torch.device) -> None:
+    """Join the other processes' remaining sharded searches until every process is done (see above)."""
+    if world_size() == 1 or bank.sharding != "sharded":
+        return
+    while True:
+        for position in range(levels):
+            if sharded_grouped_knn(None, None, bank, position, kappa, gallery_k, chunk_bytes, device) is None:
+                return
