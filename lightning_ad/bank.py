@@ -37,6 +37,7 @@ Storage (``storage``, ``sharding``, ``placement``):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -185,6 +186,8 @@ class MemoryBank(nn.Module):
         #: ``[N, H_l, W_l, C_l]`` hold the features in the same row order.
         self.register_buffer("index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
+        #: the file manifest of a disk or sharded bank (JSON, UTF-8) in its state dict; empty otherwise
+        self.register_buffer("manifest", torch.zeros(0, dtype=torch.uint8))
         self._empty_features(self.index.device)
 
     def _empty_features(self, device: torch.device) -> None:
@@ -500,27 +503,19 @@ class MemoryBank(nn.Module):
 
     # ------------------------------------------------------------------ saving and loading
 
-    def get_extra_state(self) -> Dict[str, Any]:
-        """The file manifest of a disk or sharded bank (its levels are not in the state dict)."""
-        if self._manifest is None or self._where is None:
-            return {"storage": "buffers"}
-        return {"storage": "files", **self._manifest}
-
-    def set_extra_state(self, state: Any) -> None:
-        pass  # read in _load_from_state_dict, which needs it before the buffers are sized
-
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._where is not None:
+        if self._where is not None:  # the levels are files: the state dict names them instead
             for level in self.levels:
                 destination.pop(prefix + self._key(level), None)
+            destination[prefix + "manifest"] = encode_manifest(self._manifest)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
         # Size the buffers from the incoming tensors (unknown before fit), after checking
         # that they fit these levels and channels; a file manifest is attached instead.
         incoming = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-        extra = incoming.get("_extra_state")
-        if isinstance(extra, dict) and extra.get("storage") == "files":
+        extra = decode_manifest(incoming["manifest"]) if incoming.get("manifest") is not None else None
+        if extra is not None:
             self._check_manifest(extra, incoming)
             from .distributed import rank_and_world  # noqa: PLC0415 - bank.py stays free of collectives otherwise
 
@@ -539,8 +534,8 @@ class MemoryBank(nn.Module):
                 value = incoming[self._key(level)]
                 setattr(self, self._key(level), torch.zeros(value.shape, dtype=self.dtype, device=self._level_device()))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        if prefix + "_extra_state" in missing_keys:  # checkpoints from before the manifest: an in-memory bank
-            missing_keys.remove(prefix + "_extra_state")
+        if prefix + "manifest" in missing_keys:  # checkpoints from before the manifest: an in-memory bank
+            missing_keys.remove(prefix + "manifest")
         self._place()
 
     def _check_manifest(self, manifest: Dict[str, Any], incoming: Dict[str, Tensor]) -> None:
@@ -573,7 +568,7 @@ class MemoryBank(nn.Module):
             value = incoming.get(self._key(level))
             if value is not None and (value.ndim != 4 or value.shape[-1] != channels):
                 problems.append(f"level {level} has {value.shape[-1] if value.ndim else '?'} channels ({self.owner}: {channels})")
-        sizes = {int(v.shape[0]) for k, v in incoming.items() if isinstance(v, Tensor) and k != "image_size"}
+        sizes = {int(v.shape[0]) for k, v in incoming.items() if k not in ("image_size", "manifest")}
         if len(sizes) > 1:
             problems.append(f"bank tensors disagree on the number of images {sorted(sizes)}")
         if problems:
@@ -583,10 +578,30 @@ class MemoryBank(nn.Module):
                 + ". Configure the backbone and layers the bank was fitted with, or fit again."
             )
 
-    def manifest(self, shards: List[Dict[str, Any]], shapes: List[Tuple[int, int, int]]) -> Dict[str, Any]:
+    def make_manifest(self, shards: List[Dict[str, Any]], shapes: List[Tuple[int, int, int]]) -> Dict[str, Any]:
         """The manifest of a bank made of ``shards`` (the :meth:`BankWriter.close` entries, in rank order)."""
         return {"format": MANIFEST_FORMAT, "levels": list(self.levels), "dtype": _dtype_name(self.dtype),
                 "shapes": [list(shape) for shape in shapes], "shards": shards}
+
+
+def encode_manifest(manifest: Dict[str, Any]) -> Tensor:
+    """A manifest (shards' ``index`` as tensors) as a uint8 tensor of JSON, for the state dict."""
+    plain = {**manifest, "shards": [{**shard, "index": [int(i) for i in shard["index"].tolist()]}
+                                    for shard in manifest["shards"]]}
+    return torch.tensor(list(json.dumps(plain).encode()), dtype=torch.uint8)
+
+
+def decode_manifest(value: Tensor) -> Optional[Dict[str, Any]]:
+    """The manifest held in a state dict's ``manifest`` tensor (None when empty)."""
+    if value.numel() == 0:
+        return None
+    try:
+        manifest = json.loads(value.cpu().numpy().tobytes().decode())
+        for shard in manifest["shards"]:
+            shard["index"] = torch.tensor(shard["index"], dtype=torch.long)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"the bank file manifest in this checkpoint cannot be read ({err}).") from None
+    return manifest
 
 
 def rename_legacy_keys(state_dict: Dict[str, Tensor], prefix: str) -> None:

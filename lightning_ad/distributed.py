@@ -8,6 +8,8 @@ repeats dropped by index.
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -15,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["world_size", "rank_and_world", "gather_rows", "gather_objects", "first_occurrences", "finish_stream",
-           "sharded_grouped_knn", "drain_sharded"]
+           "sharded_grouped_knn", "drain_sharded", "BankCollector", "leave_one_out_maps"]
 
 
 def world_size() -> int:
@@ -131,7 +133,7 @@ def finish_stream(writer: Any, bank: Any) -> None:
     keep = first_occurrences(index)
     shards = gather_objects(shard)
     rank, processes = rank_and_world()
-    bank.attach(index[keep], pooled[keep], tuple(image_size), bank.manifest(shards, shapes),
+    bank.attach(index[keep], pooled[keep], tuple(image_size), bank.make_manifest(shards, shapes),
                 own=writer.kept_levels() if bank.sharding == "sharded" else None, rank=rank, processes=processes,
                 verify=False)
 
@@ -221,3 +223,59 @@ def drain_sharded(bank: Any, levels: int, gallery_k: int, kappa: int, chunk_byte
         for position in range(levels):
             if sharded_grouped_knn(None, None, bank, position, kappa, gallery_k, chunk_bytes, device) is None:
                 return
+
+
+class BankCollector:
+    """One process's training features during fit, made into ``model``'s bank by :meth:`finish` (collective).
+
+    An in-memory replicated bank keeps the batches and gathers them (:func:`gather_features`);
+    a disk or sharded bank streams them to files (:func:`finish_stream`) in a new folder
+    ``bank-<id>`` of ``folder`` (default: the trainer's log folder), so that no fit overwrites
+    the files of an earlier checkpoint.
+    """
+
+    def __init__(self, model: Any, folder: Optional[str], trainer: Any = None) -> None:
+        self.model, self.writer = model, None
+        if trainer is not None:  # a collective (log_dir): every process gets rank 0's folder
+            folder = folder or trainer.log_dir or trainer.default_root_dir
+        if model.bank.streams:
+            name = "bank-" + uuid.uuid4().hex[:8]
+            name = trainer.strategy.broadcast(name) if trainer is not None else name
+            rank = trainer.global_rank if trainer is not None else 0
+            self.writer = model.bank.writer(os.path.join(folder or model.bank.directory or ".", name), rank)
+        self.parts: List[Any] = []
+
+    def append(self, index: Tensor, features: Any, image_size: Tuple[int, int]) -> None:
+        if self.writer is not None:
+            self.writer.append(index, features.pooled, features.pyramid, image_size)
+        else:
+            self.parts.append((index, features.pooled, features.pyramid, image_size))
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.model.reset_bank()
+            finish_stream(self.writer, self.model.bank)
+        else:
+            index, features, image_size = gather_features(self.parts, self.model.bank.index.device)
+            self.model.set_bank(features, image_size, index)
+        self.parts, self.writer = [], None
+
+
+def leave_one_out_maps(model: Any, samples: Optional[int]) -> Tuple[Tensor, int]:
+    """Leave-one-out maps of ``samples`` evenly spread training images (None: all), split over processes and
+    gathered; and the number of images scored.
+
+    Each process scores every P-th sample, or, with a sharded bank, the samples whose rows it holds.
+    """
+    from .positions import spread_positions
+
+    rank, processes = rank_and_world()
+    samples = model.bank_size if samples is None else min(samples, model.bank_size)
+    positions = spread_positions(model.bank_size, samples)
+    if model.bank.sharding == "sharded" and processes > 1:
+        held = model.bank.held().cpu()
+        mine = [p for p in positions if bool(held[p])]
+    else:
+        mine = list(positions[rank::processes])
+    rows = torch.tensor(mine, dtype=torch.long, device=model.bank.index.device)
+    return gather_rows(model.score_bank(rows).anomaly_maps), samples
