@@ -112,6 +112,7 @@ def fit_predict(config: Path, base: Path, name: str, processes: int, predict_pro
 
 
 def predict(config: Path, ckpt: Path, out: Path, processes: int) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
     import yaml
 
     init = yaml.safe_load(config.read_text())["data"]["init_args"]
