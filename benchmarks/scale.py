@@ -76,6 +76,7 @@ def phase_fit(args, size, storage):
                          tuple(real["size"]))
     collector.finish()
     seconds = time.perf_counter() - started
+    folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "state.pt")
     return {"bank_mb": model.bank.nbytes() / 2**20, "write_s": seconds, "fit_rss_mb": peak_rss_mb()}
 
