@@ -1,29 +1,53 @@
-"""The memory bank: features of the normal training images, in registered buffers.
+"""The memory bank: features of the normal training images, held in memory, on disk, or sharded.
 
-:class:`MemoryBank` owns its buffers (so the bank is part of ``state_dict`` and of
-every checkpoint), sizes them when a state dict is loaded (the size is unknown before
-fit), checks that an incoming bank fits the backbone and levels, and serves rows by
-training-image row. Its interface is small, so that storage can change behind it:
+:class:`MemoryBank` owns the bank (so it is part of ``state_dict`` and of every checkpoint),
+sizes it when a state dict is loaded (the size is unknown before fit), checks that an
+incoming bank fits the backbone and levels, and serves rows by training-image row. Its
+interface is small, so that storage changes behind it and :class:`~lightning_ad.spade.SpadeModel`
+does not:
 
-* :meth:`add`: rows of training images (pooled vectors and pyramid), with their ids;
-* :attr:`pooled`: ``[N, D]`` pooled vectors;
-* :meth:`level`: ``[N, H_l * W_l, C_l]`` pyramid rows of one level (channels last);
-* :meth:`pyramid_of`: the pyramids of given rows, as the backbone gives them.
+* :meth:`add` (all rows at once) or :meth:`writer` (streamed batch by batch, then
+  :meth:`attach`): rows of training images, with their ids;
+* :attr:`pooled`: ``[N, D]`` pooled vectors (always in memory, on every process);
+* :meth:`gallery`: the pyramid rows of given images, ready for
+  :func:`~lightning_ad.knn.grouped_knn` (only those rows are read or copied);
+* :meth:`level`, :meth:`pyramid_of`: pyramid rows (whole levels are for small banks and tests).
 
-Rows are kept sorted by image id (a dataset index), so the bank is a function of the
-set of training images, not of batch order or process count.
+Rows are ordered by image id (a dataset index), so the bank is a function of the set of
+training images, not of batch order or process count.
+
+Storage (``storage``, ``sharding``, ``placement``):
+
+* ``memory`` + ``replicated`` (default): the pyramid levels are registered buffers, saved
+  inside the checkpoint, as before.
+* ``disk``: fit streams each batch's pyramid into raw files (one per level and process,
+  ``level<l>.rank<r>.bin``, rows in the order they arrived, channels last, in the bank
+  dtype); test reads the rows of each image's nearest training images on demand from
+  memory-mapped files. ``sharded``: each process keeps only the rows it extracted (padding
+  repeats of the sampler dropped), in memory or on disk. In both cases the checkpoint holds
+  the pooled vectors and a manifest of the files (name, absolute path, size, SHA-256,
+  the ids of their rows); loading verifies every file it reads and refuses a missing or
+  changed one. A checkpoint loads in any number of processes: with as many processes as
+  the fit had shards each keeps its own, otherwise process r keeps rows ``r, r + P, ...``.
+* ``placement`` ``host`` keeps in-memory levels on the CPU (pinned) when the module moves to
+  an accelerator, and each batch copies only its galleries; ``auto`` chooses ``host`` when
+  the levels would take more than half of the device's free memory.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, NumericalError
+from .errors import CheckpointError, ConfigurationError, NumericalError
 
-__all__ = ["MemoryBank", "BANK_DTYPES", "check_finite"]
+__all__ = ["MemoryBank", "BankWriter", "BANK_DTYPES", "BANK_STORAGES", "BANK_SHARDINGS", "BANK_DEVICES", "check_finite"]
 
 #: Accepted names of the bank storage precision.
 BANK_DTYPES: Dict[str, torch.dtype] = {
@@ -31,6 +55,13 @@ BANK_DTYPES: Dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+BANK_STORAGES = ("memory", "disk")
+BANK_SHARDINGS = ("replicated", "sharded")
+BANK_DEVICES = ("auto", "host", "accelerator")
+
+#: Version of the file manifest held in the checkpoint.
+MANIFEST_FORMAT = 1
+_HASH_BLOCK = 16 * 2**20
 
 
 def check_finite(tensor: Tensor, what: str) -> Tensor:
@@ -44,6 +75,83 @@ def check_finite(tensor: Tensor, what: str) -> Tensor:
     return tensor
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in BANK_DTYPES.items() if value == dtype)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in blocks (never whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BankWriter:
+    """Streams one process's training features to raw files, batch by batch (see :meth:`MemoryBank.writer`).
+
+    Pooled vectors and ids stay in memory (small); the pyramid goes to ``level<l>.rank<r>.bin``
+    in ``directory``, channels last, in the bank dtype, hashed as it is written. With
+    ``keep=True`` (a sharded in-memory bank) the rows are also kept in memory.
+    """
+
+    def __init__(self, bank: "MemoryBank", directory: Path, rank: int, keep: bool) -> None:
+        self.bank, self.directory, self.rank, self.keep = bank, Path(directory), int(rank), keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ids: List[Tensor] = []
+        self.pooled: List[Tensor] = []
+        self.kept: List[List[Tensor]] = [[] for _ in bank.levels]
+        self.shapes: Optional[List[Tuple[int, int, int]]] = None
+        self.image_size: Optional[Tuple[int, int]] = None
+        self.paths = [self.directory / f"level{level}.rank{self.rank}.bin" for level in bank.levels]
+        self.handles = [open(path, "wb") for path in self.paths]
+        self.hashes = [hashlib.sha256() for _ in bank.levels]
+        self.bytes = [0 for _ in bank.levels]
+
+    def append(self, index: Tensor, pooled: Tensor, pyramid: Sequence[Tensor], image_size: Tuple[int, int]) -> None:
+        """One batch: ids ``[B]``, pooled ``[B, D]``, pyramid ``[B, C_l, H_l, W_l]`` per level."""
+        if self.image_size is not None and tuple(image_size) != self.image_size:
+            raise ValueError(f"training images of {tuple(image_size)} pixels cannot join a bank of {self.image_size}")
+        self.image_size = tuple(int(s) for s in image_size)
+        check_finite(pooled, "training features (pooled)")
+        self.ids.append(index.detach().to("cpu", torch.long))
+        self.pooled.append(pooled.detach().to("cpu", torch.float32))
+        shapes = []
+        for position, (level, fmap) in enumerate(zip(self.bank.levels, pyramid)):
+            check_finite(fmap, f"training features (level {level})")
+            rows = fmap.detach().permute(0, 2, 3, 1).to("cpu", self.bank.dtype).contiguous()
+            shapes.append(tuple(rows.shape[1:]))
+            data = rows.view(torch.uint8).numpy()
+            self.handles[position].write(memoryview(data).cast("B"))
+            self.hashes[position].update(memoryview(data).cast("B"))
+            self.bytes[position] += data.nbytes
+            if self.keep:
+                self.kept[position].append(rows)
+        self.shapes = shapes
+
+    def close(self) -> Dict[str, Any]:
+        """Close the files; this process's shard entry of the manifest."""
+        for handle in self.handles:
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        ids = torch.cat(self.ids) if self.ids else torch.zeros(0, dtype=torch.long)
+        return {
+            "index": ids,
+            "files": [{"name": path.name, "path": str(path.resolve()), "bytes": size, "sha256": digest.hexdigest()}
+                      for path, size, digest in zip(self.paths, self.bytes, self.hashes)],
+        }
+
+    def local_pooled(self, pooled_dim: int) -> Tensor:
+        return torch.cat(self.pooled) if self.pooled else torch.zeros(0, pooled_dim)
+
+    def kept_levels(self) -> Optional[List[Tensor]]:
+        if not self.keep or self.shapes is None:
+            return None
+        return [torch.cat(parts) for parts in self.kept]
+
+
 class MemoryBank(nn.Module):
     """Pooled vectors ``[N, D]`` and pyramid levels ``[N, H_l, W_l, C_l]`` of N training images.
 
@@ -53,53 +161,135 @@ class MemoryBank(nn.Module):
         pooled_dim: size D of the pooled vectors.
         dtype: storage precision (distances are always accumulated in float32).
         owner: name used in error messages (the backbone).
+        storage: ``memory`` or ``disk`` (memory-mapped files) for the pyramid levels.
+        sharding: ``replicated`` (every process holds every row) or ``sharded`` (each
+            process holds its share of the pyramid rows; pooled vectors stay replicated).
+        placement: ``auto``, ``host`` or ``accelerator``: where in-memory levels live when
+            the module is on an accelerator.
+        directory: where a disk or sharded bank writes its files at fit (set by the
+            caller), and where a checkpoint's files are looked for by name when their
+            recorded path is gone.
     """
 
     def __init__(self, levels: Sequence[int], channels: Sequence[int], pooled_dim: int,
-                 dtype: torch.dtype = torch.float32, owner: str = "") -> None:
+                 dtype: torch.dtype = torch.float32, owner: str = "", storage: str = "memory",
+                 sharding: str = "replicated", placement: str = "auto", directory: Optional[str] = None) -> None:
         super().__init__()
         self.levels = tuple(levels)
         self.channels = tuple(channels)
         self.pooled_dim = int(pooled_dim)
         self.dtype = dtype
         self.owner = owner
+        self.storage, self.sharding, self.placement = storage, sharding, placement
+        self.directory = directory
         #: ``[N]`` image ids (dataset indices), ascending; ``pooled`` ``[N, D]`` and ``level<l>``
         #: ``[N, H_l, W_l, C_l]`` hold the features in the same row order.
         self.register_buffer("index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.long))
+        #: the file manifest of a disk or sharded bank (JSON, UTF-8) in its state dict; empty otherwise
+        self.register_buffer("manifest", torch.zeros(0, dtype=torch.uint8))
         self._empty_features(self.index.device)
 
     def _empty_features(self, device: torch.device) -> None:
         self.register_buffer("pooled", torch.zeros(0, self.pooled_dim, dtype=self.dtype, device=device))
         for level, channels in zip(self.levels, self.channels):
             self.register_buffer(self._key(level), torch.zeros(0, 0, 0, channels, dtype=self.dtype, device=device))
+        # External pyramid (files or a shard): one entry per segment, a tensor [n_s, H, W, C] per level;
+        # ``_where`` [N, 2]: (segment, row in it) of each bank row, -1 where this process does not hold it.
+        self._segments: List[List[Tensor]] = []
+        self._where: Optional[Tensor] = None
+        self._manifest: Optional[Dict[str, Any]] = None
+        self._shapes: Optional[List[Tuple[int, int, int]]] = None
 
     @staticmethod
     def _key(level: int) -> str:
         return f"level{level}"
+
+    @property
+    def streams(self) -> bool:
+        """Whether fit streams rows to files (disk storage or a sharded bank) rather than gathering them."""
+        return self.storage == "disk" or self.sharding == "sharded"
+
+    @property
+    def external(self) -> bool:
+        """Whether the pyramid is outside the level buffers (files, or this process's shard)."""
+        return self._where is not None
 
     # ------------------------------------------------------------------ reading
 
     def __len__(self) -> int:
         return int(self.index.numel())
 
-    def levels_hwc(self) -> List[Tensor]:
-        """One ``[N, H_l, W_l, C_l]`` tensor per level (channels last), in level order."""
-        return [getattr(self, self._key(level)) for level in self.levels]
-
-    def level(self, position: int) -> Tensor:
-        """Pyramid rows of the ``position``-th level held: ``[N, H_l * W_l, C_l]``."""
-        bank = self.levels_hwc()[position]
-        return bank.reshape(bank.shape[0], bank.shape[1] * bank.shape[2], bank.shape[3])
+    def held(self) -> Tensor:
+        """``[N]`` bool: the rows whose pyramid this process holds."""
+        if self._where is None:
+            return torch.ones(len(self), dtype=torch.bool, device=self.index.device)
+        return (self._where[:, 0] >= 0).to(self.index.device)
 
     def level_shape(self, position: int) -> Tuple[int, int]:
         """``(H_l, W_l)`` of the ``position``-th level held."""
-        bank = self.levels_hwc()[position]
+        if self._shapes is not None:
+            return int(self._shapes[position][0]), int(self._shapes[position][1])
+        bank = getattr(self, self._key(self.levels[position]))
         return int(bank.shape[1]), int(bank.shape[2])
+
+    def _rows(self, position: int, rows: Tensor) -> Tensor:
+        """Pyramid rows ``[R, H, W, C]`` of bank rows ``rows`` (held ones), read from where they are."""
+        rows = rows.to("cpu", torch.long) if self._where is not None else rows
+        if self._where is None:
+            bank = getattr(self, self._key(self.levels[position]))
+            return bank[rows.to(bank.device)]
+        where = self._where[rows]
+        if bool((where[:, 0] < 0).any()):
+            raise RuntimeError("bank rows requested that this process does not hold (sharded bank)")
+        height, width, channels = self._shapes[position]
+        out = torch.empty((rows.numel(), height, width, channels), dtype=self.dtype)
+        for segment in torch.unique(where[:, 0]).tolist():
+            mask = where[:, 0] == segment
+            out[mask] = self._segments[segment][position][where[mask, 1]]
+        return out
+
+    def levels_hwc(self) -> List[Tensor]:
+        """One ``[N_held, H_l, W_l, C_l]`` tensor per level (channels last), in level order.
+
+        For a disk or sharded bank this reads every held row into memory: for small banks and tests.
+        """
+        if self._where is None:
+            return [getattr(self, self._key(level)) for level in self.levels]
+        rows = self.held().nonzero().flatten().cpu()
+        return [self._rows(position, rows) for position in range(len(self.levels))]
+
+    def level(self, position: int) -> Tensor:
+        """Pyramid rows of the ``position``-th level held: ``[N, H_l * W_l, C_l]`` (see :meth:`levels_hwc`)."""
+        bank = self.levels_hwc()[position]
+        return bank.reshape(bank.shape[0], bank.shape[1] * bank.shape[2], bank.shape[3])
+
+    def gallery(self, position: int, neighbours: Tensor, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+        """What :func:`~lightning_ad.knn.grouped_knn` searches for ``neighbours`` ``[B, M]`` (bank rows).
+
+        Returns ``(bank [U, H*W, C], groups [B, M])``. For in-memory levels on ``device`` this is
+        the whole level and ``neighbours`` unchanged; otherwise only the U distinct rows named
+        are read (from files) or copied (from the host), and ``groups`` indexes them. Either
+        way each item searches the same rows in the same order, so the distances are the same.
+        """
+        device = device if device is not None else self.index.device
+        if self._where is None and self.placement != "host":
+            bank = getattr(self, self._key(self.levels[position]))
+            if bank.device == torch.device(device) or bank.device.type == torch.device(device).type == "cpu":
+                return bank.reshape(bank.shape[0], -1, bank.shape[3]), neighbours
+        unique, groups = torch.unique(neighbours, return_inverse=True)
+        rows = self._rows(position, unique)
+        rows = rows.reshape(rows.shape[0], -1, rows.shape[3])
+        if rows.device != torch.device(device):
+            if torch.device(device).type == "cuda" and rows.device.type == "cpu":
+                rows = rows.pin_memory()
+            rows = rows.to(device, non_blocking=True)
+        return rows, groups.to(device)
 
     def pyramid_of(self, rows: Tensor) -> List[Tensor]:
         """Pyramids of bank rows ``[R]``, as the backbone gives them: ``[R, C_l, H_l, W_l]`` float32."""
-        return [bank[rows].float().permute(0, 3, 1, 2) for bank in self.levels_hwc()]
+        device = self.index.device
+        return [self._rows(p, rows).to(device).float().permute(0, 3, 1, 2) for p in range(len(self.levels))]
 
     @property
     def input_size(self) -> Tuple[int, int]:
@@ -107,8 +297,13 @@ class MemoryBank(nn.Module):
         return int(self.image_size[0]), int(self.image_size[1])
 
     def nbytes(self) -> int:
-        """Bytes held by the features."""
-        return sum(t.numel() * t.element_size() for t in [self.pooled, *self.levels_hwc()])
+        """Bytes of the features this process holds (pooled vectors and its pyramid rows, wherever stored)."""
+        pooled = self.pooled.numel() * self.pooled.element_size()
+        if self._where is None:
+            return pooled + sum(t.numel() * t.element_size() for t in self.levels_hwc())
+        held = int(self.held().sum())
+        size = torch.tensor([], dtype=self.dtype).element_size()
+        return pooled + held * sum(h * w * c for h, w, c in self._shapes) * size
 
     # ------------------------------------------------------------------ writing
 
@@ -119,12 +314,53 @@ class MemoryBank(nn.Module):
         self.image_size = torch.zeros(2, dtype=torch.long, device=device)
         self._empty_features(device)
 
+    def _level_device(self) -> torch.device:
+        device = self.index.device
+        if device.type == "cpu" or self.placement == "accelerator":
+            return device
+        if self.placement == "host":
+            return torch.device("cpu")
+        return device  # auto: decided on the size (see _place)
+
+    def _place(self) -> None:
+        """Move in-memory levels where ``placement`` says (host: CPU, pinned when an accelerator is in use)."""
+        device = self.index.device
+        if self._where is not None or device.type == "cpu":
+            return
+        keys = [self._key(level) for level in self.levels]
+        size = sum(getattr(self, k).numel() * getattr(self, k).element_size() for k in keys)
+        host = self.placement == "host"
+        if self.placement == "auto" and device.type == "cuda" and size:
+            free, _ = torch.cuda.mem_get_info(device)
+            host = size > free // 2
+        if host:
+            self.placement = "host"
+            for key in keys:
+                value = getattr(self, key)
+                self._buffers[key] = value.cpu().pin_memory() if value.numel() else value.cpu()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        keys = [self._key(level) for level in self.levels]
+        kept = {k: self._buffers[k] for k in keys} if self.placement == "host" else {}
+        result = super()._apply(fn, recurse)
+        for key, value in kept.items():
+            self._buffers[key] = value
+        if self.placement == "host" and self.index.device.type == "cuda":
+            for key in keys:
+                value = self._buffers[key]
+                if value.numel() and not value.is_pinned():
+                    self._buffers[key] = value.pin_memory()
+        return result
+
     def add(self, index: Tensor, pooled: Tensor, pyramid: Sequence[Tensor], image_size: Tuple[int, int]) -> None:
         """Add training images: ids ``[R]`` (distinct, new), pooled ``[R, D]``, pyramid ``[R, C_l, H_l, W_l]`` per level.
 
         ``image_size``: ``(H, W)`` of the input images the features come from (the same
-        for every row). Rows stay sorted by id.
+        for every row). Rows stay sorted by id. In-memory, replicated banks only (others
+        are built by :meth:`writer` and :meth:`attach`).
         """
+        if self._where is not None:
+            raise RuntimeError("rows cannot be added to a disk or sharded bank: build it with writer() and attach()")
         count = pooled.shape[0]
         if count == 0:
             raise ValueError("cannot add zero training images to the bank")
@@ -143,30 +379,182 @@ class MemoryBank(nn.Module):
         self.index = merged[order]
         self.image_size = size
         self.pooled = torch.cat([self.pooled, pooled.to(device=device, dtype=self.dtype)])[order].contiguous()
+        level_device = self._level_device()
         for level, fmap in zip(self.levels, pyramid):
             check_finite(fmap, f"training features (level {level})")
-            rows = fmap.permute(0, 2, 3, 1).to(device=device, dtype=self.dtype)
-            current = getattr(self, self._key(level))
+            rows = fmap.permute(0, 2, 3, 1).to(device=level_device, dtype=self.dtype)
+            current = getattr(self, self._key(level)).to(level_device)
             if len(current) == 0:
                 current = current.new_zeros((0, *rows.shape[1:]))
-            setattr(self, self._key(level), torch.cat([current, rows])[order].contiguous())
+            setattr(self, self._key(level), torch.cat([current, rows])[order.to(level_device)].contiguous())
+        self._place()
 
-    # ------------------------------------------------------------------ loading
+    def writer(self, directory: Optional[str], rank: int = 0) -> BankWriter:
+        """A :class:`BankWriter` streaming this process's rows to ``directory`` (a disk or sharded bank)."""
+        directory = directory or self.directory
+        if not directory:
+            raise ConfigurationError(
+                f"bank_storage={self.storage!r}, bank_sharding={self.sharding!r} writes bank files: set bank_dir.")
+        return BankWriter(self, Path(directory), rank, keep=self.storage == "memory")
+
+    def attach(self, index: Tensor, pooled: Tensor, image_size: Tuple[int, int], manifest: Dict[str, Any],
+               own: Optional[List[Tensor]] = None, rank: int = 0, processes: int = 1, verify: bool = True) -> None:
+        """Become the bank described by ``manifest`` (shards of files) with replicated ids and pooled vectors.
+
+        ``own``: this process's shard (fit rank ``rank``) already in memory, in its file's row
+        order. Which rows are held, and how, follows ``storage`` and ``sharding`` (module docstring).
+        """
+        self.reset()
+        device = self.index.device
+        self.index = index.to(device=device, dtype=torch.long)
+        self.image_size = torch.tensor([int(image_size[0]), int(image_size[1])], device=device)
+        self.pooled = pooled.to(device=device, dtype=self.dtype).contiguous()
+        self._manifest = manifest
+        self._shapes = [tuple(int(s) for s in shape) for shape in manifest["shapes"]]
+        count = len(self)
+        sorted_ids = self.index.cpu()
+        owner = torch.full((count, 2), -1, dtype=torch.long)  # (shard, row in its file): first occurrence
+        for shard_no, shard in enumerate(manifest["shards"]):
+            ids = shard["index"].to(torch.long)
+            if ids.numel() == 0:
+                continue
+            rows = torch.searchsorted(sorted_ids, ids).clamp_max(count - 1)
+            if not torch.equal(sorted_ids[rows], ids):
+                raise CheckpointError("the bank file manifest names images that are not in the bank")
+            new = owner[rows, 0] < 0  # the first occurrence wins (the sampler's padding repeats)
+            owner[rows[new], 0] = shard_no
+            owner[rows[new], 1] = torch.arange(ids.numel())[new]
+        if bool((owner[:, 0] < 0).any()):
+            raise CheckpointError("the bank file manifest does not cover every image of the bank")
+        shards = len(manifest["shards"])
+        if self.sharding == "replicated" or processes == 1:
+            held = torch.ones(count, dtype=torch.bool)
+        elif processes == shards:
+            held = owner[:, 0] == rank
+        else:
+            held = torch.arange(count) % processes == rank
+        needed = sorted(set(owner[held, 0].tolist()))
+        mapped: Dict[int, List[Tensor]] = {}
+        for shard_no in needed:
+            if own is not None and shard_no == rank:
+                mapped[shard_no] = own
+            else:
+                mapped[shard_no] = self._map_shard(manifest["shards"][shard_no], verify)
+        where = torch.full((count, 2), -1, dtype=torch.long)
+        if self.storage == "disk":
+            slot = {shard_no: i for i, shard_no in enumerate(needed)}
+            self._segments = [mapped[s] for s in needed]
+            where[held, 0] = torch.tensor([slot[int(s)] for s in owner[held, 0]], dtype=torch.long)
+            where[held, 1] = owner[held, 1]
+        else:  # memory: read the held rows once, in bank order
+            rows = held.nonzero().flatten()
+            segment = []
+            for position, shape in enumerate(self._shapes):
+                out = torch.empty((rows.numel(), *shape), dtype=self.dtype)
+                for shard_no in needed:
+                    mask = owner[rows, 0] == shard_no
+                    out[mask] = mapped[shard_no][position][owner[rows[mask], 1]]
+                segment.append(out)
+            if self.sharding == "replicated" or bool(held.all()):
+                level_device = self._level_device()
+                for level, value in zip(self.levels, segment):
+                    setattr(self, self._key(level), value.to(level_device))
+                self._shapes, self._segments = None, []
+                self._place()
+                return  # an ordinary in-memory bank (its checkpoint holds the levels again)
+            self._segments = [segment]
+            where[rows, 0] = 0
+            where[rows, 1] = torch.arange(rows.numel())
+        self._where = where
+
+    def _resolve(self, entry: Dict[str, Any]) -> Path:
+        path = Path(entry["path"])
+        if not path.is_file() and self.directory:
+            path = Path(self.directory) / entry["name"]
+        if not path.is_file():
+            raise CheckpointError(
+                f"bank file {entry['name']!r} is missing (recorded at {entry['path']!r}"
+                + (f", not in bank_dir {self.directory!r}" if self.directory else "")
+                + "). A disk or sharded bank's checkpoint needs its bank files: keep them where fit wrote them, "
+                "or pass --model.bank_dir FOLDER holding them.")
+        return path
+
+    def _map_shard(self, shard: Dict[str, Any], verify: bool) -> List[Tensor]:
+        """Memory-map one shard's level files (after checking size and SHA-256)."""
+        count = int(shard["index"].numel())
+        tensors = []
+        for entry, shape in zip(shard["files"], self._shapes):
+            path = self._resolve(entry)
+            size = path.stat().st_size
+            element = torch.tensor([], dtype=self.dtype).element_size()
+            expected = count * shape[0] * shape[1] * shape[2] * element
+            if size != entry["bytes"] or size != expected:
+                raise CheckpointError(
+                    f"bank file {str(path)!r} has {size} bytes, the checkpoint expects {entry['bytes']}: it is not "
+                    "the file this checkpoint was fitted with. Fit again, or restore the bank files.")
+            if verify and file_sha256(path) != entry["sha256"]:
+                raise CheckpointError(
+                    f"bank file {str(path)!r} does not match the checkpoint's SHA-256 ({entry['sha256'][:12]}...): it "
+                    "was changed or belongs to another fit. Fit again, or restore the bank files.")
+            flat = torch.from_file(str(path), shared=False, size=count * shape[0] * shape[1] * shape[2],
+                                   dtype=self.dtype) if count else torch.zeros(0, dtype=self.dtype)
+            tensors.append(flat.view(count, *shape))
+        return tensors
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._where is not None:  # the levels are files: the state dict names them instead
+            for level in self.levels:
+                destination.pop(prefix + self._key(level), None)
+            destination[prefix + "manifest"] = encode_manifest(self._manifest)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # type: ignore[override]
         # Size the buffers from the incoming tensors (unknown before fit), after checking
-        # that they fit these levels and channels.
+        # that they fit these levels and channels; a file manifest is attached instead.
         incoming = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        extra = decode_manifest(incoming["manifest"]) if incoming.get("manifest") is not None else None
+        if extra is not None:
+            self._check_manifest(extra, incoming)
+            from .distributed import rank_and_world  # noqa: PLC0415 - bank.py stays free of collectives otherwise
+
+            rank, processes = rank_and_world()
+            self.attach(incoming["index"], incoming["pooled"], tuple(incoming["image_size"].tolist()), extra,
+                        rank=rank, processes=processes)
+            return
         if "pooled" in incoming:
             self._check_incoming(incoming)
+            self.reset()
             device = self.index.device
             if "index" in incoming:
                 self.index = torch.zeros_like(incoming["index"], device=device)
             self.pooled = torch.zeros(incoming["pooled"].shape, dtype=self.dtype, device=device)
             for level in self.levels:
                 value = incoming[self._key(level)]
-                setattr(self, self._key(level), torch.zeros(value.shape, dtype=self.dtype, device=device))
+                setattr(self, self._key(level), torch.zeros(value.shape, dtype=self.dtype, device=self._level_device()))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if prefix + "manifest" in missing_keys:  # checkpoints from before the manifest: an in-memory bank
+            missing_keys.remove(prefix + "manifest")
+        self._place()
+
+    def _check_manifest(self, manifest: Dict[str, Any], incoming: Dict[str, Tensor]) -> None:
+        problems = []
+        if list(manifest.get("levels", [])) != list(self.levels):
+            problems.append(f"levels {manifest.get('levels')} (configured: {list(self.levels)})")
+        shapes = manifest.get("shapes", [])
+        if [int(s[-1]) for s in shapes] != list(self.channels):
+            problems.append(f"channels {[s[-1] for s in shapes]} ({self.owner}: {list(self.channels)})")
+        if manifest.get("dtype") != _dtype_name(self.dtype):
+            problems.append(f"bank_dtype {manifest.get('dtype')!r} (configured: {_dtype_name(self.dtype)!r})")
+        pooled = incoming.get("pooled")
+        if pooled is None or pooled.ndim != 2 or pooled.shape[1] != self.pooled_dim:
+            problems.append(f"pooled size {None if pooled is None else tuple(pooled.shape[1:])} ({self.owner}: {self.pooled_dim})")
+        if problems:
+            raise CheckpointError(
+                f"the memory bank in this state dict does not fit the configured model (backbone={self.owner!r}, "
+                f"layers={list(self.levels)}): " + "; ".join(problems)
+                + ". Configure the backbone, layers and bank_dtype the bank was fitted with, or fit again.")
 
     def _check_incoming(self, incoming: Dict[str, Tensor]) -> None:
         levels_in = sorted(int(k[len("level"):]) for k in incoming if k.startswith("level"))
@@ -180,7 +568,7 @@ class MemoryBank(nn.Module):
             value = incoming.get(self._key(level))
             if value is not None and (value.ndim != 4 or value.shape[-1] != channels):
                 problems.append(f"level {level} has {value.shape[-1] if value.ndim else '?'} channels ({self.owner}: {channels})")
-        sizes = {int(v.shape[0]) for k, v in incoming.items() if k != "image_size"}
+        sizes = {int(v.shape[0]) for k, v in incoming.items() if k not in ("image_size", "manifest")}
         if len(sizes) > 1:
             problems.append(f"bank tensors disagree on the number of images {sorted(sizes)}")
         if problems:
@@ -189,6 +577,31 @@ class MemoryBank(nn.Module):
                 f"layers={list(self.levels)}): " + "; ".join(problems)
                 + ". Configure the backbone and layers the bank was fitted with, or fit again."
             )
+
+    def make_manifest(self, shards: List[Dict[str, Any]], shapes: List[Tuple[int, int, int]]) -> Dict[str, Any]:
+        """The manifest of a bank made of ``shards`` (the :meth:`BankWriter.close` entries, in rank order)."""
+        return {"format": MANIFEST_FORMAT, "levels": list(self.levels), "dtype": _dtype_name(self.dtype),
+                "shapes": [list(shape) for shape in shapes], "shards": shards}
+
+
+def encode_manifest(manifest: Dict[str, Any]) -> Tensor:
+    """A manifest (shards' ``index`` as tensors) as a uint8 tensor of JSON, for the state dict."""
+    plain = {**manifest, "shards": [{**shard, "index": [int(i) for i in shard["index"].tolist()]}
+                                    for shard in manifest["shards"]]}
+    return torch.tensor(list(json.dumps(plain).encode()), dtype=torch.uint8)
+
+
+def decode_manifest(value: Tensor) -> Optional[Dict[str, Any]]:
+    """The manifest held in a state dict's ``manifest`` tensor (None when empty)."""
+    if value.numel() == 0:
+        return None
+    try:
+        manifest = json.loads(value.cpu().numpy().tobytes().decode())
+        for shard in manifest["shards"]:
+            shard["index"] = torch.tensor(shard["index"], dtype=torch.long)
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"the bank file manifest in this checkpoint cannot be read ({err}).") from None
+    return manifest
 
 
 def rename_legacy_keys(state_dict: Dict[str, Tensor], prefix: str) -> None:
@@ -202,4 +615,3 @@ def rename_legacy_keys(state_dict: Dict[str, Tensor], prefix: str) -> None:
             state_dict[prefix + renames[local]] = state_dict.pop(key)
         elif local.startswith("bank_level"):
             state_dict[prefix + "bank.level" + local[len("bank_level"):]] = state_dict.pop(key)
-

@@ -28,6 +28,22 @@ META_KEY = "lightning_ad"
 FORMAT = 2
 
 
+def meta_section(model: Any, thresholds: Dict[str, Any], contract: Optional[Dict[str, Any]],
+                 datamodule: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The lightning_ad section of a checkpoint of ``model`` (a SpadeModel)."""
+    return {
+        "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers), "bank_size": model.bank_size,
+        "image_size": list(model.image_size), "thresholds": dict(thresholds), "input": contract, "datamodule": datamodule,
+        "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding,
+    }
+
+
+def threshold_source(method: str, bank_images: int, train_images: Optional[int]) -> Dict[str, Any]:
+    """Where fit's thresholds come from: the method, and whether the bank holds the whole training set."""
+    partial = train_images is not None and bank_images < train_images
+    return {"method": method, "bank_images": bank_images, "train_images": train_images, "partial_bank": partial}
+
+
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """The checkpoint dict at ``path`` (on the CPU, ``weights_only=True``), with its lightning_ad section checked."""
     path = Path(path)

@@ -57,3 +57,10 @@ def partial_bank_warning(bank_images: int, train_images: int) -> str:
     return (f"the bank holds {bank_images} of the {train_images} training images (limit_train_batches, fast_dev_run "
             "or max_steps cut the pass short): its scores and thresholds come from a partial bank. Fit without "
             "those trainer settings for a complete one.")
+
+
+def threshold_summary(learned: Any, hp: Any, count: int, samples: int, source: Any, seconds: float) -> str:
+    """The status line after the leave-one-out thresholds were set."""
+    return (f"thresholds from leave-one-out scores of normal images: image {learned.image:.6g} (quantile "
+            f"{hp.image_quantile} of {count}), pixel {learned.pixel:.6g} (quantile {hp.pixel_quantile} of {samples} "
+            f"images' pixels){' [partial bank]' if source.get('partial_bank') else ''}, in {seconds:.2f} s")

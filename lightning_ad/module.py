@@ -36,12 +36,11 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from . import checks, checkpoint as ckpt
-from .console import bank_summary, partial_bank_warning
-from .distributed import gather_features, gather_rows, world_size
+from .console import bank_summary, partial_bank_warning, threshold_summary
+from .distributed import BankCollector, leave_one_out_maps, world_size
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
 from .knn import DEFAULT_CHUNK_BYTES
-from .positions import spread_positions
 from .results import ImageResults, as_batch_dict
 from .spade import SpadeModel
 from .thresholds import calibration_overlap, f1_thresholds, quantile_thresholds
@@ -65,6 +64,11 @@ class Spade(pl.LightningModule):
         sigma: Gaussian smoothing of the maps in pixels (paper: 4).
         bank_dtype: storage precision of the bank: float32, float16 or bfloat16.
         knn_chunk_bytes: working memory bound of one block of kNN distances, in bytes.
+        bank_storage: ``memory``, or ``disk``: pyramid rows streamed to files at fit, read on demand (README).
+        bank_sharding: ``replicated``, or ``sharded``: each process keeps its share of the pyramid rows (exact).
+        bank_device: ``auto``, ``host`` (pinned host memory, galleries copied per batch) or ``accelerator``.
+        bank_dir: folder of a disk or sharded bank's files (default: the log folder), named in the checkpoint
+            with their SHA-256 (changed files are refused).
         threshold_method: ``quantile``: thresholds at quantiles of leave-one-out scores of the training
             images (needs no anomaly); ``f1``: F1-optimal on the labelled validation set (``val_split``).
         image_quantile: quantile of the normal image scores that sets the image threshold.
@@ -87,6 +91,8 @@ class Spade(pl.LightningModule):
         sigma: float = 4.0,
         bank_dtype: str = "float32",
         knn_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        bank_storage: str = "memory", bank_sharding: str = "replicated", bank_device: str = "auto",
+        bank_dir: Optional[str] = None,
         threshold_method: str = "quantile",
         image_quantile: float = 0.95,
         pixel_quantile: float = 0.999,
@@ -99,7 +105,8 @@ class Spade(pl.LightningModule):
         self.save_hyperparameters()
         self.model = SpadeModel(
             backbone=backbone, weights=weights, layers=layers, image_k=image_k, gallery_k=gallery_k, kappa=kappa,
-            sigma=sigma, bank_dtype=bank_dtype, chunk_bytes=knn_chunk_bytes,
+            sigma=sigma, bank_dtype=bank_dtype, chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage,
+            bank_sharding=bank_sharding, bank_device=bank_device, bank_dir=bank_dir,
         )
         checks.threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
                                   image_threshold, pixel_threshold, pro_max_fpr)
@@ -153,12 +160,13 @@ class Spade(pl.LightningModule):
         if self.model.is_fitted:
             rank_zero_warn(f"this model already holds a bank of {self.model.bank_size} images: fit replaces it (it does not add).")
             self.model.reset_bank()
+        self._collector = BankCollector(self.model, self.hparams.bank_dir, self.trainer)
         self._parts, self._fallback_index, self._fit_started = [], 0, time.perf_counter()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         data = self._batch(batch)
         features = self.model.extract(data["image"])
-        self._parts.append((data["index"], features.pooled, features.pyramid, tuple(data["image"].shape[-2:])))
+        self._collector.append(data["index"], features, tuple(data["image"].shape[-2:]))
         self.step_anchor.grad = torch.zeros_like(self.step_anchor)
         self.optimizers().step()  # lr 0, zero gradient: advances global_step only
 
@@ -176,17 +184,13 @@ class Spade(pl.LightningModule):
         self.trainer.should_stop = True
 
     def _finalize_bank(self) -> None:
-        parts, self._parts = self._parts, []
-        index, features, image_size = gather_features(parts, self.model.bank.index.device)
-        self.model.set_bank(features, image_size, index)
+        self._collector.finish()
         seconds = time.perf_counter() - self._fit_started
         self.fit_images_per_second = self.model.bank_size / max(seconds, 1e-9)
         rank_zero_info(bank_summary(self.model, seconds, world_size()))
-        partial = self._train_count is not None and self.model.bank_size < self._train_count
-        if partial:
+        self.threshold_source = ckpt.threshold_source(self.hparams.threshold_method, self.model.bank_size, self._train_count)
+        if self.threshold_source["partial_bank"]:
             rank_zero_warn(partial_bank_warning(self.model.bank_size, self._train_count))
-        self.threshold_source = {"method": self.hparams.threshold_method, "bank_images": self.model.bank_size,
-                                 "train_images": self._train_count, "partial_bank": partial}
         if self.hparams.threshold_method == "quantile":
             self._fit_quantile_thresholds()
 
@@ -195,23 +199,14 @@ class Spade(pl.LightningModule):
         hp, model, count, started = self.hparams, self.model, self.model.bank_size, time.perf_counter()
         if max(model.image_k, model.gallery_k) > count - 1:
             return rank_zero_warn("too few training images for leave-one-out thresholds: thresholds stay unset.")
-        samples = count if hp.threshold_samples is None else min(hp.threshold_samples, count)
-        mine = torch.tensor(spread_positions(count, samples)[self.global_rank :: world_size()], dtype=torch.long)
-        maps = gather_rows(model.score_bank(mine.to(model.bank.index.device)).anomaly_maps)
+        maps, samples = leave_one_out_maps(model, hp.threshold_samples)
         learned = quantile_thresholds(model.leave_one_out_image_scores(), maps, hp.image_quantile, hp.pixel_quantile)
         self.model.set_thresholds(learned)
-        rank_zero_info(
-            f"thresholds from leave-one-out scores of normal images: image {learned.image:.6g} (quantile "
-            f"{hp.image_quantile} of {count}), pixel {learned.pixel:.6g} (quantile {hp.pixel_quantile} of {samples} "
-            f"images' pixels){' [partial bank]' if self.threshold_source.get('partial_bank') else ''}, in "
-            f"{time.perf_counter() - started:.2f} s")
+        rank_zero_info(threshold_summary(learned, hp, count, samples, self.threshold_source, time.perf_counter() - started))
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint[ckpt.META_KEY] = {
-            "format": ckpt.FORMAT, "backbone": self.model.backbone_name, "layers": list(self.model.layers),
-            "bank_size": self.model.bank_size, "image_size": list(self.model.image_size),
-            "thresholds": dict(self.threshold_source), "input": self.input_contract, "datamodule": self.datamodule_config,
-        }
+        checkpoint[ckpt.META_KEY] = ckpt.meta_section(self.model, self.threshold_source, self.input_contract,
+                                                      self.datamodule_config)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         meta = checkpoint.get(ckpt.META_KEY)
@@ -247,6 +242,7 @@ class Spade(pl.LightningModule):
         return record
 
     def _gathered(self) -> ImageResults:
+        self.model.end_scoring()  # a sharded bank: serve the other processes' searches until all are done
         parts, self._parts = self._parts, []
         return (ImageResults.cat(parts) if parts else ImageResults.empty(self.model.image_size)).gather()
 
@@ -294,6 +290,9 @@ class Spade(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> ImageResults:
         return self._score(batch)
+
+    def on_predict_epoch_end(self) -> None:
+        self.model.end_scoring()  # processes may hold different numbers of images to predict
 
     def forward(self, images: Tensor):  # type: ignore[override]
         """Raw image scores ``[B]`` and maps ``[B, H, W]`` for images ``[B, 3, H, W]`` in [0, 1]."""

@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from . import checks
 from .backbones import FeatureExtractor, LEVEL_STRIDES, backbone_channels, build_backbone, validate_levels
-from .bank import BANK_DTYPES, MemoryBank, check_finite, rename_legacy_keys
+from .bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, rename_legacy_keys
+from .distributed import drain_sharded, finish_stream, sharded_grouped_knn, world_size
 from .errors import ConfigurationError
 from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, grouped_knn, knn
@@ -88,6 +89,14 @@ class SpadeModel(nn.Module):
         bank_dtype: storage precision of the bank: ``float32``, ``float16`` or
             ``bfloat16`` (distances are always accumulated in float32).
         chunk_bytes: upper bound, in bytes, of one block of distances of the kNN search.
+        bank_storage: ``memory`` or ``disk`` (pyramid rows in memory-mapped files, read on
+            demand; see :mod:`lightning_ad.bank`).
+        bank_sharding: ``replicated`` or ``sharded`` (under several processes each keeps its
+            share of the pyramid rows; scoring stays exact).
+        bank_device: ``auto``, ``host`` or ``accelerator``: where in-memory pyramid rows live
+            when the model is on an accelerator (host: pinned, galleries copied per batch).
+        bank_dir: folder of the bank files of a disk or sharded bank (written by fit; where a
+            checkpoint's files are looked for when their recorded path is gone).
         backbone_module: an already built extractor (then ``weights`` is ignored).
 
     Raises:
@@ -106,6 +115,10 @@ class SpadeModel(nn.Module):
         sigma: float = 4.0,
         bank_dtype: str = "float32",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        bank_storage: str = "memory",
+        bank_sharding: str = "replicated",
+        bank_device: str = "auto",
+        bank_dir: Optional[str] = None,
         backbone_module: Optional[FeatureExtractor] = None,
     ) -> None:
         super().__init__()
@@ -126,7 +139,12 @@ class SpadeModel(nn.Module):
         self.backbone = backbone_module if backbone_module is not None else build_backbone(backbone, self.layers, weights)
         if list(self.backbone.level_channels()) != list(self.channels):
             raise ConfigurationError("backbone_module does not match the backbone name and layers")
-        self.bank = MemoryBank(self.layers, self.channels, self.pooled_dim, self.bank_dtype, owner=backbone)
+        self.bank = MemoryBank(
+            self.layers, self.channels, self.pooled_dim, self.bank_dtype, owner=backbone,
+            storage=checks.one_of("bank_storage", bank_storage, BANK_STORAGES),
+            sharding=checks.one_of("bank_sharding", bank_sharding, BANK_SHARDINGS),
+            placement=checks.one_of("bank_device", bank_device, BANK_DEVICES), directory=bank_dir,
+        )
         # Decision thresholds on raw scores (NaN until set: see lightning_ad.thresholds).
         self.register_buffer("image_threshold", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan"), dtype=torch.float64))
@@ -183,14 +201,23 @@ class SpadeModel(nn.Module):
     def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32) -> None:
         """Build the bank from normal images (a tensor ``[N, 3, H, W]`` or an iterable of batches)."""
         batches = images.split(batch_size) if isinstance(images, Tensor) else images
-        parts, size = [], None
+        parts, size, seen = [], None, 0
+        writer = self.bank.writer(None) if self.bank.streams else None
         for batch in batches:
             if size is not None and tuple(batch.shape[-2:]) != size:
                 raise ValueError("fit_bank: all training images must have the same size")
             size = tuple(batch.shape[-2:])
-            parts.append(self.extract(batch))
-        if not parts or size is None:
+            features = self.extract(batch)
+            if writer is not None:
+                writer.append(torch.arange(seen, seen + batch.shape[0]), features.pooled, features.pyramid, size)
+            else:
+                parts.append(features)
+            seen += int(batch.shape[0])
+        if not seen or size is None:
             raise ValueError("fit_bank needs at least one training image")
+        if writer is not None:
+            self.reset_bank()
+            return finish_stream(writer, self.bank)
         self.set_bank(
             Features(
                 [torch.cat([p.pyramid[i] for p in parts]) for i in range(len(self.layers))],
@@ -248,7 +275,12 @@ class SpadeModel(nn.Module):
                     f"({bank_hw[0] * stride}x{bank_hw[1] * stride} pixels)."
                 )
             queries = fmap.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-            dist = grouped_knn(queries, self.bank.level(position), neighbours, self.kappa, chunk_bytes=self.chunk_bytes)
+            if self.bank.sharding == "sharded" and world_size() > 1:
+                dist = sharded_grouped_knn(queries, neighbours, self.bank, position, self.kappa, self.gallery_k,
+                                           self.chunk_bytes, queries.device)
+            else:
+                gallery, groups = self.bank.gallery(position, neighbours, queries.device)
+                dist = grouped_knn(queries, gallery, groups, self.kappa, chunk_bytes=self.chunk_bytes)
             maps.append(dist.mean(dim=-1).reshape(batch, height, width))
         return maps
 
@@ -286,12 +318,20 @@ class SpadeModel(nn.Module):
         self.require_fitted()
         if rows is None:
             rows = torch.arange(self.bank_size, device=self.bank.index.device)
+        if not bool(self.bank.held()[rows].all()):
+            raise ValueError("score_bank: a sharded bank scores only the rows this process holds (bank.held())")
         scores, maps = [], []
         for chunk in rows.split(batch_size):
             features = Features(self.bank.pyramid_of(chunk), self.bank.pooled[chunk].float())
             out = self.score_features(features, self.image_size, exclude=chunk)
             scores.append(out.image_scores)
             maps.append(out.anomaly_maps)
+        self.end_scoring()
         if not scores:
             return SpadeOutput(torch.zeros(0), torch.zeros(0, *self.image_size))
         return SpadeOutput(torch.cat(scores), torch.cat(maps))
+
+    def end_scoring(self) -> None:
+        """After a process's last scoring call of a pass: with a sharded bank under several processes,
+        join the others' remaining searches until all are done (they search this process's rows)."""
+        drain_sharded(self.bank, len(self.layers), self.gallery_k, self.kappa, self.chunk_bytes, self.bank.index.device)

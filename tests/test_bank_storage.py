@@ -1,0 +1,166 @@
+"""Disk, sharded and host-placed banks score exactly as the in-memory replicated bank; bank files are checked."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_mvtec, require_real
+from lightning_ad.errors import CheckpointError
+from lightning_ad.spade import SpadeModel
+from test_distributed import write_config
+
+SETTINGS = [("disk", "replicated", "auto"), ("memory", "sharded", "auto"), ("disk", "sharded", "auto"),
+            ("memory", "replicated", "host")]
+
+
+@pytest.fixture(scope="module")
+def images():
+    gen = torch.Generator().manual_seed(0)
+    train = torch.rand(10, 3, 64, 64, generator=gen) * 0.3 + 0.35
+    test = torch.rand(3, 3, 64, 64, generator=gen) * 0.3 + 0.35
+    test[1, :, 20:34, 20:34] = 1.0
+    return train, test
+
+
+def model(tmp_path: Path, storage="memory", sharding="replicated", device="auto", **kwargs) -> SpadeModel:
+    return SpadeModel(image_k=3, gallery_k=3, bank_storage=storage, bank_sharding=sharding, bank_device=device,
+                      bank_dir=str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kappa", [1, 3])
+def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa):
+    train, test = images
+    reference = model(tmp_path / "ref", bank_dtype=dtype, kappa=kappa)
+    reference.fit_bank(train, batch_size=4)
+    expected = reference(test)
+    loo = reference.score_bank(torch.arange(4)).anomaly_maps
+    for storage, sharding, device in SETTINGS:
+        spade = model(tmp_path / f"{storage}{sharding}{device}", storage, sharding, device, bank_dtype=dtype, kappa=kappa)
+        spade.fit_bank(train, batch_size=4)
+        got = spade(test)
+        assert torch.equal(got.image_scores, expected.image_scores) and torch.equal(got.anomaly_maps, expected.anomaly_maps)
+        assert torch.equal(spade.score_bank(torch.arange(4)).anomaly_maps, loo)
+        # a fresh model from the state dict (files memory-mapped again) gives the same
+        fresh = model(tmp_path / "unused", storage, sharding, device, bank_dtype=dtype, kappa=kappa)
+        fresh.load_state_dict(spade.state_dict())
+        assert torch.equal(fresh(test).anomaly_maps, expected.anomaly_maps)
+
+
+def test_disk_bank_state_dict_names_files_instead_of_holding_levels(images, tmp_path):
+    spade = model(tmp_path / "bank", "disk")
+    spade.fit_bank(images[0], batch_size=4)
+    state = spade.state_dict()
+    assert "bank.level1" not in state and state["bank.pooled"].shape == (10, 1280)
+    assert spade.bank.external and len(list((tmp_path / "bank").rglob("level*.rank0.bin"))) == 3
+
+
+def test_changed_or_missing_bank_files_are_refused(images, tmp_path):
+    spade = model(tmp_path / "bank", "disk")
+    spade.fit_bank(images[0], batch_size=4)
+    state = spade.state_dict()
+    (level2,) = (tmp_path / "bank").rglob("level2.rank0.bin")
+    data = bytearray(level2.read_bytes())
+    data[100] ^= 0xFF
+    level2.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the checkpoint's SHA-256"):
+        model(tmp_path / "x", "disk").load_state_dict(state)
+    level2.write_bytes(bytes(data[:-4]))
+    with pytest.raises(CheckpointError, match="bytes, the checkpoint expects"):
+        model(tmp_path / "x", "disk").load_state_dict(state)
+    level2.unlink()
+    with pytest.raises(CheckpointError, match="bank file 'level2.rank0.bin' is missing"):
+        model(tmp_path / "x", "disk").load_state_dict(state)
+
+
+def test_moved_bank_files_are_found_through_bank_dir(images, tmp_path):
+    train, test = images
+    spade = model(tmp_path / "bank", "disk")
+    spade.fit_bank(train, batch_size=4)
+    state, expected = spade.state_dict(), spade(test).anomaly_maps
+    moved = (tmp_path / "bank").rename(tmp_path / "moved")
+    fresh = model(moved, "disk")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh(test).anomaly_maps, expected)
+
+
+# ---------------------------------------------------------------------- several processes (CLI)
+
+
+def cli(args, cwd: Path, processes: int) -> None:
+    devices = ["--trainer.devices", str(processes)] + (["--trainer.strategy", "ddp"] if processes > 1 else [])
+    result = subprocess.run([sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def fit_predict(config: Path, base: Path, name: str, processes: int, predict_processes: int, extra=()) -> dict:
+    run = base / name
+    run.mkdir(parents=True)
+    cli(["fit", "--config", str(config), "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(run),
+         *extra], run, processes)
+    (ckpt,) = sorted(run.rglob("*.ckpt"))
+    return predict(config, ckpt, run / "pred", predict_processes)
+
+
+def predict(config: Path, ckpt: Path, out: Path, processes: int) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    init = yaml.safe_load(config.read_text())["data"]["init_args"]
+    data = Path(init["root"]) / init["category"] / "test"
+    cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt), "--data.predict_dir", str(data),
+         "--prediction_writer.output_dir", str(out)], out.parent, processes)
+    with open(out / "predictions.csv") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda r: r["relpath"])
+    maps = {r["relpath"]: np.asarray(Image.open(out / r["map_file"])) for r in rows}
+    return {"score": np.array([float(r["image_score"]) for r in rows]), "maps": maps}
+
+
+def assert_same(a: dict, b: dict, rel: float) -> None:
+    np.testing.assert_allclose(a["score"], b["score"], rtol=rel, atol=0)
+    assert a["maps"].keys() == b["maps"].keys()
+    for key in a["maps"]:
+        np.testing.assert_allclose(a["maps"][key], b["maps"][key], rtol=rel, atol=rel * float(np.abs(a["maps"][key]).max()))
+
+
+def test_sharded_and_disk_banks_on_two_processes_equal_the_replicated_bank(tmp_path):
+    """7 training images on 2 processes (one padding repeat); 7 images to predict (uneven per process)."""
+    data = make_mvtec(tmp_path / "data", n_train=7, n_good=2, n_bad=5)
+    config = write_config(tmp_path / "config.yaml", data)
+    replicated = fit_predict(config, tmp_path, "replicated", 2, 2)
+    sharded = fit_predict(config, tmp_path, "sharded", 2, 2, ["--model.bank_sharding", "sharded",
+                                                              "--model.bank_storage", "disk"])
+    assert_same(replicated, sharded, 1e-5)
+    # the sharded fit's checkpoint in 1 and in 3 processes
+    (ckpt,) = sorted((tmp_path / "sharded").rglob("*.ckpt"))
+    assert_same(replicated, predict(config, ckpt, tmp_path / "one" / "pred", 1), 1e-5)
+    assert_same(replicated, predict(config, ckpt, tmp_path / "three" / "pred", 3), 1e-5)
+
+
+def test_disk_bank_on_bottle_through_the_cli(tmp_path):
+    root = require_real("mvtec_ad", "bottle").parent
+    config = tmp_path / "config.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {"image_k": 5, "gallery_k": 5, "threshold_samples": 4, "bank_dtype": "float16"},
+        "data": {"class_path": "lightning_ad.MVTecDataModule",
+                 "init_args": {"root": str(root), "category": "bottle", "image_size": 128, "crop_size": 112,
+                               "batch_size": 16, "num_workers": 0}},
+    }))
+    memory = fit_predict(config, tmp_path, "memory", 1, 1)
+    disk = fit_predict(config, tmp_path, "disk", 1, 1, ["--model.bank_storage", "disk"])
+    np.testing.assert_array_equal(memory["score"], disk["score"])
+    for key in memory["maps"]:
+        np.testing.assert_array_equal(memory["maps"][key], disk["maps"][key])
