@@ -19,7 +19,7 @@ from .errors import CheckpointError
 
 __all__ = [
     "META_KEY", "FORMAT", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
-    "contract_mismatch", "scoring_changes",
+    "contract_mismatch", "scoring_changes", "saved_settings", "LEGACY_SCORING",
 ]
 
 #: Key of the lightning_ad section of a checkpoint.
@@ -75,7 +75,14 @@ def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
 
 
 #: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
-SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma")
+SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q")
+#: Scoring settings that older checkpoints do not name, with the value they were fitted with.
+LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01}
+
+
+def saved_settings(hyper_parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A checkpoint's ``hyper_parameters``, with the scoring settings it predates at the values it used."""
+    return {**LEGACY_SCORING, **(hyper_parameters or {})}
 
 
 def input_contract(datamodule: Any) -> Optional[Dict[str, Any]]:
