@@ -191,6 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         for i, row in enumerate(rows):
             print(f"[{i + 1}/{len(rows)}] {row.data} / {row.variant} {row.settings}", file=sys.stderr, flush=True)
             results.append(run_row(row, Path(workdir) / str(i), args.accelerator))
+            print(markdown(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(markdown(results))
     print(json.dumps(results, indent=1))
     if args.json:
