@@ -89,8 +89,8 @@ class Spade(pl.LightningModule):
         gallery_k: nearest training images whose pyramid positions form the pixel gallery.
         kappa: nearest gallery features averaged per pixel (paper: 1).
         sigma: Gaussian smoothing of the maps in pixels (paper: 4).
-        image_score: ``dn2`` (the paper's: pooled-vector distance to the image_k nearest), ``max`` (of the map),
-            ``topq`` (mean of the map's top image_score_q), ``combined`` (DN2 and map max, each over its median
+        image_score: ``topq`` (default: mean of the map's top image_score_q), ``dn2`` (the paper's: pooled-vector
+            distance to the image_k nearest), ``max`` (of the map), ``combined`` (DN2 and map max, each over its median
             leave-one-out score of the training images, summed). All but dn2 map every training image at fit.
         image_score_q: fraction of the map's pixels averaged by ``topq`` (0.01: the top 1 %).
         bank_dtype: storage precision of the bank: float32, float16 or bfloat16.
@@ -115,7 +115,7 @@ class Spade(pl.LightningModule):
         gallery_k: int = 50,
         kappa: int = 1,
         sigma: float = 4.0,
-        image_score: str = "dn2",
+        image_score: str = "topq",
         image_score_q: float = 0.01,
         bank_dtype: str = "float32",
         knn_chunk_bytes: int = DEFAULT_CHUNK_BYTES,

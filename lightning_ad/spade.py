@@ -121,7 +121,7 @@ class SpadeModel(nn.Module):
         gallery_k: nearest training images whose positions form a pixel gallery.
         kappa: nearest gallery features averaged per position.
         sigma: Gaussian smoothing of the maps, in pixels of the input (0: none).
-        image_score: ``dn2``, ``max``, ``topq`` or ``combined`` (see the module docstring).
+        image_score: ``topq`` (default), ``dn2`` (the paper's), ``max`` or ``combined`` (see the module docstring).
         image_score_q: fraction of the map's pixels averaged by ``topq``, in (0, 1].
         bank_dtype: storage precision of the bank: ``float32``, ``float16`` or
             ``bfloat16`` (distances are always accumulated in float32).
@@ -142,7 +142,7 @@ class SpadeModel(nn.Module):
         gallery_k: int = 50,
         kappa: int = 1,
         sigma: float = 4.0,
-        image_score: str = "dn2",
+        image_score: str = "topq",
         image_score_q: float = 0.01,
         bank_dtype: str = "float32",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,

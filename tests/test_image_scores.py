@@ -148,8 +148,8 @@ def test_combined_scales_are_in_the_checkpoint(tiny_mvtec, tmp_path):
     assert torch.equal(loaded(images).image_scores, model(images).image_scores)
 
 
-def test_a_checkpoint_from_before_image_score_loads_as_dn2(tiny_mvtec, tmp_path):
-    model = Spade(image_k=3, gallery_k=3, threshold_samples=4)
+def test_a_checkpoint_from_before_image_score_was_fitted_with_dn2(tiny_mvtec, tmp_path):
+    model = Spade(image_k=3, gallery_k=3, threshold_samples=4, image_score="dn2")
     _trainer(tmp_path).fit(model, datamodule=_data(tiny_mvtec))
     path = next(tmp_path.rglob("*.ckpt"))
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -159,9 +159,12 @@ def test_a_checkpoint_from_before_image_score_loads_as_dn2(tiny_mvtec, tmp_path)
         del checkpoint["hyper_parameters"][key]
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)
-    loaded = Spade.load_from_checkpoint(old)
-    assert loaded.model.image_score == "dn2" and math.isnan(float(loaded.model.dn2_scale))
-    assert loaded._stale_thresholds == []
-    # scored otherwise (the CLI's --model.image_score topq with this checkpoint), its thresholds are recomputed
     saved = ckpt.saved_settings(checkpoint["hyper_parameters"])
-    assert ckpt.scoring_changes(saved, {**saved, "image_score": "topq"}) == ["image_score 'dn2' -> 'topq'"]
+    assert saved["image_score"] == "dn2"
+    # loaded as dn2 (what the CLI does when --model.image_score is left unset): nothing to recompute
+    same = Spade.load_from_checkpoint(old, image_score="dn2")
+    assert same._stale_thresholds == [] and math.isnan(float(same.model.dn2_scale))
+    # loaded with today's default, its dn2 thresholds are marked stale and recomputed at test time
+    loaded = Spade.load_from_checkpoint(old)
+    assert loaded.model.image_score == "topq"
+    assert loaded._stale_thresholds == ["image_score 'dn2' -> 'topq'"]
