@@ -18,8 +18,8 @@ import torch
 from .errors import CheckpointError
 
 __all__ = [
-    "META_KEY", "FORMAT", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
-    "contract_mismatch", "scoring_changes",
+    "META_KEY", "FORMAT", "section", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
+    "contract_mismatch", "scoring_changes", "saved_settings", "LEGACY_SCORING",
 ]
 
 #: Key of the lightning_ad section of a checkpoint.
@@ -61,6 +61,14 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     return checkpoint
 
 
+def section(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """The lightning_ad section of a loaded checkpoint dict, or :class:`CheckpointError`."""
+    meta = checkpoint.get(META_KEY)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"this checkpoint was not written by lightning_ad's Spade (no '{META_KEY}' section).")
+    return meta
+
+
 def check_compatible(meta: Dict[str, Any], backbone: str, layers: Sequence[int], source: str = "the checkpoint") -> None:
     """Refuse a bank fitted with another backbone or other levels than the configured ones."""
     problems = []
@@ -91,7 +99,14 @@ def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
 
 
 #: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
-SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma")
+SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q")
+#: Scoring settings that older checkpoints do not name, with the value they were fitted with.
+LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01}
+
+
+def saved_settings(hyper_parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A checkpoint's ``hyper_parameters``, with the scoring settings it predates at the values it used."""
+    return {**LEGACY_SCORING, **(hyper_parameters or {})}
 
 
 def input_contract(datamodule: Any) -> Optional[Dict[str, Any]]:

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
-from .checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint
+from .checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
 from .console import quiet_lightning
 from .errors import LightningADError
 from .module import Spade
@@ -70,7 +70,7 @@ class SpadeCLI(LightningCLI):
             return
         path = Path(ckpt_path)
         checkpoint = read_checkpoint(path)
-        meta, saved = checkpoint[META_KEY], checkpoint.get("hyper_parameters", {}) or {}
+        meta, saved = checkpoint[META_KEY], saved_settings(checkpoint.get("hyper_parameters"))
         config = self.config[subcommand]
         defaults = self._parser(subcommand).get_defaults().get("model")
         taken = []

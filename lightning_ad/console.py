@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
-__all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "bank_summary", "partial_bank_warning"]
+__all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "bank_summary", "partial_bank_warning", "leave_one_out_plan",
+           "leave_one_out_summary", "progress_bar"]
 
 #: Lightning and torch warnings that are expected with a frozen, training-free model.
 EXPECTED_WARNINGS = (
@@ -59,8 +61,31 @@ def partial_bank_warning(bank_images: int, train_images: int) -> str:
             "those trainer settings for a complete one.")
 
 
-def threshold_summary(learned: Any, hp: Any, count: int, samples: int, source: Any, seconds: float) -> str:
-    """The status line after the leave-one-out thresholds were set."""
-    return (f"thresholds from leave-one-out scores of normal images: image {learned.image:.6g} (quantile "
-            f"{hp.image_quantile} of {count}), pixel {learned.pixel:.6g} (quantile {hp.pixel_quantile} of {samples} "
-            f"images' pixels){' [partial bank]' if source.get('partial_bank') else ''}, in {seconds:.2f} s")
+def leave_one_out_plan(image_score: str, mapped: int, samples: int, count: int) -> str:
+    """The line before fit scores the training images leave-one-out: how many maps it computes, and why."""
+    why = (f"image_score {image_score!r} reads every image's map; {samples} of them set the pixel threshold"
+           if mapped > samples else "for the pixel threshold (threshold_samples)")
+    return f"leave-one-out scores of {count} training images: maps of {mapped} ({why})"
+
+
+def leave_one_out_summary(thresholds: Any, image_quantile: Optional[float], pixel_quantile: float, count: int,
+                          samples: int, mapped: int, seconds: float, partial: bool, scales: str) -> str:
+    """The status line after leave-one-out scoring set the thresholds (``image_quantile`` None: only scales)."""
+    where = f"leave-one-out scores of normal images ({mapped} maps{', ' + scales if scales else ''})"
+    if image_quantile is None:
+        return f"{where} in {seconds:.2f} s"
+    return (f"thresholds from {where}: image {thresholds.image:.6g} (quantile {image_quantile} of {count}), pixel "
+            f"{thresholds.pixel:.6g} (quantile {pixel_quantile} of {samples} images' pixels)"
+            f"{' [partial bank]' if partial else ''}, in {seconds:.2f} s")
+
+
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar of ``total`` items while the block runs (``enabled`` False: a no-op); yields its ``update``."""
+    if not enabled or total <= 0:
+        yield lambda count: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, leave=False, dynamic_ncols=True) as bar:
+        yield bar.update

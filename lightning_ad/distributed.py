@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["world_size", "rank_and_world", "gather_rows", "gather_objects", "first_occurrences", "finish_stream",
-           "sharded_grouped_knn", "drain_sharded", "BankCollector", "leave_one_out_maps"]
+__all__ = ["scoring_rows", "world_size", "rank_and_world", "gather_rows", "gather_objects", "first_occurrences", "finish_stream",
+           "sharded_grouped_knn", "drain_sharded", "BankCollector"]
 
 
 def world_size() -> int:
@@ -261,21 +261,12 @@ class BankCollector:
         self.parts, self.writer = [], None
 
 
-def leave_one_out_maps(model: Any, samples: Optional[int]) -> Tuple[Tensor, int]:
-    """Leave-one-out maps of ``samples`` evenly spread training images (None: all), split over processes and
-    gathered; and the number of images scored.
-
-    Each process scores every P-th sample, or, with a sharded bank, the samples whose rows it holds.
-    """
-    from .positions import spread_positions
-
-    rank, processes = rank_and_world()
-    samples = model.bank_size if samples is None else min(samples, model.bank_size)
-    positions = spread_positions(model.bank_size, samples)
+def scoring_rows(model: Any, rank: int) -> Tensor:
+    """The training-image rows this process scores leave-one-out: every P-th row, or, with a sharded
+    bank, the rows it holds (only their pyramids are here)."""
+    _, processes = rank_and_world()
     if model.bank.sharding == "sharded" and processes > 1:
-        held = model.bank.held().cpu()
-        mine = [p for p in positions if bool(held[p])]
-    else:
-        mine = list(positions[rank::processes])
-    rows = torch.tensor(mine, dtype=torch.long, device=model.bank.index.device)
-    return gather_rows(model.score_bank(rows).anomaly_maps), samples
+        return model.bank.held().cpu().nonzero().flatten()
+    return torch.arange(model.bank_size)[rank::processes]
+
+

@@ -36,16 +36,43 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from . import checks, checkpoint as ckpt
-from .console import bank_summary, partial_bank_warning, threshold_summary
-from .distributed import BankCollector, leave_one_out_maps, world_size
+from .console import bank_summary, leave_one_out_plan, leave_one_out_summary, partial_bank_warning, progress_bar
+from .distributed import BankCollector, gather_rows, scoring_rows, world_size
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
 from .knn import DEFAULT_CHUNK_BYTES
+from .positions import spread_positions
 from .results import ImageResults, as_batch_dict
-from .spade import SpadeModel
-from .thresholds import calibration_overlap, f1_thresholds, quantile_thresholds
+from .spade import LeaveOneOut, SpadeModel
+from .thresholds import Thresholds, calibration_overlap, f1_thresholds, quantile_thresholds
 
 __all__ = ["Spade"]
+
+
+def _learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, partial: bool, quantile: bool) -> None:
+    """Score every training image against the rest of the bank (rows split over processes, gathered in rank
+    order; maps of ``threshold_samples`` evenly spread rows, or of every row for a map-based image score) and
+    learn from these normal scores the combined score's scales and, with ``threshold_method: quantile``, the
+    thresholds at their quantiles. ``bar``: show a progress bar of this process's maps."""
+    count, started = model.bank_size, time.perf_counter()
+    samples = count if hp.threshold_samples is None else min(hp.threshold_samples, count)
+    mapped = count if model.uses_maps else samples
+    rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count))
+    keep = torch.zeros(count, dtype=torch.bool)
+    keep[spread_positions(count, samples)] = True
+    mine = scoring_rows(model, rank)
+    with progress_bar(len(mine) if model.uses_maps else int(keep[mine].sum()), "leave-one-out maps", bar) as update:
+        loo = model.leave_one_out(mine.to(model.bank.index.device), keep, progress=update)
+    model.end_scoring()  # a sharded bank: serve the other processes' searches until all are done
+    loo = LeaveOneOut(*(None if part is None else gather_rows(part) for part in loo))
+    if model.image_score == "combined":
+        model.learn_scales(loo)
+    learned = quantile_thresholds(model.image_scores(loo.dn2, loo.map_part), loo.maps, hp.image_quantile,
+                                  hp.pixel_quantile) if quantile else None
+    model.set_thresholds(learned or Thresholds())
+    scales = f"scales {float(model.dn2_scale):.6g}, {float(model.map_scale):.6g}" if model.image_score == "combined" else ""
+    rank_zero_info(leave_one_out_summary(learned, hp.image_quantile if quantile else None, hp.pixel_quantile, count,
+                   samples, mapped, time.perf_counter() - started, partial, scales))
 
 
 class Spade(pl.LightningModule):
@@ -62,6 +89,10 @@ class Spade(pl.LightningModule):
         gallery_k: nearest training images whose pyramid positions form the pixel gallery.
         kappa: nearest gallery features averaged per pixel (paper: 1).
         sigma: Gaussian smoothing of the maps in pixels (paper: 4).
+        image_score: ``topq`` (default: mean of the map's top image_score_q), ``dn2`` (the paper's: pooled-vector
+            distance to the image_k nearest), ``max`` (of the map), ``combined`` (DN2 and map max, each over its median
+            leave-one-out score of the training images, summed). All but dn2 map every training image at fit.
+        image_score_q: fraction of the map's pixels averaged by ``topq`` (0.01: the top 1 %).
         bank_dtype: storage precision of the bank: float32, float16 or bfloat16.
         knn_chunk_bytes: working memory bound of one block of kNN distances, in bytes.
         bank_storage: ``memory``, or ``disk``: pyramid rows streamed to files at fit, read on demand (README).
@@ -89,6 +120,8 @@ class Spade(pl.LightningModule):
         gallery_k: int = 50,
         kappa: int = 1,
         sigma: float = 4.0,
+        image_score: str = "topq",
+        image_score_q: float = 0.01,
         bank_dtype: str = "float32",
         knn_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         bank_storage: str = "memory", bank_sharding: str = "replicated", bank_device: str = "auto",
@@ -103,11 +136,10 @@ class Spade(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = SpadeModel(
-            backbone=backbone, weights=weights, layers=layers, image_k=image_k, gallery_k=gallery_k, kappa=kappa,
-            sigma=sigma, bank_dtype=bank_dtype, chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage,
-            bank_sharding=bank_sharding, bank_device=bank_device, bank_dir=bank_dir,
-        )
+        self.model = SpadeModel(backbone=backbone, weights=weights, layers=layers, image_k=image_k, gallery_k=gallery_k, kappa=kappa,
+                                sigma=sigma, image_score=image_score, image_score_q=image_score_q, bank_dtype=bank_dtype,
+                                chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage, bank_sharding=bank_sharding,
+                                bank_device=bank_device, bank_dir=bank_dir)
         checks.threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
                                   image_threshold, pixel_threshold, pro_max_fpr)
         self.automatic_optimization = False
@@ -153,7 +185,7 @@ class Spade(pl.LightningModule):
         self._train_count = len(dataset) if hasattr(dataset, "__len__") else None
         if self._train_count is not None:
             hp = self.hparams
-            loo = hp.threshold_method == "quantile" and hp.image_threshold is None
+            loo = (hp.threshold_method == "quantile" and hp.image_threshold is None) or hp.image_score == "combined"
             checks.ks_fit_training_set(hp.image_k, hp.gallery_k, self._train_count, leave_one_out=loo)
 
     def on_train_epoch_start(self) -> None:
@@ -191,46 +223,41 @@ class Spade(pl.LightningModule):
         self.threshold_source = ckpt.threshold_source(self.hparams.threshold_method, self.model.bank_size, self._train_count)
         if self.threshold_source["partial_bank"]:
             rank_zero_warn(partial_bank_warning(self.model.bank_size, self._train_count))
-        if self.hparams.threshold_method == "quantile":
-            self._fit_quantile_thresholds()
+        if self.hparams.threshold_method == "quantile" or self.model.image_score == "combined":
+            self._fit_leave_one_out()
 
-    def _fit_quantile_thresholds(self) -> None:
-        """Thresholds at quantiles of leave-one-out scores of the training images (maps split over processes)."""
-        hp, model, count, started = self.hparams, self.model, self.model.bank_size, time.perf_counter()
-        if max(model.image_k, model.gallery_k) > count - 1:
+    def _fit_leave_one_out(self, quantile: bool = False) -> None:
+        """Combined-score scales and (method quantile, or ``quantile``) thresholds from leave-one-out scores."""
+        if max(self.model.image_k, self.model.gallery_k) > self.model.bank_size - 1:
             return rank_zero_warn("too few training images for leave-one-out thresholds: thresholds stay unset.")
-        maps, samples = leave_one_out_maps(model, hp.threshold_samples)
-        learned = quantile_thresholds(model.leave_one_out_image_scores(), maps, hp.image_quantile, hp.pixel_quantile)
-        self.model.set_thresholds(learned)
-        rank_zero_info(threshold_summary(learned, hp, count, samples, self.threshold_source, time.perf_counter() - started))
+        bar = self.global_rank == 0 and self._trainer is not None and self.trainer.progress_bar_callback is not None
+        quantile = quantile or self.hparams.threshold_method == "quantile"
+        _learn_from_leave_one_out(self.model, self.hparams, self.global_rank, bar, bool(self.threshold_source.get("partial_bank")), quantile)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint[ckpt.META_KEY] = ckpt.meta_section(self.model, self.threshold_source, self.input_contract,
                                                       self.datamodule_config)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        meta = checkpoint.get(ckpt.META_KEY)
-        if not isinstance(meta, dict):
-            raise ckpt.CheckpointError(f"this checkpoint was not written by lightning_ad's Spade (no '{ckpt.META_KEY}' section).")
+        meta = ckpt.section(checkpoint)
         ckpt.check_compatible(meta, self.model.backbone_name, self.model.layers)
         ckpt.check_usable(meta, fitting=self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING)
         self.threshold_source = dict(meta.get("thresholds") or {})
         self.input_contract, self.datamodule_config = meta.get("input"), meta.get("datamodule")
         checks.ks_fit_training_set(self.hparams.image_k, self.hparams.gallery_k, int(meta["bank_size"]), False, "in the checkpoint's bank")
-        self._stale_thresholds = ckpt.scoring_changes(checkpoint.get("hyper_parameters") or {}, dict(self.hparams))
+        self._stale_thresholds = ckpt.scoring_changes(ckpt.saved_settings(checkpoint.get("hyper_parameters")), dict(self.hparams))
 
     def _check_serving(self) -> None:
         """Before test/predict: the data is prepared as at fit, and thresholds match the scoring settings."""
         self.model.require_fitted()
-        problem = ckpt.contract_mismatch(self.input_contract, ckpt.input_contract(self.trainer.datamodule))
-        if problem:
+        if problem := ckpt.contract_mismatch(self.input_contract, ckpt.input_contract(self.trainer.datamodule)):
             raise ConfigurationError(problem)
         if self._stale_thresholds:
             rank_zero_warn(f"scoring settings differ from fit time ({', '.join(self._stale_thresholds)}): thresholds "
                            "recomputed from the bank (leave-one-out), as fit does.")
             self.threshold_source = {**self.threshold_source, "method": "quantile", "recomputed": self._stale_thresholds}
             self._stale_thresholds = []
-            self._fit_quantile_thresholds()
+            self._fit_leave_one_out(quantile=True)
 
     def _score(self, batch: Any) -> ImageResults:
         data = self._batch(batch)

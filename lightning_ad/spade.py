@@ -2,8 +2,13 @@
 
 Cohen and Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences", 2020.
 
-* Image score (DN2): mean squared Euclidean distance from the test image's pooled
-  vector to its ``image_k`` nearest training vectors.
+* Image score (``image_score``): ``dn2``, the paper's, the mean squared Euclidean
+  distance from the test image's pooled vector to its ``image_k`` nearest training
+  vectors; ``max``, the maximum of the (smoothed) pixel map; ``topq``, the mean of the
+  map's top ``image_score_q`` fraction of pixels; ``combined``, DN2 and the map maximum
+  each divided by its median over leave-one-out scores of the training images
+  (``dn2_scale``, ``map_scale``: registered buffers, learned when the bank is fitted),
+  summed.
 * Pixel map: the gallery of a test image is every pyramid position of its
   ``gallery_k`` nearest training images; the score of a position is the mean
   squared distance to its ``kappa`` nearest gallery features at the same level.
@@ -22,7 +27,7 @@ module is usable without a Trainer::
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +42,12 @@ from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, grouped_knn, knn
 from .thresholds import Thresholds
 
-__all__ = ["SpadeModel", "SpadeOutput", "Features", "BANK_DTYPES", "check_finite", "check_image_range"]
+__all__ = [
+    "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "BANK_DTYPES", "check_finite",
+    "check_image_range"]
+
+#: Accepted values of ``image_score`` (see the module docstring).
+IMAGE_SCORES = ("dn2", "max", "topq", "combined")
 
 
 class Features(NamedTuple):
@@ -52,6 +62,32 @@ class SpadeOutput(NamedTuple):
 
     image_scores: Tensor
     anomaly_maps: Tensor
+
+
+class LeaveOneOut(NamedTuple):
+    """Leave-one-out scores of bank rows: ``rows`` ``[R]``, ``dn2`` ``[R]``, ``map_part`` ``[R]`` (the map
+    statistic of the image score; None for ``dn2``), ``maps`` ``[M, H, W]`` of the rows asked to be kept."""
+
+    rows: Tensor
+    dn2: Tensor
+    map_part: Optional[Tensor]
+    maps: Tensor
+
+
+def map_score(maps: Tensor, kind: str, q: float = 0.01) -> Tensor:
+    """``[B]`` image score of maps ``[B, H, W]``: their maximum (``max``) or the mean of their top ``q``
+    fraction of pixels (``topq``; at least one pixel, ``ceil(q * H * W)``).
+
+    Example:
+        >>> maps = torch.arange(8.0).reshape(1, 2, 4)
+        >>> map_score(maps, "max"), map_score(maps, "topq", 0.25)
+        (tensor([7.]), tensor([6.5000]))
+    """
+    flat = maps.flatten(1)
+    if kind == "max":
+        return flat.amax(dim=1)
+    count = max(1, math.ceil(q * flat.shape[1] - 1e-9))
+    return flat.topk(count, dim=1).values.mean(dim=1)
 
 
 #: Tolerance on the [0, 1] input range (interpolation may overshoot by rounding).
@@ -86,6 +122,8 @@ class SpadeModel(nn.Module):
         gallery_k: nearest training images whose positions form a pixel gallery.
         kappa: nearest gallery features averaged per position.
         sigma: Gaussian smoothing of the maps, in pixels of the input (0: none).
+        image_score: ``topq`` (default), ``dn2`` (the paper's), ``max`` or ``combined`` (see the module docstring).
+        image_score_q: fraction of the map's pixels averaged by ``topq``, in (0, 1].
         bank_dtype: storage precision of the bank: ``float32``, ``float16`` or
             ``bfloat16`` (distances are always accumulated in float32).
         chunk_bytes: upper bound, in bytes, of one block of distances of the kNN search.
@@ -113,6 +151,8 @@ class SpadeModel(nn.Module):
         gallery_k: int = 50,
         kappa: int = 1,
         sigma: float = 4.0,
+        image_score: str = "topq",
+        image_score_q: float = 0.01,
         bank_dtype: str = "float32",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         bank_storage: str = "memory",
@@ -131,6 +171,8 @@ class SpadeModel(nn.Module):
         self.gallery_k = checks.positive_int("gallery_k", gallery_k)
         self.kappa = checks.positive_int("kappa", kappa)
         self.sigma = checks.non_negative_number("sigma", sigma, unit="pixels")
+        self.image_score = checks.one_of("image_score", image_score, IMAGE_SCORES)
+        self.image_score_q = checks.fraction("image_score_q", image_score_q)
         self.bank_dtype = BANK_DTYPES[checks.one_of("bank_dtype", bank_dtype, BANK_DTYPES)]
         self.chunk_bytes = checks.positive_int("chunk_bytes", chunk_bytes)
         if self.chunk_bytes < 4096:
@@ -148,6 +190,9 @@ class SpadeModel(nn.Module):
         # Decision thresholds on raw scores (NaN until set: see lightning_ad.thresholds).
         self.register_buffer("image_threshold", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan"), dtype=torch.float64))
+        # Scales of the combined score's parts (medians of leave-one-out scores; NaN until learned).
+        self.register_buffer("dn2_scale", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("map_scale", torch.tensor(float("nan"), dtype=torch.float64))
 
     # ------------------------------------------------------------------ bank
 
@@ -168,8 +213,8 @@ class SpadeModel(nn.Module):
     def reset_bank(self) -> None:
         """Empty the bank and forget the thresholds (back to the unfitted state)."""
         self.bank.reset()
-        self.image_threshold.fill_(float("nan"))
-        self.pixel_threshold.fill_(float("nan"))
+        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale):
+            buffer.fill_(float("nan"))
 
     def set_bank(self, features: Features, image_size: Tuple[int, int], index: Optional[Tensor] = None) -> None:
         """Replace the bank by the features of the training images.
@@ -187,6 +232,8 @@ class SpadeModel(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         rename_legacy_keys(state_dict, prefix)  # round-1 checkpoints (bank_pooled ...) load too
+        for name in ("dn2_scale", "map_scale"):  # checkpoints from before image_score: not learned
+            state_dict.setdefault(prefix + name, torch.tensor(float("nan"), dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ features
@@ -225,6 +272,8 @@ class SpadeModel(nn.Module):
             ),
             image_size=size,
         )
+        if self.image_score == "combined":
+            self.learn_scales(self.leave_one_out())
 
     # ------------------------------------------------------------------ scoring
 
@@ -255,10 +304,75 @@ class SpadeModel(nn.Module):
         scores = result.distances[:, : self.image_k].mean(dim=1)
         return scores, result.indices[:, : self.gallery_k]
 
+    @property
+    def uses_maps(self) -> bool:
+        """Whether the image score needs the pixel map (every score but ``dn2``)."""
+        return self.image_score != "dn2"
+
+    def map_part(self, maps: Tensor) -> Tensor:
+        """``[B]`` the map statistic of the image score: ``topq`` for ``topq``, else the maximum."""
+        return map_score(maps, "topq" if self.image_score == "topq" else "max", self.image_score_q)
+
+    def image_scores(self, dn2: Tensor, map_part: Optional[Tensor]) -> Tensor:
+        """``[B]`` image scores from DN2 ``[B]`` and the map statistic ``[B]`` (:meth:`map_part`)."""
+        if self.image_score == "dn2":
+            return dn2
+        if map_part is None:
+            raise ValueError(f"image_score={self.image_score!r} needs the map statistic")
+        if self.image_score != "combined":
+            return map_part
+        scales = float(self.dn2_scale), float(self.map_scale)
+        if not all(math.isfinite(s) and s > 0 for s in scales):
+            raise ConfigurationError(
+                "image_score='combined' needs the scales of its parts, learned from leave-one-out scores of the "
+                "training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
+            )
+        return dn2 / scales[0] + map_part / scales[1]
+
+    def learn_scales(self, loo: "LeaveOneOut") -> None:
+        """Set ``dn2_scale`` and ``map_scale`` to the medians of leave-one-out DN2 and map maxima
+        (1 where a median is 0: identical training images)."""
+        if loo.map_part is None:
+            raise ValueError("learn_scales needs the map statistic of the leave-one-out scores")
+        for buffer, values in ((self.dn2_scale, loo.dn2), (self.map_scale, loo.map_part)):
+            median = float(values.double().quantile(0.5))
+            buffer.fill_(median if median > 0 else 1.0)
+
+    def leave_one_out(self, rows: Optional[Tensor] = None, keep: Optional[Tensor] = None, batch_size: int = 8,
+                      progress: Optional[Callable[[int], None]] = None) -> LeaveOneOut:
+        """Leave-one-out scores of bank ``rows`` (default: all) against the rest of the bank.
+
+        DN2 of every row; with a map-based image score, every row's map is computed (in
+        chunks of ``batch_size``) for its statistic. ``keep`` (``[N]`` bool over bank rows)
+        selects the rows whose maps are returned. ``progress(n)`` is called after each chunk.
+        """
+        self.require_fitted()
+        device = self.bank.index.device
+        rows = torch.arange(self.bank_size, device=device) if rows is None else rows.to(device)
+        keep = torch.zeros(self.bank_size, dtype=torch.bool, device=device) if keep is None else keep.to(device)
+        dn2 = self.nearest_images(self.bank.pooled[rows].float(), exclude=rows)[0]
+        mapped = rows if self.uses_maps else rows[keep[rows]]
+        parts, maps = [], []
+        for chunk in mapped.split(batch_size):
+            _, neighbours = self.nearest_images(self.bank.pooled[chunk].float(), exclude=chunk)
+            chunk_maps = self.combine(self.level_maps(self.bank.pyramid_of(chunk), neighbours), self.image_size)
+            check_finite(chunk_maps, "anomaly maps")
+            if self.uses_maps:
+                parts.append(self.map_part(chunk_maps))
+            maps.append(chunk_maps[keep[chunk]])
+            if progress is not None:
+                progress(len(chunk))
+        part = (torch.cat(parts) if parts else dn2.new_zeros(0)) if self.uses_maps else None
+        maps = torch.cat(maps) if maps else torch.zeros(0, *self.image_size, device=device)
+        return LeaveOneOut(rows, dn2, part, maps)
+
     def leave_one_out_image_scores(self) -> Tensor:
         """``[N]`` image score of every training image against the rest of the bank."""
-        rows = torch.arange(self.bank_size, device=self.bank.index.device)
-        return self.nearest_images(self.bank.pooled.float(), exclude=rows)[0]
+        if not self.uses_maps:
+            rows = torch.arange(self.bank_size, device=self.bank.index.device)
+            return self.nearest_images(self.bank.pooled.float(), exclude=rows)[0]
+        loo = self.leave_one_out()
+        return self.image_scores(loo.dn2, loo.map_part)
 
     def level_maps(self, pyramid: Sequence[Tensor], neighbours: Tensor) -> List[Tensor]:
         """Per-level maps ``[B, H_l, W_l]``: mean squared distance to the kappa nearest gallery features."""
@@ -295,6 +409,8 @@ class SpadeModel(nn.Module):
         check_finite(features.pooled, "test features (pooled)")
         scores, neighbours = self.nearest_images(features.pooled, exclude=exclude)
         maps = self.combine(self.level_maps(features.pyramid, neighbours), size)
+        if self.uses_maps:
+            scores = self.image_scores(scores, self.map_part(maps))
         check_finite(scores, "image scores")
         check_finite(maps, "anomaly maps")
         return SpadeOutput(scores, maps)

@@ -57,7 +57,7 @@ def fitted(tmp_path_factory):
     config = base / "config.yaml"
     config.write_text(yaml.safe_dump({
         "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "default_root_dir": str(base / "runs")},
-        "model": {"image_k": 3, "gallery_k": 3, "threshold_samples": 2},
+        "model": {"image_k": 3, "gallery_k": 3, "threshold_samples": 2, "image_score": "dn2"},
         "data": {"class_path": "lightning_ad.MVTecDataModule",
                  "init_args": {"root": str(data), "category": "widget", "image_size": 64, "crop_size": 64,
                                "batch_size": 4, "num_workers": 0}},

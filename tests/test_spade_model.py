@@ -48,7 +48,8 @@ def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, 
 @pytest.mark.parametrize("image_k,gallery_k,kappa,sigma", [(5, 5, 1, 4.0), (3, 7, 3, 2.0), (12, 1, 1, 0.0)])
 def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigma):
     train, test = images
-    model = SpadeModel(backbone="efficientnet_lite0", image_k=image_k, gallery_k=gallery_k, kappa=kappa, sigma=sigma)
+    model = SpadeModel(backbone="efficientnet_lite0", image_k=image_k, gallery_k=gallery_k, kappa=kappa, sigma=sigma,
+                       image_score="dn2")
     model.fit_bank(train, batch_size=5)
     out = model(test)
     ref_scores, ref_maps = reference_spade(model, train, test, image_k, gallery_k, kappa, sigma)

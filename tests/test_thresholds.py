@@ -59,7 +59,7 @@ def test_quantile_matches_numpy():
 
 
 def test_fit_sets_thresholds_from_leave_one_out_scores(tiny_mvtec, tmp_path):
-    model = Spade(image_k=3, gallery_k=3, image_quantile=0.9, pixel_quantile=0.99, threshold_samples=4)
+    model = Spade(image_k=3, gallery_k=3, image_quantile=0.9, pixel_quantile=0.99, threshold_samples=4, image_score="dn2")
     trainer(tmp_path).fit(model, datamodule=dm(tiny_mvtec))
     spade = model.model
     rows = torch.arange(spade.bank_size)
