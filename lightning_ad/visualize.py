@@ -32,7 +32,6 @@ from PIL import Image
 from scipy import ndimage
 
 from .metrics import binary_auroc, binary_roc
-from .thresholds import normalize_scores
 
 __all__ = [
     "GT_COLOR",
@@ -103,7 +102,7 @@ def scale_map(anomaly_map: Any, pixel_threshold: float) -> np.ndarray:
         raise ValueError(f"expected an anomaly map [H, W], got shape {tuple(raw.shape)}")
     threshold = float(pixel_threshold) if pixel_threshold is not None else math.nan
     if math.isfinite(threshold) and threshold > 0:
-        # normalize_scores' formula in numpy (the same float64 operations, so the same values): per-image
+        # normalize_scores' formula in numpy, bitwise the same values: per-image
         # torch calls on a small map cost more in thread-pool wake-ups than in arithmetic (TestReport draws
         # one per test image inside the test loop)
         raw = np.clip(raw, 0.0, None)
