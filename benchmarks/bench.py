@@ -16,6 +16,9 @@ Prints a table:
   the GFLOP/s of a plain float32 matrix product measured in the same run;
 * the bank's size and the test metrics (image AUROC, pixel AUROC, PRO), e.g. to see the
   effect of ``--bank-dtype float16``;
+* with ``--cli-loop``: ``lightning-ad test``'s loop per image (fit and test through the CLI, or
+  ``--cli-ckpt PATH``), split by Lightning's SimpleProfiler into data wait, ``test_step`` and the
+  report's overlays, with the epoch end (gathering, metrics) and the report's figures per image;
 * the same test on a naive reference (a full ``torch.cdist`` per image and level, as
   the public SPADE reimplementations do) on ``--naive-images`` test images, with the
   speed ratio and the largest relative score difference.
