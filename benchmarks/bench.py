@@ -16,6 +16,9 @@ Prints a table:
   the GFLOP/s of a plain float32 matrix product measured in the same run;
 * the bank's size and the test metrics (image AUROC, pixel AUROC, PRO), e.g. to see the
   effect of ``--bank-dtype float16``;
+* with ``--cli-loop``: ``lightning-ad test``'s loop per image (fit and test through the CLI, or
+  ``--cli-ckpt PATH``), split by Lightning's SimpleProfiler into data wait, ``test_step`` and the
+  report's overlays, with the epoch end (gathering, metrics) and the report's figures per image;
 * the same test on a naive reference (a full ``torch.cdist`` per image and level, as
   the public SPADE reimplementations do) on ``--naive-images`` test images, with the
   speed ratio and the largest relative score difference.
@@ -66,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--naive-images", type=int, default=4, help="test images scored by the naive reference (0: skip)")
     p.add_argument("--fit-processes", type=int, nargs="*", default=[], help="also time lightning-ad fit on N processes")
+    p.add_argument("--cli-loop", action="store_true",
+                   help="also time the test loop of lightning-ad test (fit and test through the CLI, Lightning's "
+                        "SimpleProfiler), split into data wait, test_step, the report's overlays and the epoch end")
+    p.add_argument("--cli-ckpt", default=None, help="with --cli-loop: test this checkpoint instead of fitting one")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -221,6 +228,8 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
         figures["naive_peak_rss_mb"] = peak_rss_mb()
     figures["test_images"] = count
     figures["train_images"] = model.bank_size
+    if args.cli_loop:
+        figures.update(cli_loop(args, gallery_k, count))
     return figures
 
 
@@ -245,6 +254,55 @@ def fit_processes(args: argparse.Namespace, processes: int) -> float:
         return float(match.group(1))
 
 
+_PROFILER_ROW = re.compile(r"^\|\s*(\S[^|]*?)\s*\|\s*(?:[\d.e+-]+|-)\s*\|\s*(\d+)\s*\|\s*([\d.e+-]+)\s*\|")
+
+
+def cli_loop(args: argparse.Namespace, gallery_k: int, images: int) -> Dict[str, float]:
+    """Seconds per test image of ``lightning-ad test``'s loop, by part, from Lightning's SimpleProfiler.
+
+    ``cli_loop_s`` sums what runs once per batch (waiting for data, ``test_step``, every
+    ``on_test_batch_*`` hook); ``cli_epoch_end_s`` (gathering and metrics) and ``cli_report_s`` (the
+    report's figures) run once after the loop and are given per image too.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [
+            "--config", str(REPO / "configs" / "spade_lite0_mvtec.yaml"), "--data.root", args.data_root,
+            "--data.category", args.category, "--model.backbone", args.backbone, "--model.weights", args.weights,
+            "--model.image_k", str(args.image_k), "--model.gallery_k", str(gallery_k),
+            "--model.bank_dtype", args.bank_dtype, "--trainer.accelerator", "cpu" if args.device == "cpu" else "gpu",
+            "--trainer.default_root_dir", tmp, "--trainer.enable_progress_bar", "false",
+        ]
+        ckpt = args.cli_ckpt
+        if ckpt is None:
+            out = subprocess.run([sys.executable, "-m", "lightning_ad", "fit", *common], capture_output=True, text=True, cwd=REPO)
+            found = sorted(Path(tmp).rglob("*.ckpt"))
+            if out.returncode != 0 or not found:
+                raise RuntimeError(f"lightning-ad fit failed:\n{out.stderr[-2000:]}")
+            ckpt = str(found[-1])
+        out = subprocess.run([sys.executable, "-m", "lightning_ad", "test", *common, "--ckpt_path", ckpt,
+                              "--trainer.profiler", "simple"], capture_output=True, text=True, cwd=REPO)
+        if out.returncode != 0:
+            raise RuntimeError(f"lightning-ad test failed:\n{out.stderr[-2000:]}")
+    totals: Dict[str, float] = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        match = _PROFILER_ROW.match(line.strip())
+        if match:
+            totals[match.group(1)] = float(match.group(3))
+    per_batch = {name: t for name, t in totals.items()
+                 if name.endswith(("test_next", ".test_step")) or ".on_test_batch_" in name}
+    figures = {
+        "cli_loop_s": sum(per_batch.values()) / images,
+        "cli_data_wait_s": sum(t for n, t in per_batch.items() if n.endswith("test_next")) / images,
+        "cli_test_step_s": sum(t for n, t in per_batch.items() if n.endswith(".test_step")) / images,
+        "cli_overlays_s": sum(t for n, t in per_batch.items() if "TestReport.on_test_batch_end" in n) / images,
+        "cli_epoch_end_s": sum(t for n, t in totals.items() if n.endswith("on_test_epoch_end")) / images,
+        "cli_report_s": sum(t for n, t in totals.items() if "TestReport.on_test_end" in n) / images,
+    }
+    if not per_batch:
+        raise RuntimeError("no SimpleProfiler report in the output of lightning-ad test")
+    return figures
+
+
 def print_table(rows: List[Dict[str, float]], args: argparse.Namespace) -> None:
     device = args.device
     print(f"\nSPADE benchmark: {args.category}, backbone {args.backbone} ({args.weights}), device {device}, "
@@ -254,7 +312,10 @@ def print_table(rows: List[Dict[str, float]], args: argparse.Namespace) -> None:
         ("gallery K", "gallery_k", "{:.0f}"), ("fit img/s", "fit_images_per_s", "{:.1f}"),
         ("test img/s", "test_images_per_s", "{:.2f}"), ("backbone ms", "ms_backbone", "{:.1f}"),
         ("image kNN ms", "ms_image_knn", "{:.2f}"), ("pixel kNN ms", "ms_pixel_knn", "{:.1f}"),
-        ("post ms", "ms_post", "{:.1f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+        ("post ms", "ms_post", "{:.1f}"), ("CLI loop s/img", "cli_loop_s", "{:.3f}"),
+        ("CLI data wait s/img", "cli_data_wait_s", "{:.3f}"), ("CLI test_step s/img", "cli_test_step_s", "{:.3f}"),
+        ("CLI overlays s/img", "cli_overlays_s", "{:.3f}"), ("CLI epoch end s/img", "cli_epoch_end_s", "{:.3f}"),
+        ("CLI report s/img", "cli_report_s", "{:.3f}"), ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
         ("pixel kNN GFLOP/s", "pixel_knn_gflops", "{:.1f}"), ("matmul GFLOP/s", "matmul_gflops", "{:.1f}"),
         ("naive img/s", "naive_test_images_per_s", "{:.3f}"), ("speed-up", "speedup_vs_naive", "{:.1f}x"),
         ("max rel diff", "max_rel_score_diff", "{:.1e}"), ("bank MB", "bank_mb", "{:.1f}"),

@@ -442,6 +442,16 @@ def test_heatmap_scale_and_outlines():
     assert hot[0, 0, 0] > 150 > cold[0, 0, 0] and cold[0, 0, 2] > hot[0, 0, 2]
 
 
+@pytest.mark.parametrize("theta", [30.0, 7.5, 1e-3, 1e6])
+def test_scale_map_equals_normalize_scores_bitwise(theta):
+    """The overlays' numpy scaling is normalize_scores, value for value (NaN, inf and negatives included)."""
+    gen = torch.Generator().manual_seed(0)
+    raw = torch.rand(64, 64, generator=gen, dtype=torch.float64) * 4 * theta
+    raw[0, :6] = torch.tensor([0.0, theta, float("nan"), float("inf"), -1.0, 1e-300], dtype=torch.float64)
+    assert np.array_equal(V.scale_map(raw.float(), theta), normalize_scores(raw.float().double(), theta).numpy(),
+                          equal_nan=True)
+
+
 def test_figures_show_threshold_and_auroc():
     scores = np.array([1.0, 2.0, 3.0, 8.0, 9.0, 2.5])
     labels = np.array([0, 0, 0, 1, 1, 1])
