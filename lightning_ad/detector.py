@@ -344,12 +344,15 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
         with warnings.catch_warnings():
             # the state dict brings the trained weights: the random initialisation is never used
             warnings.filterwarnings("ignore", message=r".*uses RANDOM weights.*", category=UserWarning)
+            saved = ckpt.saved_settings(hp)  # a checkpoint from before image_score scored with dn2
             model = SpadeModel(
                 backbone=hp.get("backbone", meta.get("backbone", "efficientnet_lite0")), weights="random",
                 layers=hp.get("layers", meta.get("layers", (1, 2, 3))), image_k=hp.get("image_k", 50),
                 gallery_k=hp.get("gallery_k", 50), kappa=hp.get("kappa", 1), sigma=hp.get("sigma", 4.0),
+                image_score=saved["image_score"], image_score_q=saved["image_score_q"],
                 bank_dtype=hp.get("bank_dtype", "float32"),
                 chunk_bytes=hp.get("knn_chunk_bytes", hp.get("chunk_bytes", 4 * 2**20)),
+                bank_storage=hp.get("bank_storage", "memory"), bank_dir=hp.get("bank_dir"),
             )
     except CheckpointError:
         raise
@@ -440,6 +443,8 @@ class Detector:
             "layers": list(model.layers),
             "image_k": model.image_k,
             "gallery_k": model.gallery_k,
+            "image_score": model.image_score,
+            "image_score_q": model.image_score_q,
             "kappa": model.kappa,
             "sigma": model.sigma,
             "bank_size": model.bank_size,

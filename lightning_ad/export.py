@@ -72,7 +72,7 @@ from .data.transforms import as_hw
 from .detector import crop_offsets, input_contract, load_model, map_resize_matrices
 from .errors import ConfigurationError
 from .filters import _symmetric_index, gaussian_kernel1d
-from .spade import SpadeModel
+from .spade import SpadeModel, map_score
 
 __all__ = [
     "FORMATS",
@@ -217,8 +217,20 @@ class ExportableSpade(nn.Module):
         self.register_buffer("map_valid", valid)  # [H, W]
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
+        # 5. the image score: DN2, a statistic of the served map, or both over their learned scales
+        self.image_score, self.image_score_q = model.image_score, float(model.image_score_q)
+        self.dn2_scale, self.map_scale = float(model.dn2_scale), float(model.map_scale)
+        if self.image_score == "combined" and not all(math.isfinite(v) and v > 0 for v in (self.dn2_scale, self.map_scale)):
+            raise ConfigurationError("image_score='combined' needs the scales learned at fit: fit again.")
 
     # ------------------------------------------------------------------ parts
+
+    def image_scores(self, dn2: Tensor, maps: Tensor) -> Tensor:
+        """``[B]`` the checkpoint's image score from DN2 ``[B]`` and the served maps ``[B, h, w]``."""
+        if self.image_score == "dn2":
+            return dn2
+        part = map_score(maps, "topq" if self.image_score == "topq" else "max", self.image_score_q)
+        return part if self.image_score != "combined" else dn2 / self.dn2_scale + part / self.map_scale
 
     def nearest_images(self, pooled: Tensor) -> Tuple[Tensor, Tensor]:
         """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``."""
@@ -277,6 +289,7 @@ class ExportableSpade(nn.Module):
         up = [F.interpolate(self.level_map(i, fmap, neighbours).unsqueeze(1), size=self.crop, mode="bilinear",
                             align_corners=False) for i, fmap in enumerate(pyramid)]
         maps = self.blur(torch.stack(up).mean(dim=0).squeeze(1))  # [B, h, w]
+        scores = self.image_scores(scores, maps)
         full = torch.matmul(torch.matmul(self.map_rows, maps), self.map_cols_t)  # [B, H, W]
         full = torch.where(self.map_valid, full, torch.full_like(full, float("nan")))
         raw = scores.to(torch.float64)
@@ -332,6 +345,8 @@ def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Tup
         "layers": list(model.layers),
         "image_k": model.image_k,
         "gallery_k": model.gallery_k,
+        "image_score": model.image_score,
+        "image_score_q": model.image_score_q,
         "kappa": model.kappa,
         "sigma": model.sigma,
         "bank_size": model.bank_size,

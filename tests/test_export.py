@@ -22,7 +22,7 @@ from lightning_ad import export as export_module
 from lightning_ad.data.transforms import Preprocess
 from lightning_ad.detector import Detector, as_rgb_uint8
 from lightning_ad.errors import CheckpointError, ConfigurationError
-from lightning_ad.export import OUTPUT_NAMES, Uint8Preprocess, build_exportable, export_detector, export_main
+from lightning_ad.export import OUTPUT_NAMES, ExportableSpade, Uint8Preprocess, build_exportable, export_detector, export_main
 
 onnx = pytest.importorskip("onnx")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -268,3 +268,29 @@ def test_errors_and_command_line(tiny, tmp_path, capsys):
         export_main(["--ckpt_path", str(tiny["ckpt"]), "--format", "torchscript", "--output", str(target)])
     with pytest.raises(SystemExit):
         export_main(["--ckpt_path", str(tiny["ckpt"]), "--format", "tflite", "--output", str(target)])
+
+
+@pytest.mark.parametrize("image_score", ["dn2", "max", "topq", "combined"])
+def test_every_image_score_is_exported_as_the_model_scores(tiny, image_score):
+    """The exported graph computes the checkpoint's image score, whichever it is (not always DN2)."""
+    detector = Detector.from_checkpoint(tiny["ckpt"])
+    model = detector.model
+    model.image_score = image_score
+    if image_score == "combined":
+        model.dn2_scale.fill_(2.0)
+        model.map_scale.fill_(3.0)
+    expected = detector(list(tiny["images"]))
+    module = ExportableSpade(model, detector.contract, tuple(tiny["images"].shape[1:3]),
+                             expected[0].image_threshold, expected[0].pixel_threshold)
+    with torch.no_grad():
+        outputs = [t.numpy() for t in module(torch.from_numpy(tiny["images"]))]
+    np.testing.assert_allclose(outputs[0], [d.score for d in expected], rtol=1e-5)
+    if image_score != "dn2":  # the statistic of the map, not the pooled-vector distance
+        dn2 = model.nearest_images(model.extract(torch.stack(_served(detector, tiny["images"]))).pooled)[0]
+        assert not np.allclose(outputs[0], dn2.numpy(), rtol=1e-3)
+
+
+def _served(detector, images):
+    contract = detector.contract
+    preprocess = Preprocess(contract["image_size"], contract["crop_size"])
+    return [preprocess.image(np.ascontiguousarray(image)) for image in images]
