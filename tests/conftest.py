@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
+import pytorch_lightning as pl
 import pytest
 from PIL import Image
 
@@ -159,3 +160,11 @@ def make_magnetic_tile(root: Path, n_free: int = 10, defects: Optional[Mapping[s
 def tiny_mvtec(tmp_path: Path) -> Path:
     """Root folder of a tiny MVTec-layout data set with category ``widget``."""
     return make_mvtec(tmp_path / "mvtec")
+
+
+def make_trainer(root: Path, **kwargs) -> pl.Trainer:
+    """A quiet one-pass CPU Trainer writing below ``root`` (keyword arguments override the defaults)."""
+    options = dict(default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
+    options.update(kwargs)
+    return pl.Trainer(**options)

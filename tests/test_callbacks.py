@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import make_trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import visualize as V
 from lightning_ad.callbacks import CSV_COLUMNS, PredictionWriter, TestReport, sanitize_relpath
@@ -84,11 +85,7 @@ def _datamodule(root: Path, predict_dir=None) -> MVTecDataModule:
 
 
 def _trainer(root: Path, callbacks=(), logger=False) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, default_root_dir=str(root), logger=logger,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=list(callbacks),
-    )
+    return make_trainer(root, logger=logger, enable_checkpointing=False, callbacks=list(callbacks))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from conftest import make_mvtec, require_real, write_image
+from conftest import make_mvtec, require_real, write_image, make_trainer as _trainer
 from lightning_ad import FolderDataModule, MVTecDataModule, Spade
 from lightning_ad.detector import Detection, Detector, as_rgb_uint8, map_resize_matrices, overlay_for
 from lightning_ad.errors import CheckpointError, DataError, ImageDecodeError
@@ -21,11 +21,6 @@ from lightning_ad.thresholds import normalize_scores
 
 #: The tiny set's contract: resize to 64, centre crop 48 (offset 8).
 IMAGE_SIZE, CROP = 64, 48
-
-
-def _trainer(root: Path) -> pl.Trainer:
-    return pl.Trainer(default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
 
 
 def _checkpoint(root: Path) -> Path:

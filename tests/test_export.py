@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from conftest import make_mvtec
+from conftest import make_mvtec, make_trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import export as export_module
 from lightning_ad.data.transforms import Preprocess
@@ -40,9 +39,7 @@ def tiny(tmp_path_factory):
     dm = MVTecDataModule(str(root), category="widget", image_size=IMAGE_SIZE, crop_size=CROP, batch_size=4, num_workers=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pl.Trainer(default_root_dir=str(base / "run"), max_epochs=1, logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0).fit(
-            Spade(image_k=3, gallery_k=3, threshold_samples=4), datamodule=dm)
+        make_trainer(base / "run").fit(Spade(image_k=3, gallery_k=3, threshold_samples=4), datamodule=dm)
     ckpt = next((base / "run").rglob("*.ckpt"))
     files = sorted(str(p) for p in (root / "widget" / "test").rglob("*.png"))
     images = np.stack([as_rgb_uint8(f) for f in files])  # [4, 64, 64, 3]

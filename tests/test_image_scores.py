@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from test_spade_model import reference_spade
 
+from conftest import make_trainer as _trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import checkpoint as ckpt
 from lightning_ad.errors import ConfigurationError
@@ -103,11 +103,6 @@ def test_settings_are_checked():
                             ({"image_score_q": 1.5}, "image_score_q")]:
         with pytest.raises(ConfigurationError, match=pattern):
             SpadeModel(weights="random", **kwargs)
-
-
-def _trainer(root):
-    return pl.Trainer(default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
 
 
 def _data(root):

@@ -6,22 +6,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import make_trainer as trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.metrics import binary_auroc, per_region_overlap, precision_recall_f1
-
-
-def trainer(root: Path, **kwargs) -> pl.Trainer:
-    options = dict(
-        default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
 
 
 def datamodule(root: Path, **kwargs) -> MVTecDataModule:

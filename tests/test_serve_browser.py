@@ -105,7 +105,9 @@ def test_page_shows_the_api_verdicts_and_scores(tmp_path):
     for card in cards:
         _, answer = api[card["filename"]]
         assert card["verdict"] == answer["verdict"], card
-        assert float(card["score"]) == answer["score"], card  # the same float, not a rounded copy
+        # the page shows the float it received, not a rounded copy; its request may be batched with another,
+        # which moves float32 sums in the last digits
+        assert float(card["score"]) == pytest.approx(answer["score"], rel=1e-5), card
         assert float(card["threshold"]) == answer["thresholds"]["image"]
         assert answer["verdict"].upper() in card["text"].upper()
         shown = re.search(r"score ([-+0-9.e]+) · threshold ([-+0-9.e]+)", card["text"])  # 4 significant digits

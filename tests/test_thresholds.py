@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import make_trainer as trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.metrics import binary_auroc, f1_optimal_threshold
 from lightning_ad.positions import spread_positions
 from lightning_ad.thresholds import normalize_scores, quantile_threshold
-
-
-def trainer(root):
-    return pl.Trainer(default_root_dir=str(root), max_epochs=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
 
 
 def dm(root, **kwargs):
