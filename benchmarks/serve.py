@@ -54,7 +54,7 @@ def fit(data_root: Path, category: str, work: Path, n_train: int, image_size: in
     train = work / "train"
     train.mkdir(parents=True)
     for path in sorted((base / "train" / "good").glob("*.png"))[:n_train]:
-        (train / path.name).symlink_to(path)
+        (train / path.name).symlink_to(path.resolve())  # a relative target would resolve from the link
     dm = FolderDataModule(normal_dir=str(train), mask_pattern=None, image_size=image_size, crop_size=crop_size,
                           batch_size=16, num_workers=0)
     trainer = pl.Trainer(default_root_dir=str(work / "run"), max_epochs=1, logger=False, enable_progress_bar=False,

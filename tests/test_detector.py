@@ -286,10 +286,10 @@ def test_real_bottle_detector_equals_predict(tmp_path):
     for folder in folders.values():
         folder.mkdir()
     for path in train:
-        (folders["train"] / path.name).symlink_to(path)
+        (folders["train"] / path.name).symlink_to(path.resolve())
     for i, path in enumerate(tests):  # symlinks only: the data is never copied
-        (folders["good" if "good" in path.parts else "bad"] / f"{i}_{path.name}").symlink_to(path)
-        (folders["predict"] / f"{i}_{path.name}").symlink_to(path)
+        (folders["good" if "good" in path.parts else "bad"] / f"{i}_{path.name}").symlink_to(path.resolve())
+        (folders["predict"] / f"{i}_{path.name}").symlink_to(path.resolve())
     dm = FolderDataModule(normal_dir=str(folders["train"]), abnormal_dirs=[str(folders["bad"])],
                           normal_test_dir=str(folders["good"]), mask_pattern=None, image_size=256, crop_size=224,
                           batch_size=10, num_workers=0, predict_dir=str(folders["predict"]))

@@ -62,13 +62,13 @@ def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
         for folder in folders.values():
             folder.mkdir(parents=True)
         for path in sorted((bottle / "train" / "good").glob("*.png"))[:12]:
-            (folders["train"] / path.name).symlink_to(path)
+            (folders["train"] / path.name).symlink_to(path.resolve())
         tests = sorted((bottle / "test" / "good").glob("*.png"))[:3]
         bad = [sorted((bottle / "test" / group).glob("*.png"))[i] for group in ("broken_large", "contamination") for i in (0, 1)]
         for path in tests:
-            (folders["good"] / path.name).symlink_to(path)
+            (folders["good"] / path.name).symlink_to(path.resolve())
         for i, path in enumerate(bad):
-            (folders["bad"] / f"{i}_{path.name}").symlink_to(path)
+            (folders["bad"] / f"{i}_{path.name}").symlink_to(path.resolve())
         dm = FolderDataModule(normal_dir=str(folders["train"]), abnormal_dirs=[str(folders["bad"])],
                               normal_test_dir=str(folders["good"]), mask_pattern=None, image_size=128, crop_size=112,
                               batch_size=12, num_workers=0)
