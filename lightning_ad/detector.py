@@ -370,6 +370,21 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
     return model, hp, meta
 
 
+def scoring_facts(model: SpadeModel, image_threshold: float, pixel_threshold: float) -> Dict[str, Any]:
+    """JSON facts of what makes a score: version, backbone, levels, K values, image score, thresholds (None: unknown)."""
+    from . import __version__
+
+    def finite(value: float) -> Optional[float]:
+        return value if math.isfinite(value) else None
+
+    return {
+        "lightning_ad_version": __version__, "backbone": model.backbone_name, "layers": list(model.layers),
+        "image_k": model.image_k, "gallery_k": model.gallery_k, "image_score": model.image_score,
+        "image_score_q": model.image_score_q, "kappa": model.kappa, "sigma": model.sigma, "bank_size": model.bank_size,
+        "thresholds": {"image": finite(image_threshold), "pixel": finite(pixel_threshold)},
+    }
+
+
 def _threshold(override: Any, learned: Tensor) -> float:
     return float(override) if override is not None else float(learned)
 
@@ -429,26 +444,10 @@ class Detector:
     @property
     def info(self) -> Dict[str, Any]:
         """JSON-serialisable facts: input contract, backbone, levels, K values, thresholds, version."""
-        from . import __version__
-
-        def finite(value: float) -> Optional[float]:
-            return value if math.isfinite(value) else None
-
-        model = self.model
         return {
-            "lightning_ad_version": __version__,
             "input": dict(self.contract),
-            "model_input_size": list(model.image_size),
-            "backbone": model.backbone_name,
-            "layers": list(model.layers),
-            "image_k": model.image_k,
-            "gallery_k": model.gallery_k,
-            "image_score": model.image_score,
-            "image_score_q": model.image_score_q,
-            "kappa": model.kappa,
-            "sigma": model.sigma,
-            "bank_size": model.bank_size,
-            "thresholds": {"image": finite(self.image_threshold), "pixel": finite(self.pixel_threshold)},
+            "model_input_size": list(self.model.image_size),
+            **scoring_facts(self.model, self.image_threshold, self.pixel_threshold),
             "scores": "raw squared feature distances; normalized = score / (2 t) below the image threshold t, "
                       "1 - t / (2 score) above (0.5 at t)",
             **{k: v for k, v in self._meta.items() if k in ("threshold_source",)},

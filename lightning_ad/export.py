@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.transforms import as_hw
-from .detector import crop_offsets, input_contract, load_model, map_resize_matrices
+from .detector import crop_offsets, input_contract, load_model, map_resize_matrices, scoring_facts
 from .errors import ConfigurationError
 from .filters import _symmetric_index, gaussian_kernel1d
 from .spade import SpadeModel, map_score
@@ -329,28 +329,13 @@ class _Checked(nn.Module):
 def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Tuple[int, int],
                     image_threshold: float, pixel_threshold: float, fmt: str) -> Dict[str, Any]:
     """The JSON facts stored in the exported file."""
-    from . import __version__
-
-    def finite(value: float) -> Optional[float]:
-        return value if math.isfinite(value) else None
-
     return {
-        "lightning_ad_version": __version__,
+        **scoring_facts(model, image_threshold, pixel_threshold),
         "format": fmt,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "[B, H, W, 3] RGB", "size": list(input_size)},
         "contract": {"image_size": list(contract["image_size"]),
                      "crop_size": list(contract["crop_size"]) if contract.get("crop_size") else None},
         "outputs": list(OUTPUT_NAMES),
-        "backbone": model.backbone_name,
-        "layers": list(model.layers),
-        "image_k": model.image_k,
-        "gallery_k": model.gallery_k,
-        "image_score": model.image_score,
-        "image_score_q": model.image_score_q,
-        "kappa": model.kappa,
-        "sigma": model.sigma,
-        "bank_size": model.bank_size,
-        "thresholds": {"image": finite(image_threshold), "pixel": finite(pixel_threshold)},
     }
 
 
