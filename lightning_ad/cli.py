@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from .checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
 from .console import quiet_lightning
+from .data.datamodule import AnomalyDataModule
 from .errors import LightningADError
 from .module import Spade
 
@@ -84,7 +86,8 @@ class SpadeCLI(LightningCLI):
         contract = meta.get("input")
         init_args = getattr(config.get("data"), "init_args", None)
         if contract and init_args is not None:
-            for name, default in (("image_size", 256), ("crop_size", 224)):
+            signature = inspect.signature(AnomalyDataModule.__init__).parameters  # the datamodules' defaults
+            for name, default in ((n, signature[n].default) for n in ("image_size", "crop_size")):
                 if name in init_args and _normalise(init_args[name]) == _normalise(default) \
                         and _normalise(init_args[name]) != _normalise(contract[name]):
                     init_args[name] = contract[name]
