@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from PIL import Image  # noqa: E402
 
 from lightning_ad.detector import Detector  # noqa: E402
-from lightning_ad.serve.client import Client, multipart  # noqa: E402
+from lightning_ad.serve.client import Client, multipart, wait_until_healthy  # noqa: E402
 
 
 def fit(data_root: Path, category: str, work: Path, n_train: int, image_size: int, crop_size: int) -> Path:
@@ -109,20 +109,9 @@ class Server:
              "--timeout", str(timeout)],
             cwd=work, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(work)))
-        deadline = time.monotonic() + 300
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"server exited: see {self.log.name}")
-            try:
-                with Client(self.url, timeout=5) as client:
-                    if client.health() == (200, "ok"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("server not ready after 300 s")
-            time.sleep(0.5)
+        if not wait_until_healthy(self.url, lambda: self.process.poll() is None, 300):
+            self.stop()
+            raise SystemExit(f"server not ready after 300 s or exited: see {self.log.name}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -75,7 +75,7 @@ from .thresholds import normalize_scores
 __all__ = [
     "Detector",
     "Detection",
-    "input_contract",
+    "saved_contract",
     "crop_offsets",
     "map_resize_matrices",
     "restore_map",
@@ -94,7 +94,7 @@ _BORDER_GREY = 128
 # ---------------------------------------------------------------------- the input contract
 
 
-def input_contract(meta: Dict[str, Any]) -> Dict[str, Any]:
+def saved_contract(meta: Dict[str, Any]) -> Dict[str, Any]:
     """``{"image_size": [H, W], "crop_size": [h, w] or None}`` of a checkpoint's lightning_ad section.
 
     Checkpoints written before the contract was recorded served the bank's size
@@ -429,7 +429,7 @@ class Detector:
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu", batch_size: int = 8) -> "Detector":
         """The detector of a checkpoint written by ``lightning-ad fit`` (see :func:`load_model` for its errors)."""
         model, hp, meta = load_model(path)
-        contract = input_contract(meta)
+        contract = saved_contract(meta)
         return cls(
             model, contract,
             image_threshold=_threshold(hp.get("image_threshold"), model.image_threshold),

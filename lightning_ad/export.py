@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.transforms import as_hw
-from .detector import crop_offsets, input_contract, load_model, map_resize_matrices, scoring_facts
+from .detector import crop_offsets, saved_contract, load_model, map_resize_matrices, scoring_facts
 from .errors import ConfigurationError
 from .filters import _symmetric_index, gaussian_kernel1d
 from .spade import SpadeModel, map_score
@@ -344,7 +344,7 @@ def build_exportable(ckpt_path: Union[str, Path], input_size: Optional[Sequence[
     """The :class:`ExportableSpade` of a checkpoint (CPU, eval) and its metadata (format left ``None``)."""
     requested = as_hw(list(input_size), "input_size") if input_size is not None else None
     model, hp, meta = load_model(ckpt_path)
-    contract = input_contract(meta)
+    contract = saved_contract(meta)
     size = requested if requested is not None else tuple(contract["image_size"])
     image_t = float(hp["image_threshold"]) if hp.get("image_threshold") is not None else float(model.image_threshold)
     pixel_t = float(hp["pixel_threshold"]) if hp.get("pixel_threshold") is not None else float(model.pixel_threshold)

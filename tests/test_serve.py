@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +31,7 @@ from conftest import REPO, make_mvtec, real_data_root
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
 from lightning_ad.detector import Detector, as_rgb_uint8  # noqa: E402
-from lightning_ad.serve.client import Client, multipart  # noqa: E402
+from lightning_ad.serve.client import Client, multipart, wait_until_healthy  # noqa: E402
 from lightning_ad.serve.payload import regions  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -101,20 +100,11 @@ class ServerProcess:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        deadline = time.monotonic() + startup_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
-            try:
-                with Client(self.url, timeout=5) as client:
-                    if client.health() == (200, "ok"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the server was not ready after {startup_s} s:\n{self.log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        if not wait_until_healthy(self.url, lambda: self.process.poll() is None, startup_s):
+            exited = self.process.poll() is not None
+            self.stop()
+            problem = f"exited with {self.process.returncode}" if exited else f"was not ready after {startup_s} s"
+            raise RuntimeError(f"the server {problem}:\n{self.log.read_text()[-4000:]}")
 
     def stop(self) -> None:
         """SIGTERM (LitServe's graceful shutdown), then SIGKILL to the server's own process group."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import uuid
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-__all__ = ["Client", "multipart"]
+__all__ = ["Client", "multipart", "wait_until_healthy"]
 
 
 def multipart(files: Sequence[Tuple[str, Optional[str], bytes, Optional[str]]], fields: Optional[Dict[str, str]] = None) -> Tuple[bytes, str]:
@@ -88,3 +89,20 @@ class Client:
 
     def health(self) -> Tuple[int, Any]:
         return self.request("GET", "/health")
+
+
+def wait_until_healthy(url: str, running: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``GET /health`` of a server at ``url`` until it answers ``ok`` (True), its process stops
+    (``running()`` False: False) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while running():
+        try:
+            with Client(url, timeout=5) as client:
+                if client.health() == (200, "ok"):
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return False
