@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import signal
 import socket
 import statistics
 import struct
@@ -42,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from PIL import Image  # noqa: E402
 
 from lightning_ad.detector import Detector  # noqa: E402
-from lightning_ad.serve.client import Client, multipart, wait_until_healthy  # noqa: E402
+from lightning_ad.serve.client import Client, multipart, stop_server, wait_until_healthy  # noqa: E402
 
 
 def fit(data_root: Path, category: str, work: Path, n_train: int, image_size: int, crop_size: int) -> Path:
@@ -114,17 +113,7 @@ class Server:
             raise SystemExit(f"server not ready after 300 s or exited: see {self.log.name}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
+        stop_server(self.process)
         self.log.close()
 
 

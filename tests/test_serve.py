@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -31,7 +30,7 @@ from conftest import REPO, make_mvtec, real_data_root
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
 from lightning_ad.detector import Detector, as_rgb_uint8  # noqa: E402
-from lightning_ad.serve.client import Client, multipart, wait_until_healthy  # noqa: E402
+from lightning_ad.serve.client import Client, multipart, stop_server, wait_until_healthy  # noqa: E402
 from lightning_ad.serve.payload import regions  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -107,18 +106,7 @@ class ServerProcess:
             raise RuntimeError(f"the server {problem}:\n{self.log.read_text()[-4000:]}")
 
     def stop(self) -> None:
-        """SIGTERM (LitServe's graceful shutdown), then SIGKILL to the server's own process group."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # leftovers of this server only (its own session)
-        except ProcessLookupError:
-            pass
-        self.process.wait(timeout=10)
+        stop_server(self.process)
 
 
 # ---------------------------------------------------------------------- fixtures

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-__all__ = ["Client", "multipart", "wait_until_healthy"]
+__all__ = ["Client", "multipart", "wait_until_healthy", "stop_server"]
 
 
 def multipart(files: Sequence[Tuple[str, Optional[str], bytes, Optional[str]]], fields: Optional[Dict[str, str]] = None) -> Tuple[bytes, str]:
@@ -106,3 +109,19 @@ def wait_until_healthy(url: str, running: Callable[[], bool], seconds: float) ->
             return False
         time.sleep(0.5)
     return False
+
+
+def stop_server(process: "subprocess.Popen") -> None:
+    """SIGTERM (LitServe's graceful shutdown), then SIGKILL to the server's own process group
+    (started with ``start_new_session=True``: its workers only)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
