@@ -156,7 +156,7 @@ class SpadeModel(nn.Module):
         bank_dtype: storage precision of the bank: ``float32``, ``float16`` or
             ``bfloat16`` (distances are always accumulated in float32).
         chunk_bytes: upper bound, in bytes, of one block of distances of the kNN search.
-        bank_storage: ``memory`` or ``disk`` (pyramid rows in memory-mapped files, read on
+        bank_storage: ``memory`` or ``disk`` (pyramid rows in files, read by rows on
             demand; see :mod:`lightning_ad.bank`).
         bank_sharding: ``replicated`` or ``sharded`` (under several processes each keeps its
             share of the pyramid rows; scoring stays exact).
