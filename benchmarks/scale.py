@@ -29,7 +29,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -172,16 +171,15 @@ def phase_test(args, size, storage):
 # ---------------------------------------------------------------------- sharded, 2 processes
 
 
-def _shard_worker(rank: int, args, size: int, phase: str, port: int) -> None:
+def _shard_worker(rank: int, args, size: int, phase: str, store: str) -> None:
     """One of 2 processes: ``fit`` writes batches ``rank, rank + 2, ...``; ``test`` loads the saved
     state (each process keeps its own shard) and scores test images ``rank::2``. Writes its result JSON."""
     import torch.distributed as dist
 
     from lightning_ad.distributed import finish_stream, gather_objects
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)  # no server: any exit order
     real = real_features(args)
     folder = folder_of(args, size, SHARDED)
     model = model_for(args, "disk", folder, "sharded")
@@ -217,6 +215,7 @@ def _shard_worker(rank: int, args, size: int, phase: str, port: int) -> None:
             torch.save({"scores": scores, "maps": maps}, Path(args.out) / f"scores-sharded{size}.pt")
     result["rss_mb"] = peak_rss_mb()
     (Path(args.out) / f"shard-{phase}{size}-rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -224,10 +223,9 @@ def phase_sharded(args, size, phase):
     """Run :func:`_shard_worker` on 2 processes; the ranks' results combined (largest RSS and bank)."""
     import torch.multiprocessing as mp
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.spawn(_shard_worker, args=(args, size, phase, port), nprocs=2, join=True)
+    store = Path(args.out) / f"store-{phase}{size}-{os.getpid()}"
+    store.unlink(missing_ok=True)
+    mp.spawn(_shard_worker, args=(args, size, phase, str(store)), nprocs=2, join=True)
     ranks = [json.loads((Path(args.out) / f"shard-{phase}{size}-rank{r}.json").read_text()) for r in range(2)]
     out = {"bank_mb": max(r["bank_mb"] for r in ranks), "rows_per_rank": [r["held"] for r in ranks]}
     if phase == "fit":

@@ -1,6 +1,9 @@
 """One process of a sharded-bank run for tests/test_sharded_equality.py (CPU, gloo, 1 thread).
 
-    python sharded_worker.py RANK WORLD PORT PHASE OUT KAPPA SHARDING STORAGE
+    python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE
+
+``STORE``: a new file for the rendezvous (a file store: no process serves it, so ranks may exit
+in any order; with a TCP store, a rank still closing after rank 0 left was seen to abort).
 
 ``fit``: extract the training images one at a time (so features do not depend on the batch),
 take the rows a ``DistributedSampler`` would give this rank (padding repeats included), stream
@@ -12,7 +15,6 @@ save every image's score and map (rank 0) to ``OUT/scores<WORLD>.pt``. World 1 w
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -38,12 +40,11 @@ def sampler_rows(count: int, rank: int, world: int) -> list:
 
 
 def main() -> None:
-    rank, world, port, phase, out, kappa, sharding, storage = sys.argv[1:9]
+    rank, world, store, phase, out, kappa, sharding, storage = sys.argv[1:9]
     rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     from lightning_ad.distributed import finish_stream, gather_objects
     from lightning_ad.spade import Features, SpadeModel
 

@@ -8,9 +8,9 @@ images are split unevenly (5 over 2 or 3 processes), so processes serve each oth
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded", storage: str = "disk") -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
     out.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), port, phase, str(out), str(kappa),
+    store = out / f"store-{uuid.uuid4().hex}"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), str(store), phase, str(out), str(kappa),
                                sharding, storage], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(world)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
