@@ -22,8 +22,8 @@ Storage (``storage``, ``sharding``, ``placement``):
   inside the checkpoint, as before.
 * ``disk``: fit streams each batch's pyramid into raw files (one per level and process,
   ``level<l>.rank<r>.bin``, rows in the order they arrived, channels last, in the bank
-  dtype); test reads the rows of each image's nearest training images on demand from
-  memory-mapped files. ``sharded``: each process keeps only the rows it extracted (padding
+  dtype); test reads the rows of each image's nearest training images on demand
+  (:class:`LevelFile`, ``pread``). ``sharded``: each process keeps only the rows it extracted (padding
   repeats of the sampler dropped), in memory or on disk. In both cases the checkpoint holds
   the pooled vectors and a manifest of the files (name, absolute path, size, SHA-256,
   the ids of their rows); loading verifies every file it reads and refuses a missing or
@@ -88,10 +88,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _GrowingRows:
+    """Rows ``[n, *tail]`` appended batch by batch into one buffer that doubles when full.
+
+    Few, large allocations: small per-batch tensors kept alive between each batch's large
+    temporaries fragment glibc's heap, which then never shrinks (measured: 0.9 GB more peak RSS
+    writing 10,000 Lite0 images, 11 GB at 100,000).
+    """
+
+    def __init__(self, tail: Tuple[int, ...], dtype: torch.dtype) -> None:
+        self.data, self.count = torch.empty((0, *tail), dtype=dtype), 0
+
+    def append(self, rows: Tensor) -> None:
+        need = self.count + int(rows.shape[0])
+        if need > self.data.shape[0]:
+            grown = torch.empty((max(need, 2 * self.data.shape[0], 256), *self.data.shape[1:]), dtype=self.data.dtype)
+            grown[: self.count] = self.data[: self.count]
+            self.data = grown
+        self.data[self.count : need] = rows
+        self.count = need
+
+    def rows(self) -> Tensor:
+        return self.data[: self.count]
+
+
 class BankWriter:
     """Streams one process's training features to raw files, batch by batch (see :meth:`MemoryBank.writer`).
 
-    Pooled vectors and ids stay in memory (small); the pyramid goes to ``level<l>.rank<r>.bin``
+    Pooled vectors (in the bank dtype) and ids stay in memory (small); the pyramid goes to ``level<l>.rank<r>.bin``
     in ``directory``, channels last, in the bank dtype, hashed as it is written. With
     ``keep=True`` (a sharded in-memory bank) the rows are also kept in memory.
     """
@@ -99,8 +123,8 @@ class BankWriter:
     def __init__(self, bank: "MemoryBank", directory: Path, rank: int, keep: bool) -> None:
         self.bank, self.directory, self.rank, self.keep = bank, Path(directory), int(rank), keep
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.ids: List[Tensor] = []
-        self.pooled: List[Tensor] = []
+        self.ids = _GrowingRows((), torch.long)
+        self.pooled = _GrowingRows((bank.pooled_dim,), bank.dtype)
         self.kept: List[List[Tensor]] = [[] for _ in bank.levels]
         self.shapes: Optional[List[Tuple[int, int, int]]] = None
         self.image_size: Optional[Tuple[int, int]] = None
@@ -116,7 +140,7 @@ class BankWriter:
         self.image_size = tuple(int(s) for s in image_size)
         check_finite(pooled, "training features (pooled)")
         self.ids.append(index.detach().to("cpu", torch.long))
-        self.pooled.append(pooled.detach().to("cpu", torch.float32))
+        self.pooled.append(pooled.detach().to("cpu", self.bank.dtype))  # what the bank keeps: the same values
         shapes = []
         for position, (level, fmap) in enumerate(zip(self.bank.levels, pyramid)):
             check_finite(fmap, f"training features (level {level})")
@@ -136,7 +160,7 @@ class BankWriter:
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
-        ids = torch.cat(self.ids) if self.ids else torch.zeros(0, dtype=torch.long)
+        ids = self.ids.rows().clone()
         return {
             "index": ids,
             "files": [{"name": path.name, "path": str(path.resolve()), "bytes": size, "sha256": digest.hexdigest()}
@@ -144,12 +168,50 @@ class BankWriter:
         }
 
     def local_pooled(self, pooled_dim: int) -> Tensor:
-        return torch.cat(self.pooled) if self.pooled else torch.zeros(0, pooled_dim)
+        """``[n, pooled_dim]`` this process's pooled vectors, float32."""
+        return self.pooled.rows().float() if self.pooled.count else torch.zeros(0, pooled_dim)
 
     def kept_levels(self) -> Optional[List[Tensor]]:
         if not self.keep or self.shapes is None:
             return None
         return [torch.cat(parts) for parts in self.kept]
+
+
+class LevelFile:
+    """One level file of a disk bank, rows ``[n, H, W, C]`` channels last; ``file[rows]`` reads rows ``[R]``.
+
+    Rows are read with ``pread`` after asking the kernel for all of them at once (``POSIX_FADV_WILLNEED``,
+    so a bank larger than the page cache is read with many requests in flight). Not memory-mapped:
+    mapped page-cache pages count in the process's resident memory, in whole large folios (measured:
+    indexing 400 rows, 57 MB, of a mapped file added 640 MB of resident memory).
+    """
+
+    def __init__(self, path: Path, count: int, shape: Sequence[int], dtype: torch.dtype) -> None:
+        self.path, self.count, self.shape, self.dtype = Path(path), int(count), tuple(int(s) for s in shape), dtype
+        self.row_bytes = self.shape[0] * self.shape[1] * self.shape[2] * torch.tensor([], dtype=dtype).element_size()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, rows: Tensor) -> Tensor:
+        rows = torch.as_tensor(rows, dtype=torch.long).flatten().tolist()
+        out = torch.empty((len(rows), *self.shape), dtype=self.dtype)
+        if not rows:
+            return out
+        if min(rows) < 0 or max(rows) >= self.count:
+            raise IndexError(f"rows outside 0..{self.count - 1} of bank file {str(self.path)!r}")
+        buffer = out.view(torch.uint8).numpy().reshape(len(rows), self.row_bytes)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for row in sorted(set(rows)):
+                os.posix_fadvise(fd, row * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
+            for i, row in enumerate(rows):
+                if os.preadv(fd, [buffer[i]], row * self.row_bytes) != self.row_bytes:
+                    raise CheckpointError(f"bank file {str(self.path)!r} ended before row {row}: it was truncated. "
+                                          "Fit again, or restore the bank files.")
+        finally:
+            os.close(fd)
+        return out
 
 
 class MemoryBank(nn.Module):
@@ -161,7 +223,7 @@ class MemoryBank(nn.Module):
         pooled_dim: size D of the pooled vectors.
         dtype: storage precision (distances are always accumulated in float32).
         owner: name used in error messages (the backbone).
-        storage: ``memory`` or ``disk`` (memory-mapped files) for the pyramid levels.
+        storage: ``memory`` or ``disk`` (files read by rows on demand) for the pyramid levels.
         sharding: ``replicated`` (every process holds every row) or ``sharded`` (each
             process holds its share of the pyramid rows; pooled vectors stay replicated).
         placement: ``auto``, ``host`` or ``accelerator``: where in-memory levels live when
@@ -434,7 +496,7 @@ class MemoryBank(nn.Module):
         else:
             held = torch.arange(count) % processes == rank
         needed = sorted(set(owner[held, 0].tolist()))
-        mapped: Dict[int, List[Tensor]] = {}
+        mapped: Dict[int, List[Any]] = {}
         for shard_no in needed:
             if own is not None and shard_no == rank:
                 mapped[shard_no] = own
@@ -479,8 +541,8 @@ class MemoryBank(nn.Module):
                 "or pass --model.bank_dir FOLDER holding them.")
         return path
 
-    def _map_shard(self, shard: Dict[str, Any], verify: bool) -> List[Tensor]:
-        """Memory-map one shard's level files (after checking size and SHA-256)."""
+    def _map_shard(self, shard: Dict[str, Any], verify: bool) -> List["LevelFile"]:
+        """One shard's level files, read by rows on demand (after checking size and SHA-256)."""
         count = int(shard["index"].numel())
         tensors = []
         for entry, shape in zip(shard["files"], self._shapes):
@@ -496,9 +558,7 @@ class MemoryBank(nn.Module):
                 raise CheckpointError(
                     f"bank file {str(path)!r} does not match the checkpoint's SHA-256 ({entry['sha256'][:12]}...): it "
                     "was changed or belongs to another fit. Fit again, or restore the bank files.")
-            flat = torch.from_file(str(path), shared=False, size=count * shape[0] * shape[1] * shape[2],
-                                   dtype=self.dtype) if count else torch.zeros(0, dtype=self.dtype)
-            tensors.append(flat.view(count, *shape))
+            tensors.append(LevelFile(path, count, shape, self.dtype))
         return tensors
 
     # ------------------------------------------------------------------ saving and loading

@@ -99,9 +99,10 @@ def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
 
 
 #: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
-SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q")
+#: (``image_threshold_samples`` sets the image threshold and, for ``combined``, the scales of its parts.)
+SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q", "image_threshold_samples")
 #: Scoring settings that older checkpoints do not name, with the value they were fitted with.
-LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01}
+LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01, "image_threshold_samples": None}
 
 
 def saved_settings(hyper_parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -131,7 +132,21 @@ def contract_mismatch(saved: Optional[Dict[str, Any]], current: Optional[Dict[st
     )
 
 
-def scoring_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
-    """``"name saved -> current"`` for each scoring setting that differs."""
-    return [f"{name} {saved[name]!r} -> {current[name]!r}" for name in SCORING_SETTINGS
-            if name in saved and name in current and saved[name] != current[name]]
+def scoring_changes(saved: Dict[str, Any], current: Dict[str, Any], bank_size: Optional[int] = None) -> List[str]:
+    """``"name saved -> current"`` for each scoring setting that differs. ``image_threshold_samples`` counts
+    only where it selects other training images: not under ``dn2``, nor between values at or above
+    ``bank_size`` (None counts as all)."""
+    def image_rows(value: Optional[int]) -> Optional[int]:
+        if value is None:
+            return bank_size
+        return value if bank_size is None else min(value, bank_size)
+
+    changes = []
+    for name in SCORING_SETTINGS:
+        if name not in saved or name not in current or saved[name] == current[name]:
+            continue
+        if name == "image_threshold_samples" and (current.get("image_score") == "dn2"
+                                                  or image_rows(saved[name]) == image_rows(current[name])):
+            continue
+        changes.append(f"{name} {saved[name]!r} -> {current[name]!r}")
+    return changes

@@ -122,12 +122,14 @@ def single_pass_trainer(trainer: Any) -> None:
 
 
 def threshold_settings(method: Any, image_quantile: Any, pixel_quantile: Any, samples: Any, image_threshold: Any,
-                       pixel_threshold: Any, pro_max_fpr: Any) -> None:
-    """The threshold and evaluation settings of :class:`~lightning_ad.module.Spade`."""
+                       pixel_threshold: Any, pro_max_fpr: Any, image_samples: Any = None) -> None:
+    """The threshold and evaluation settings of :class:`~lightning_ad.module.Spade`
+    (``samples``: threshold_samples, ``image_samples``: image_threshold_samples)."""
     one_of("threshold_method", method, ("quantile", "f1"))
     fraction("image_quantile", image_quantile)
     fraction("pixel_quantile", pixel_quantile)
     positive_int("threshold_samples", samples, optional=True)
+    positive_int("image_threshold_samples", image_samples, optional=True)
     positive_number("image_threshold", image_threshold, optional=True, unit="a raw squared distance")
     positive_number("pixel_threshold", pixel_threshold, optional=True, unit="a raw squared distance")
     fraction("pro_max_fpr", pro_max_fpr)

@@ -61,16 +61,24 @@ def partial_bank_warning(bank_images: int, train_images: int) -> str:
             "those trainer settings for a complete one.")
 
 
-def leave_one_out_plan(image_score: str, mapped: int, samples: int, count: int) -> str:
-    """The line before fit scores the training images leave-one-out: how many maps it computes, and why."""
-    why = (f"image_score {image_score!r} reads every image's map; {samples} of them set the pixel threshold"
-           if mapped > samples else "for the pixel threshold (threshold_samples)")
+def leave_one_out_plan(image_score: str, mapped: int, samples: int, count: int, image_samples: Optional[int] = None) -> str:
+    """The line before fit scores the training images leave-one-out: how many maps it computes, and why
+    (``image_samples``: images whose scores set the image threshold; None: all ``count``)."""
+    image_samples = count if image_samples is None else image_samples
+    if image_score != "dn2" and image_samples < count:
+        why = (f"image_score {image_score!r} reads their maps: image thresholds from {image_samples} of {count} "
+               f"training images (image_threshold_samples); {samples} set the pixel threshold")
+    elif image_score == "dn2" or mapped <= samples:
+        why = "for the pixel threshold (threshold_samples)"
+    else:
+        why = f"image_score {image_score!r} reads every image's map; {samples} of them set the pixel threshold"
     return f"leave-one-out scores of {count} training images: maps of {mapped} ({why})"
 
 
 def leave_one_out_summary(thresholds: Any, image_quantile: Optional[float], pixel_quantile: float, count: int,
                           samples: int, mapped: int, seconds: float, partial: bool, scales: str) -> str:
-    """The status line after leave-one-out scoring set the thresholds (``image_quantile`` None: only scales)."""
+    """The status line after leave-one-out scoring set the thresholds (``image_quantile`` None: only scales;
+    ``count``: images whose scores set the image threshold)."""
     where = f"leave-one-out scores of normal images ({mapped} maps{', ' + scales if scales else ''})"
     if image_quantile is None:
         return f"{where} in {seconds:.2f} s"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -49,30 +49,51 @@ from .thresholds import Thresholds, calibration_overlap, f1_thresholds, quantile
 __all__ = ["Spade"]
 
 
+def leave_one_out_selection(count: int, uses_maps: bool, samples: Optional[int],
+                            image_samples: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """``(image, pixel)``: ``[count]`` bool masks over bank rows scored leave-one-out at fit.
+
+    ``image``: the rows whose image scores set the image threshold and the combined score's
+    scales; every row for DN2 (cheap), ``image_samples`` evenly spread rows (None: all) for a
+    map-based score, whose every image score needs a map. ``pixel``: the ``samples`` evenly spread
+    rows (None: all) whose maps set the pixel threshold.
+    """
+    def spread(limit: Optional[int]) -> Tensor:
+        mask = torch.zeros(count, dtype=torch.bool)
+        mask[spread_positions(count, count if limit is None else min(limit, count))] = True
+        return mask
+
+    return (spread(image_samples) if uses_maps else spread(None)), spread(samples)
+
+
 def _learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, partial: bool, quantile: bool) -> None:
-    """Score every training image against the rest of the bank (rows split over processes, gathered in rank
-    order; maps of ``threshold_samples`` evenly spread rows, or of every row for a map-based image score) and
-    learn from these normal scores the combined score's scales and, with ``threshold_method: quantile``, the
-    thresholds at their quantiles. ``bar``: show a progress bar of this process's maps."""
+    """Score training images against the rest of the bank (rows split over processes, gathered in rank order)
+    and learn from these normal scores the combined score's scales and, with ``threshold_method: quantile``,
+    the thresholds at their quantiles. Rows and maps: :func:`leave_one_out_selection` (``threshold_samples``,
+    ``image_threshold_samples``). ``bar``: show a progress bar of this process's maps."""
     count, started = model.bank_size, time.perf_counter()
-    samples = count if hp.threshold_samples is None else min(hp.threshold_samples, count)
-    mapped = count if model.uses_maps else samples
-    rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count))
-    keep = torch.zeros(count, dtype=torch.bool)
-    keep[spread_positions(count, samples)] = True
+    image, keep = leave_one_out_selection(count, model.uses_maps, hp.threshold_samples,
+                                          hp.image_threshold_samples)
+    samples, image_samples = int(keep.sum()), int(image.sum())
+    scored = image | keep  # DN2 of these rows; with a map-based score, their maps too
+    mapped = int(scored.sum()) if model.uses_maps else samples
+    rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count, image_samples))
     mine = scoring_rows(model, rank)
+    mine = mine[scored[mine]]
     with progress_bar(len(mine) if model.uses_maps else int(keep[mine].sum()), "leave-one-out maps", bar) as update:
         loo = model.leave_one_out(mine.to(model.bank.index.device), keep, progress=update)
     model.end_scoring()  # a sharded bank: serve the other processes' searches until all are done
     loo = LeaveOneOut(*(None if part is None else gather_rows(part) for part in loo))
+    chosen = image.to(loo.rows.device)[loo.rows]
+    loo = LeaveOneOut(loo.rows[chosen], loo.dn2[chosen], None if loo.map_part is None else loo.map_part[chosen], loo.maps)
     if model.image_score == "combined":
         model.learn_scales(loo)
     learned = quantile_thresholds(model.image_scores(loo.dn2, loo.map_part), loo.maps, hp.image_quantile,
                                   hp.pixel_quantile) if quantile else None
     model.set_thresholds(learned or Thresholds())
     scales = f"scales {float(model.dn2_scale):.6g}, {float(model.map_scale):.6g}" if model.image_score == "combined" else ""
-    rank_zero_info(leave_one_out_summary(learned, hp.image_quantile if quantile else None, hp.pixel_quantile, count,
-                   samples, mapped, time.perf_counter() - started, partial, scales))
+    rank_zero_info(leave_one_out_summary(learned, hp.image_quantile if quantile else None, hp.pixel_quantile,
+                   image_samples, samples, mapped, time.perf_counter() - started, partial, scales))
 
 
 class Spade(pl.LightningModule):
@@ -91,7 +112,8 @@ class Spade(pl.LightningModule):
         sigma: Gaussian smoothing of the maps in pixels (paper: 4).
         image_score: ``topq`` (default: mean of the map's top image_score_q), ``dn2`` (the paper's: pooled-vector
             distance to the image_k nearest), ``max`` (of the map), ``combined`` (DN2 and map max, each over its median
-            leave-one-out score of the training images, summed). All but dn2 map every training image at fit.
+            leave-one-out score of the training images, summed). All but dn2 map training images at fit
+            (image_threshold_samples of them).
         image_score_q: fraction of the map's pixels averaged by ``topq`` (0.01: the top 1 %).
         bank_dtype: storage precision of the bank: float32, float16 or bfloat16.
         knn_chunk_bytes: working memory bound of one block of kNN distances, in bytes.
@@ -105,7 +127,10 @@ class Spade(pl.LightningModule):
         image_quantile: quantile of the normal image scores that sets the image threshold.
         pixel_quantile: quantile of the normal pixel scores that sets the pixel threshold.
         threshold_samples: training images scored leave-one-out for the pixel threshold (evenly
-            spread; ``None``: all). Image scores use every training image.
+            spread; ``None``: all).
+        image_threshold_samples: training images scored leave-one-out for the image threshold and the
+            combined scales of a map-based image score (evenly spread; ``None``: all; a map costs about
+            0.2 s on 2 CPU cores). ``dn2`` uses every training image.
         image_threshold: fixed image threshold (raw score), overriding the learned one.
         pixel_threshold: fixed pixel threshold (raw score), overriding the learned one.
         pro_max_fpr: upper false-positive rate of the PRO integral.
@@ -130,6 +155,7 @@ class Spade(pl.LightningModule):
         image_quantile: float = 0.95,
         pixel_quantile: float = 0.999,
         threshold_samples: Optional[int] = 32,
+        image_threshold_samples: Optional[int] = 1000,
         image_threshold: Optional[float] = None,
         pixel_threshold: Optional[float] = None,
         pro_max_fpr: float = 0.3,
@@ -141,7 +167,7 @@ class Spade(pl.LightningModule):
                                 chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage, bank_sharding=bank_sharding,
                                 bank_device=bank_device, bank_dir=bank_dir)
         checks.threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
-                                  image_threshold, pixel_threshold, pro_max_fpr)
+                                  image_threshold, pixel_threshold, pro_max_fpr, image_threshold_samples)
         self.automatic_optimization = False
         self.step_anchor = nn.Parameter(torch.zeros(1))
         # Saved in the checkpoint: where the thresholds come from (method, partial bank, F1 images), how fit
@@ -245,7 +271,8 @@ class Spade(pl.LightningModule):
         self.threshold_source = dict(meta.get("thresholds") or {})
         self.input_contract, self.datamodule_config = meta.get("input"), meta.get("datamodule")
         checks.ks_fit_training_set(self.hparams.image_k, self.hparams.gallery_k, int(meta["bank_size"]), False, "in the checkpoint's bank")
-        self._stale_thresholds = ckpt.scoring_changes(ckpt.saved_settings(checkpoint.get("hyper_parameters")), dict(self.hparams))
+        self._stale_thresholds = ckpt.scoring_changes(ckpt.saved_settings(checkpoint.get("hyper_parameters")), dict(self.hparams),
+                                                        int(meta["bank_size"]))
 
     def _check_serving(self) -> None:
         """Before test/predict: the data is prepared as at fit, and thresholds match the scoring settings."""

@@ -1,0 +1,85 @@
+"""One process of a sharded-bank run for tests/test_sharded_equality.py (CPU, gloo, 1 thread).
+
+    python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE
+
+``STORE``: a new file for the rendezvous (a file store: no process serves it, so ranks may exit
+in any order; with a TCP store, a rank still closing after rank 0 left was seen to abort).
+
+``fit``: extract the training images one at a time (so features do not depend on the batch),
+take the rows a ``DistributedSampler`` would give this rank (padding repeats included), stream
+them into the bank, and save the state dict (rank 0) to ``OUT/state.pt``. ``test``: load it,
+score test images ``RANK::WORLD`` one per call (uneven counts: ranks drain each other), and
+save every image's score and map (rank 0) to ``OUT/scores<WORLD>.pt``. World 1 with sharding
+``replicated`` and storage ``memory`` is the reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+N_TRAIN, N_TEST, SIZE = 10, 5, 64
+
+
+def images():
+    gen = torch.Generator().manual_seed(0)
+    train = torch.rand(N_TRAIN, 3, SIZE, SIZE, generator=gen) * 0.3 + 0.35
+    test = torch.rand(N_TEST, 3, SIZE, SIZE, generator=gen) * 0.3 + 0.35
+    test[1, :, 20:34, 20:34] = 1.0
+    return train, test
+
+
+def sampler_rows(count: int, rank: int, world: int) -> list:
+    """The dataset indices ``DistributedSampler(shuffle=False)`` gives ``rank``: padded by repeating the first."""
+    total = -(-count // world) * world
+    padded = list(range(count)) + list(range(total - count))
+    return padded[rank::world]
+
+
+def main() -> None:
+    rank, world, store, phase, out, kappa, sharding, storage = sys.argv[1:9]
+    rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    from lightning_ad.distributed import finish_stream, gather_objects
+    from lightning_ad.spade import Features, SpadeModel
+
+    model = SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
+                       bank_dir=str(out / "bank")).eval()
+    train, test = images()
+    if phase == "fit":
+        rows = sampler_rows(N_TRAIN, rank, world)
+        extracted = [model.extract(train[row : row + 1]) for row in rows]
+        if model.bank.streams:
+            writer = model.bank.writer(str(out / "bank"), rank)
+            for row, features in zip(rows, extracted):
+                writer.append(torch.tensor([row]), features.pooled, features.pyramid, (SIZE, SIZE))
+            finish_stream(writer, model.bank)
+        else:  # the reference: an ordinary in-memory bank, one process
+            model.set_bank(Features([torch.cat([f.pyramid[i] for f in extracted]) for i in range(3)],
+                                    torch.cat([f.pooled for f in extracted])), (SIZE, SIZE), torch.tensor(rows))
+        if rank == 0:
+            torch.save(model.state_dict(), out / "state.pt")
+    if phase == "test" or world == 1:
+        if phase == "test":
+            model.load_state_dict(torch.load(out / "state.pt", weights_only=True))
+        mine = list(range(rank, N_TEST, world))
+        results = [(i, *model(test[i : i + 1])) for i in mine]
+        model.end_scoring()
+        parts = gather_objects(([(i, s.clone(), m.clone()) for i, s, m in results], int(model.bank.held().sum())))
+        if rank == 0:
+            ordered = sorted((item for part, _ in parts for item in part), key=lambda item: item[0])
+            torch.save({"index": [i for i, _, _ in ordered], "scores": torch.cat([s for _, s, _ in ordered]),
+                        "maps": torch.cat([m for _, _, m in ordered]), "held": [held for _, held in parts]},
+                       out / f"scores{world}.pt")
+    if world > 1:
+        dist.barrier()  # no process leaves while another still talks to it
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A sharded bank on several processes (CPU, gloo) scores bitwise as the replicated in-memory bank.
+
+Each run is ``tests/sharded_worker.py`` on 1, 2 or 3 processes: features are extracted one image
+at a time (so they do not depend on how images are batched), each process writes the rows the
+``DistributedSampler`` gives it (10 training images: 3 processes pad with 2 repeats), and test
+images are split unevenly (5 over 2 or 3 processes), so processes serve each other's searches.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharded_worker import N_TRAIN, N_TEST
+
+WORKER = Path(__file__).with_name("sharded_worker.py")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded", storage: str = "disk") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / f"store-{uuid.uuid4().hex}"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), str(store), phase, str(out), str(kappa),
+                               sharding, storage], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in range(world)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    failed = [f"rank {rank}: {text[-3000:]}" for rank, (proc, text) in enumerate(zip(procs, outputs)) if proc.returncode]
+    assert not failed, "\n".join(failed)
+
+
+def results(out: Path, world: int) -> dict:
+    return torch.load(out / f"scores{world}.pt", weights_only=True)
+
+
+def assert_bitwise(got: dict, expected: dict) -> None:
+    assert got["index"] == expected["index"] == list(range(N_TEST))
+    assert torch.equal(got["scores"], expected["scores"])
+    assert torch.equal(got["maps"], expected["maps"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Scores and maps of the replicated in-memory bank on one process, per kappa."""
+    base = tmp_path_factory.mktemp("reference")
+    out = {}
+    for kappa in (1, 3):
+        run(base / f"k{kappa}", "fit", 1, kappa, "replicated", "memory")
+        out[kappa] = results(base / f"k{kappa}", 1)
+    return out
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path, storage):
+    run(tmp_path, "fit", 2, 3, storage=storage)
+    run(tmp_path, "test", 2, 3, storage=storage)
+    got = results(tmp_path, 2)
+    assert got["held"] == [5, 5]  # each process holds only its share
+    assert_bitwise(got, reference[3])
+    assert not torch.equal(reference[3]["maps"], reference[1]["maps"])  # kappa 3 is not kappa 1
+
+
+def test_three_process_sharded_fit_and_test_equal_one_process(reference, tmp_path):
+    run(tmp_path, "fit", 3, 1)
+    run(tmp_path, "test", 3, 1)
+    got = results(tmp_path, 3)
+    assert sorted(got["held"]) == [3, 3, 4] and sum(got["held"]) == N_TRAIN  # padding repeats dropped
+    assert_bitwise(got, reference[1])
+    # the 3-process fit's checkpoint in 2 processes and in 1
+    for world in (2, 1):
+        run(tmp_path, "test", world, 1)
+        assert_bitwise(results(tmp_path, world), reference[1])
