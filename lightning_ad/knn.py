@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "KnnResult", "knn", "grouped_knn", "brute_force_knn"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "POOLED_SLAB", "KnnResult", "knn", "slab_knn", "grouped_knn", "brute_force_knn"]
 
 #: Default upper bound, in bytes, of one block of float32 distances.
 DEFAULT_CHUNK_BYTES = 4 * 2**20
@@ -197,6 +197,35 @@ def knn(
     if squeeze:
         result = KnnResult(result.distances[0], result.indices[0])
     return result
+
+
+#: Rows of the bank's pooled vectors that the image-level kNN searches at once (its float32 working
+#: copy: 4096 x 1281 x 4 bytes, 21 MB); a bank of 100,000 would otherwise be copied whole.
+POOLED_SLAB = 4096
+
+
+def slab_knn(queries: Tensor, gallery: Tensor, k: int, chunk_bytes: int, exclude: Optional[Tensor] = None,
+             slab: int = POOLED_SLAB) -> KnnResult:
+    """:func:`~lightning_ad.knn.knn` of queries ``[Q, D]`` over gallery ``[G, D]`` in balanced slabs of at most
+    ``slab`` rows, merged: the k nearest of a union are among the k nearest of its parts. ``exclude``
+    ``[Q]``: a gallery row per query left out. A gallery of at most ``slab`` rows is one :func:`knn` call."""
+    count = gallery.shape[0]
+    if count <= slab:
+        return knn(queries, gallery, k, chunk_bytes=chunk_bytes, exclude=exclude)
+    size = -(-count // -(-count // slab))
+    distances, indices = [], []
+    for start in range(0, count, size):
+        stop = min(count, start + size)
+        local = None
+        if exclude is not None:
+            local = exclude.to(queries.device, torch.long) - start
+            local = torch.where((local >= 0) & (local < stop - start), local, torch.full_like(local, -1))
+        found = knn(queries, gallery[start:stop], min(k, stop - start - (local is not None)), chunk_bytes=chunk_bytes,
+                    exclude=local)
+        distances.append(found.distances)
+        indices.append(found.indices + start)
+    merged, order = torch.cat(distances, dim=-1).sort(dim=-1, stable=True)
+    return KnnResult(merged[:, :k], torch.cat(indices, dim=-1).gather(-1, order[:, :k]))
 
 
 def grouped_knn(

@@ -39,44 +39,15 @@ from .bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, Memo
 from .distributed import drain_sharded, finish_stream, sharded_grouped_knn, world_size
 from .errors import ConfigurationError
 from .filters import gaussian_blur
-from .knn import DEFAULT_CHUNK_BYTES, KnnResult, grouped_knn, knn
+from .knn import DEFAULT_CHUNK_BYTES, grouped_knn, slab_knn
 from .thresholds import Thresholds
 
 __all__ = [
     "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "BANK_DTYPES", "check_finite",
-    "check_image_range", "slab_knn"]
+    "check_image_range"]
 
 #: Accepted values of ``image_score`` (see the module docstring).
 IMAGE_SCORES = ("dn2", "max", "topq", "combined")
-
-
-#: Rows of the bank's pooled vectors that the image-level kNN searches at once (its float32 working
-#: copy: 4096 x 1281 x 4 bytes, 21 MB); a bank of 100,000 would otherwise be copied whole.
-POOLED_SLAB = 4096
-
-
-def slab_knn(queries: Tensor, gallery: Tensor, k: int, chunk_bytes: int, exclude: Optional[Tensor] = None,
-             slab: int = POOLED_SLAB) -> KnnResult:
-    """:func:`~lightning_ad.knn.knn` of queries ``[Q, D]`` over gallery ``[G, D]`` in balanced slabs of at most
-    ``slab`` rows, merged: the k nearest of a union are among the k nearest of its parts. ``exclude``
-    ``[Q]``: a gallery row per query left out. A gallery of at most ``slab`` rows is one :func:`knn` call."""
-    count = gallery.shape[0]
-    if count <= slab:
-        return knn(queries, gallery, k, chunk_bytes=chunk_bytes, exclude=exclude)
-    size = -(-count // -(-count // slab))
-    distances, indices = [], []
-    for start in range(0, count, size):
-        stop = min(count, start + size)
-        local = None
-        if exclude is not None:
-            local = exclude.to(queries.device, torch.long) - start
-            local = torch.where((local >= 0) & (local < stop - start), local, torch.full_like(local, -1))
-        found = knn(queries, gallery[start:stop], min(k, stop - start - (local is not None)), chunk_bytes=chunk_bytes,
-                    exclude=local)
-        distances.append(found.distances)
-        indices.append(found.indices + start)
-    merged, order = torch.cat(distances, dim=-1).sort(dim=-1, stable=True)
-    return KnnResult(merged[:, :k], torch.cat(indices, dim=-1).gather(-1, order[:, :k]))
 
 
 class Features(NamedTuple):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_ad.bank import MemoryBank
-from lightning_ad.knn import knn
-from lightning_ad.spade import slab_knn
+from lightning_ad.knn import knn, slab_knn
 
 
 def test_slab_knn_finds_the_neighbours_of_one_search():
