@@ -16,7 +16,7 @@ import torch
 from conftest import make_mvtec, make_trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import checkpoint as ckpt
-from lightning_ad import module as module_mod
+from lightning_ad import calibration, module as module_mod
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.positions import spread_positions
 
@@ -34,7 +34,8 @@ def fit(root, tmp_path, monkeypatch=None, **kwargs):
     model = Spade(**{**options, **kwargs})
     lines, mapped = [], []
     if monkeypatch is not None:
-        monkeypatch.setattr(module_mod, "rank_zero_info", lines.append)
+        for printer in (module_mod, calibration):
+            monkeypatch.setattr(printer, "rank_zero_info", lines.append)
         original = model.model.level_maps
 
         def spy(pyramid, neighbours):
