@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,16 +40,9 @@ sys.path.insert(0, str(REPO))
 from lightning_ad.knn import grouped_knn  # noqa: E402
 from lightning_ad.spade import SpadeModel  # noqa: E402
 
+from knn_candidates import datamodule  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 BLOCK_Q, BLOCK_G, CHANNELS = 256, 4096, 25
-
-
-def datamodule(config: str):
-    cfg = yaml.safe_load(open(config))["data"]
-    module, _, name = cfg["class_path"].rpartition(".")
-    cls = getattr(__import__(module, fromlist=[name]), name)
-    args = dict(cfg.get("init_args") or {})
-    args["num_workers"] = 0
-    return cls(**args)
 
 
 def best_time(fn, repeats: int = 30) -> float:
