@@ -23,7 +23,7 @@ Storage (``storage``, ``sharding``, ``placement``):
 * ``disk``: fit streams each batch's pyramid into raw files (one per level and process,
   ``level<l>.rank<r>.bin``, rows in the order they arrived, channels last, in the bank
   dtype); test reads the rows of each image's nearest training images on demand
-  (:class:`LevelFile`, ``pread``). ``sharded``: each process keeps only the rows it extracted (padding
+  (:class:`LevelFile`, plain reads). ``sharded``: each process keeps only the rows it extracted (padding
   repeats of the sampler dropped), in memory or on disk. In both cases the checkpoint holds
   the pooled vectors and a manifest of the files (name, absolute path, size, SHA-256,
   the ids of their rows); loading verifies every file it reads and refuses a missing or
@@ -180,9 +180,9 @@ class BankWriter:
 class LevelFile:
     """One level file of a disk bank, rows ``[n, H, W, C]`` channels last; ``file[rows]`` reads rows ``[R]``.
 
-    Rows are read with ``pread`` after asking the kernel for all of them at once (``POSIX_FADV_WILLNEED``,
-    so a bank larger than the page cache is read with many requests in flight). Not memory-mapped:
-    mapped page-cache pages count in the process's resident memory, in whole large folios (measured:
+    Rows are read one by one after asking the kernel for all of them at once (``POSIX_FADV_WILLNEED``
+    where the platform has it, so a bank larger than the page cache is read with many requests in
+    flight). Not memory-mapped: mapped page-cache pages count in the process's resident memory, in whole large folios (measured:
     indexing 400 rows, 57 MB, of a mapped file added 640 MB of resident memory).
     """
 
@@ -201,16 +201,16 @@ class LevelFile:
         if min(rows) < 0 or max(rows) >= self.count:
             raise IndexError(f"rows outside 0..{self.count - 1} of bank file {str(self.path)!r}")
         buffer = out.view(torch.uint8).numpy().reshape(len(rows), self.row_bytes)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for row in sorted(set(rows)):
-                os.posix_fadvise(fd, row * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
+        advise = getattr(os, "posix_fadvise", None)  # not on macOS or Windows: reads then go one by one
+        with open(self.path, "rb", buffering=0) as handle:
+            if advise is not None:
+                for row in sorted(set(rows)):
+                    advise(handle.fileno(), row * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
             for i, row in enumerate(rows):
-                if os.preadv(fd, [buffer[i]], row * self.row_bytes) != self.row_bytes:
+                handle.seek(row * self.row_bytes)
+                if handle.readinto(buffer[i]) != self.row_bytes:
                     raise CheckpointError(f"bank file {str(self.path)!r} ended before row {row}: it was truncated. "
                                           "Fit again, or restore the bank files.")
-        finally:
-            os.close(fd)
         return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from lightning_ad.bank import MemoryBank
+from lightning_ad.bank import LevelFile, MemoryBank
+from lightning_ad.errors import CheckpointError
 from lightning_ad.knn import knn, slab_knn
 
 
@@ -33,3 +35,18 @@ def test_bank_writer_keeps_every_batch_in_order(tmp_path):
         pooled.append(vectors)
     assert torch.equal(writer.close()["index"], torch.cat(ids))
     assert torch.equal(writer.local_pooled(3), torch.cat(pooled).half().float())
+
+
+def test_level_file_reads_the_rows_asked_and_names_a_truncated_file(tmp_path):
+    rows = torch.randn(6, 2, 3, 4).half()
+    path = tmp_path / "level1.rank0.bin"
+    path.write_bytes(rows.numpy().tobytes())
+    level = LevelFile(path, 6, (2, 3, 4), torch.float16)
+    asked = torch.tensor([5, 0, 3, 3])  # any order, repeats allowed
+    assert torch.equal(level[asked], rows[asked])
+    assert level[torch.tensor([], dtype=torch.long)].shape == (0, 2, 3, 4)
+    with pytest.raises(IndexError, match="level1.rank0.bin"):
+        level[torch.tensor([6])]
+    path.write_bytes(rows[:4].numpy().tobytes())  # cut short after the bank was written
+    with pytest.raises(CheckpointError, match="level1.rank0.bin.*truncated"):
+        level[torch.tensor([1, 4])]
