@@ -141,18 +141,12 @@ def finish_stream(writer: Any, bank: Any) -> None:
 _DONE = -1
 
 
-def _exchange(values: Sequence[int], device: torch.device) -> List[List[int]]:
-    """Every rank's ``values`` (the same number on each), in rank order."""
-    mine = torch.tensor(list(values), device=device, dtype=torch.long)
+def _exchange(count: int, device: torch.device) -> List[int]:
+    """Every rank's ``count``, in rank order."""
+    mine = torch.tensor([count], device=device, dtype=torch.long)
     parts = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(parts, mine)
-    return [[int(v) for v in part.tolist()] for part in parts]
-
-
-def _channel_strided(queries: Optional[Tensor]) -> bool:
-    """Whether queries ``[B, Q, C]`` are a view of ``[B, C, Q]`` memory (a backbone's pyramid), as opposed to
-    contiguous ones (rows read back from the bank)."""
-    return queries is not None and queries.shape[1] > 1 and queries.stride(1) == 1
+    return [int(part) for part in parts]
 
 
 def _padded_gather(tensor: Tensor, longest: int, fill: float) -> Tensor:
@@ -177,9 +171,7 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     ``[B, gallery_k]``; both are gathered, each process searches the rows it holds for every
     query of every process, and the candidates are combined: the minimum by all-reduce when
     ``k = 1``, the k smallest of everyone's k smallest otherwise. Exact: the k nearest of a
-    union are among the k nearest of its parts. Each process's queries are searched in the memory
-    layout they came in (channel-strided or contiguous), as the replicated bank searches them: the
-    centring mean, and so the distances' rounding, follows the layout. Collective: every process calls it once per
+    union are among the k nearest of its parts. Collective: every process calls it once per
     level and batch; a process with nothing left calls it with ``queries=None`` (see
     :func:`drain_sharded`), and then gets ``None`` back when every process is done.
     """
@@ -189,12 +181,10 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     channels = bank.channels[position]
     positions = height * width
     comm = _comm_device(device)
-    exchanged = _exchange((_DONE if queries is None else int(queries.shape[0]), int(_channel_strided(queries))), comm)
-    counts = [count for count, _ in exchanged]
+    counts = _exchange(_DONE if queries is None else int(queries.shape[0]), comm)
     if all(c == _DONE for c in counts):
         return None
     longest = max(max(counts), 1)
-    strided = torch.tensor([flag for _, flag in exchanged], dtype=torch.bool).repeat_interleave(longest).to(comm)
     if queries is None or neighbours is None:
         queries = torch.zeros((0, positions, channels), device=comm)
         neighbours = torch.zeros((0, gallery_k), dtype=torch.long, device=comm)
@@ -205,15 +195,12 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     mine = valid & held[all_n.clamp_min(0)]
     result = torch.full((all_q.shape[0], positions, k), float("inf"), device=comm)
     counts_held = mine.sum(dim=1)
-    for m, flag in sorted(set(zip(counts_held.tolist(), strided.tolist()))):
-        if m == 0:
-            continue
-        items = ((counts_held == m) & (strided == flag)).nonzero().flatten()
-        groups = torch.stack([all_n[i][mine[i]] for i in items.tolist()])  # slot order kept
+    for m in sorted(set(counts_held.tolist()) - {0}):
+        items = (counts_held == m).nonzero().flatten()
+        groups = all_n[items][mine[items]].view(len(items), m)  # each item's held rows, slot order kept
         gallery, local = bank.gallery(position, groups, device=comm)
         kk = min(k, m * positions)
-        item_q = all_q[items].transpose(1, 2).contiguous().transpose(1, 2) if flag else all_q[items]
-        found = grouped_knn(item_q, gallery, local, kk, chunk_bytes=chunk_bytes)
+        found = grouped_knn(all_q[items], gallery, local, kk, chunk_bytes=chunk_bytes)
         result[items, :, :kk] = found
     if k == 1:
         dist.all_reduce(result, op=dist.ReduceOp.MIN)

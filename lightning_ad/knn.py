@@ -82,8 +82,11 @@ def _search(
     loses less to cancellation).
     """
     batch, num_q, _ = queries.shape
-    centre = queries.float().mean(dim=1, keepdim=True)  # [B, 1, C]
-    qc = queries.float() - centre
+    # One memory layout for every caller, channels outermost (as a backbone's [B, C, Q] comes; no copy then):
+    # the reductions below (the mean, the norms) round by layout, and so would every distance.
+    queries = queries.float().transpose(1, 2).contiguous().transpose(1, 2)
+    centre = queries.mean(dim=1, keepdim=True)  # [B, 1, C]
+    qc = queries - centre
     qa = _augment_queries(qc)
     q_norm = (qc * qc).sum(dim=-1, keepdim=True)  # [B, Q, 1]
     q_block = min(num_q, _QUERY_BLOCK)
