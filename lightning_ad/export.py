@@ -72,7 +72,7 @@ from .data.transforms import as_hw
 from .detector import crop_offsets, saved_contract, load_model, map_resize_matrices, scoring_facts
 from .errors import ConfigurationError
 from .filters import _symmetric_index, gaussian_kernel1d
-from .spade import SpadeModel, map_score
+from .spade import SpadeModel, image_score_from_parts, map_part_of
 
 __all__ = [
     "FORMATS",
@@ -220,17 +220,14 @@ class ExportableSpade(nn.Module):
         # 5. the image score: DN2, a statistic of the served map, or both over their learned scales
         self.image_score, self.image_score_q = model.image_score, float(model.image_score_q)
         self.dn2_scale, self.map_scale = float(model.dn2_scale), float(model.map_scale)
-        if self.image_score == "combined" and not all(math.isfinite(v) and v > 0 for v in (self.dn2_scale, self.map_scale)):
-            raise ConfigurationError("image_score='combined' needs the scales learned at fit: fit again.")
+        image_score_from_parts(self.image_score, torch.zeros(1), torch.zeros(1), self.dn2_scale, self.map_scale)  # refuses unlearned scales
 
     # ------------------------------------------------------------------ parts
 
     def image_scores(self, dn2: Tensor, maps: Tensor) -> Tensor:
         """``[B]`` the checkpoint's image score from DN2 ``[B]`` and the served maps ``[B, h, w]``."""
-        if self.image_score == "dn2":
-            return dn2
-        part = map_score(maps, "topq" if self.image_score == "topq" else "max", self.image_score_q)
-        return part if self.image_score != "combined" else dn2 / self.dn2_scale + part / self.map_scale
+        part = None if self.image_score == "dn2" else map_part_of(self.image_score, maps, self.image_score_q)
+        return image_score_from_parts(self.image_score, dn2, part, self.dn2_scale, self.map_scale)
 
     def nearest_images(self, pooled: Tensor) -> Tuple[Tensor, Tensor]:
         """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``."""

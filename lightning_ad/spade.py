@@ -43,7 +43,7 @@ from .knn import DEFAULT_CHUNK_BYTES, grouped_knn, slab_knn
 from .thresholds import Thresholds
 
 __all__ = [
-    "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "BANK_DTYPES", "check_finite",
+    "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
     "check_image_range"]
 
 #: Accepted values of ``image_score`` (see the module docstring).
@@ -88,6 +88,28 @@ def map_score(maps: Tensor, kind: str, q: float = 0.01) -> Tensor:
         return flat.amax(dim=1)
     count = max(1, math.ceil(q * flat.shape[1] - 1e-9))
     return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+def map_part_of(kind: str, maps: Tensor, q: float) -> Tensor:
+    """``[B]`` the map statistic of image score ``kind`` from maps ``[B, H, W]``: ``topq`` for ``topq``, else ``max``."""
+    return map_score(maps, "topq" if kind == "topq" else "max", q)
+
+
+def image_score_from_parts(kind: str, dn2: Tensor, map_part: Optional[Tensor], dn2_scale: float, map_scale: float) -> Tensor:
+    """``[B]`` image score ``kind`` from DN2 ``[B]`` and the map statistic ``[B]`` (:func:`map_part_of`);
+    ``combined`` divides each part by its scale (learned at fit)."""
+    if kind == "dn2":
+        return dn2
+    if map_part is None:
+        raise ValueError(f"image_score={kind!r} needs the map statistic")
+    if kind != "combined":
+        return map_part
+    if not all(math.isfinite(s) and s > 0 for s in (dn2_scale, map_scale)):
+        raise ConfigurationError(
+            "image_score='combined' needs the scales of its parts, learned from leave-one-out scores of the "
+            "training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
+        )
+    return dn2 / dn2_scale + map_part / map_scale
 
 
 #: Tolerance on the [0, 1] input range (interpolation may overshoot by rounding).
@@ -311,23 +333,11 @@ class SpadeModel(nn.Module):
 
     def map_part(self, maps: Tensor) -> Tensor:
         """``[B]`` the map statistic of the image score: ``topq`` for ``topq``, else the maximum."""
-        return map_score(maps, "topq" if self.image_score == "topq" else "max", self.image_score_q)
+        return map_part_of(self.image_score, maps, self.image_score_q)
 
     def image_scores(self, dn2: Tensor, map_part: Optional[Tensor]) -> Tensor:
         """``[B]`` image scores from DN2 ``[B]`` and the map statistic ``[B]`` (:meth:`map_part`)."""
-        if self.image_score == "dn2":
-            return dn2
-        if map_part is None:
-            raise ValueError(f"image_score={self.image_score!r} needs the map statistic")
-        if self.image_score != "combined":
-            return map_part
-        scales = float(self.dn2_scale), float(self.map_scale)
-        if not all(math.isfinite(s) and s > 0 for s in scales):
-            raise ConfigurationError(
-                "image_score='combined' needs the scales of its parts, learned from leave-one-out scores of the "
-                "training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
-            )
-        return dn2 / scales[0] + map_part / scales[1]
+        return image_score_from_parts(self.image_score, dn2, map_part, float(self.dn2_scale), float(self.map_scale))
 
     def learn_scales(self, loo: "LeaveOneOut") -> None:
         """Set ``dn2_scale`` and ``map_scale`` to the medians of leave-one-out DN2 and map maxima
