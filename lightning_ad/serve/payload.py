@@ -57,6 +57,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .. import checks
 from ..errors import DataError
 
 __all__ = [
@@ -90,10 +91,8 @@ class Limits:
     max_megapixels: float = 12.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 1:
-            raise ValueError(f"max_bytes={self.max_bytes!r} must be a positive integer")
-        if not (isinstance(self.max_megapixels, (int, float)) and math.isfinite(self.max_megapixels) and self.max_megapixels > 0):
-            raise ValueError(f"max_megapixels={self.max_megapixels!r} must be a positive number")
+        checks.positive_int("max_bytes", self.max_bytes)
+        checks.positive_number("max_megapixels", self.max_megapixels)
 
     @property
     def max_pixels(self) -> int:
@@ -360,9 +359,7 @@ def decode_image(data: bytes, limits: Limits, filename: Optional[str] = None) ->
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im.load()
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
+            im.load()  # the first frame of a multi-frame file, decoded once
             return as_rgb_uint8(im)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise RequestError(413, "decompression_bomb", f"{what} is refused as a decompression bomb: {err}") from None

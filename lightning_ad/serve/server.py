@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
+from .. import checks
 from .payload import Limits
 
 __all__ = ["build_server", "serve_main", "STATIC_FILES"]
@@ -80,12 +81,9 @@ def build_server(
     from .gate import PredictGate
 
     limits = limits or Limits()
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise ConfigurationError(f"max_batch_size={max_batch_size!r} must be a positive integer")
-    if not (isinstance(batch_timeout, (int, float)) and math.isfinite(batch_timeout) and batch_timeout >= 0):
-        raise ConfigurationError(f"batch_timeout={batch_timeout!r} must be a number >= 0 (seconds)")
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ConfigurationError(f"devices={devices!r} must be a positive integer")
+    checks.positive_int("max_batch_size", max_batch_size)
+    checks.non_negative_number("batch_timeout", batch_timeout, unit="seconds")
+    checks.positive_int("devices", devices)
     accelerator = _resolve_accelerator(accelerator)
     if accelerator not in ("cpu", "cuda", "mps"):
         raise ConfigurationError(f"accelerator={accelerator!r}: use auto, cpu, cuda or mps")
