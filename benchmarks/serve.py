@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import statistics
 import struct
 import subprocess
@@ -41,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from PIL import Image  # noqa: E402
 
 from lightning_ad.detector import Detector  # noqa: E402
-from lightning_ad.serve.client import Client, multipart, stop_server, wait_until_healthy  # noqa: E402
+from lightning_ad.serve.client import Client, free_port, multipart, stop_server, wait_until_healthy  # noqa: E402
 
 
 def fit(data_root: Path, category: str, work: Path, n_train: int, image_size: int, crop_size: int) -> Path:
@@ -88,12 +87,6 @@ def bad_requests(good: bytes) -> List[Tuple[str, bytes, str]]:
 
     return [("truncated", *file(good[: len(good) // 2])), ("text_body", b"not an image", "text/plain"),
             ("zero_bytes", *file(b"")), ("parent_folder_name", *file(good, "../../x.png")), ("bomb", *file(bomb_png()))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

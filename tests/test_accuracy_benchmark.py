@@ -9,7 +9,7 @@ import sys
 import pytorch_lightning as pl
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make_trainer
 from lightning_ad import DemoDataModule, Spade
 
 
@@ -36,9 +36,7 @@ def test_accuracy_table_on_the_demo_equals_a_direct_fit_and_test(tmp_path, capsy
         model = Spade(backbone="efficientnet_lite0", image_k=3, gallery_k=3, threshold_samples=4,
                       image_score=result["variant"])
         data = DemoDataModule(str(tmp_path / "demo"), image_size=72, crop_size=64, batch_size=16, num_workers=0)
-        trainer = pl.Trainer(default_root_dir=str(tmp_path / "direct"), max_epochs=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             num_sanity_val_steps=0, accelerator="cpu", devices=1)
+        trainer = make_trainer(tmp_path / "direct", enable_checkpointing=False)
         trainer.fit(model, datamodule=data)
         trainer.test(model, datamodule=data, verbose=False)
         for name in ("image_auroc", "pixel_auroc", "pro", "image_f1", "pixel_f1"):

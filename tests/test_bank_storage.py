@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 from conftest import make_mvtec, require_real
 from lightning_ad.errors import CheckpointError
 from lightning_ad.spade import SpadeModel
-from test_distributed import write_config
+from test_distributed import cli, write_config
 
 SETTINGS = [("disk", "replicated", "auto"), ("memory", "sharded", "auto"), ("disk", "sharded", "auto"),
             ("memory", "replicated", "host")]
@@ -95,18 +93,11 @@ def test_moved_bank_files_are_found_through_bank_dir(images, tmp_path):
 # ---------------------------------------------------------------------- several processes (CLI)
 
 
-def cli(args, cwd: Path, processes: int) -> None:
-    devices = ["--trainer.devices", str(processes)] + (["--trainer.strategy", "ddp"] if processes > 1 else [])
-    result = subprocess.run([sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-
-
 def fit_predict(config: Path, base: Path, name: str, processes: int, predict_processes: int, extra=()) -> dict:
     run = base / name
     run.mkdir(parents=True)
     cli(["fit", "--config", str(config), "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(run),
-         *extra], run, processes)
+         *extra], run, processes, timeout=900)
     (ckpt,) = sorted(run.rglob("*.ckpt"))
     return predict(config, ckpt, run / "pred", predict_processes)
 
@@ -118,7 +109,7 @@ def predict(config: Path, ckpt: Path, out: Path, processes: int) -> dict:
     init = yaml.safe_load(config.read_text())["data"]["init_args"]
     data = Path(init["root"]) / init["category"] / "test"
     cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt), "--data.predict_dir", str(data),
-         "--prediction_writer.output_dir", str(out)], out.parent, processes)
+         "--prediction_writer.output_dir", str(out)], out.parent, processes, timeout=900)
     with open(out / "predictions.csv") as handle:
         rows = sorted(csv.DictReader(handle), key=lambda r: r["relpath"])
     maps = {r["relpath"]: np.asarray(Image.open(out / r["map_file"])) for r in rows}

@@ -32,7 +32,7 @@ def write_config(path: Path, data_root: Path) -> Path:
     return path
 
 
-def cli(args, cwd: Path, processes: int) -> subprocess.CompletedProcess:
+def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.CompletedProcess:
     devices = ["--trainer.devices", str(processes)]
     if processes > 1:
         devices += ["--trainer.strategy", "ddp"]
@@ -40,7 +40,7 @@ def cli(args, cwd: Path, processes: int) -> subprocess.CompletedProcess:
     cwd.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result

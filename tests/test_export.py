@@ -283,11 +283,6 @@ def test_every_image_score_is_exported_as_the_model_scores(tiny, image_score):
         outputs = [t.numpy() for t in module(torch.from_numpy(tiny["images"]))]
     np.testing.assert_allclose(outputs[0], [d.score for d in expected], rtol=1e-5)
     if image_score != "dn2":  # the statistic of the map, not the pooled-vector distance
-        dn2 = model.nearest_images(model.extract(torch.stack(_served(detector, tiny["images"]))).pooled)[0]
+        served = torch.stack([detector.preprocess.image(np.ascontiguousarray(image)) for image in tiny["images"]])
+        dn2 = model.nearest_images(model.extract(served).pooled)[0]
         assert not np.allclose(outputs[0], dn2.numpy(), rtol=1e-3)
-
-
-def _served(detector, images):
-    contract = detector.contract
-    preprocess = Preprocess(contract["image_size"], contract["crop_size"])
-    return [preprocess.image(np.ascontiguousarray(image)) for image in images]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from test_spade_model import reference_spade
+from test_thresholds import dm
 
 from conftest import make_trainer as _trainer
-from lightning_ad import MVTecDataModule, Spade
+from lightning_ad import Spade
 from lightning_ad import checkpoint as ckpt
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.positions import spread_positions
@@ -105,14 +106,10 @@ def test_settings_are_checked():
             SpadeModel(weights="random", **kwargs)
 
 
-def _data(root):
-    return MVTecDataModule(str(root), "widget", image_size=64, crop_size=64, batch_size=4, num_workers=0)
-
-
 @pytest.mark.parametrize("image_score", IMAGE_SCORES)
 def test_thresholds_are_finite_for_each_score(tiny_mvtec, tmp_path, image_score):
     model = Spade(image_k=3, gallery_k=3, threshold_samples=4, image_quantile=0.9, image_score=image_score)
-    data = _data(tiny_mvtec)
+    data = dm(tiny_mvtec)
     _trainer(tmp_path).fit(model, datamodule=data)
     spade = model.model
     assert math.isfinite(model.image_threshold) and model.image_threshold > 0
@@ -129,7 +126,7 @@ def test_thresholds_are_finite_for_each_score(tiny_mvtec, tmp_path, image_score)
 
 def test_combined_scales_are_in_the_checkpoint(tiny_mvtec, tmp_path):
     model = Spade(image_k=3, gallery_k=3, threshold_samples=4, image_score="combined")
-    data = _data(tiny_mvtec)
+    data = dm(tiny_mvtec)
     _trainer(tmp_path).fit(model, datamodule=data)
     scales = float(model.model.dn2_scale), float(model.model.map_scale)
     assert all(math.isfinite(s) and s > 0 for s in scales)
@@ -145,7 +142,7 @@ def test_combined_scales_are_in_the_checkpoint(tiny_mvtec, tmp_path):
 
 def test_a_checkpoint_from_before_image_score_was_fitted_with_dn2(tiny_mvtec, tmp_path):
     model = Spade(image_k=3, gallery_k=3, threshold_samples=4, image_score="dn2")
-    _trainer(tmp_path).fit(model, datamodule=_data(tiny_mvtec))
+    _trainer(tmp_path).fit(model, datamodule=dm(tiny_mvtec))
     path = next(tmp_path.rglob("*.ckpt"))
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model.dn2_scale", "model.map_scale"):

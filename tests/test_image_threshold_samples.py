@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import make_mvtec, make_trainer
-from lightning_ad import MVTecDataModule, Spade
+from test_thresholds import dm
+from lightning_ad import Spade
 from lightning_ad import checkpoint as ckpt
 from lightning_ad import calibration, module as module_mod
 from lightning_ad.errors import ConfigurationError
@@ -43,7 +44,7 @@ def fit(root, tmp_path, monkeypatch=None, **kwargs):
             return original(pyramid, neighbours)
 
         monkeypatch.setattr(model.model, "level_maps", spy)
-    data = MVTecDataModule(str(root), "widget", image_size=64, crop_size=64, batch_size=4, num_workers=0)
+    data = dm(root)
     make_trainer(tmp_path).fit(model, datamodule=data)
     return model, lines, sum(mapped)
 

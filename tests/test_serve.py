@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from conftest import REPO, make_mvtec, real_data_root
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
 from lightning_ad.detector import Detector, as_rgb_uint8  # noqa: E402
-from lightning_ad.serve.client import Client, multipart, stop_server, wait_until_healthy  # noqa: E402
+from lightning_ad.serve.client import Client, free_port, multipart, stop_server, wait_until_healthy  # noqa: E402
 from lightning_ad.serve.payload import regions  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -74,12 +73,6 @@ def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
     root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=3, size=64)
     dm = MVTecDataModule(str(root), category="widget", image_size=64, crop_size=48, batch_size=4, num_workers=0)
     return fit_checkpoint(base, dm), sorted((root / "widget" / "test").rglob("*.png"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServerProcess:

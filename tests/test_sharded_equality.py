@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REPO
 from sharded_worker import N_TRAIN, N_TEST
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded", storage: str = "disk") -> None:

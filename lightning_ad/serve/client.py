@@ -14,13 +14,14 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-__all__ = ["Client", "multipart", "wait_until_healthy", "stop_server"]
+__all__ = ["Client", "multipart", "free_port", "wait_until_healthy", "stop_server"]
 
 
 def multipart(files: Sequence[Tuple[str, Optional[str], bytes, Optional[str]]], fields: Optional[Dict[str, str]] = None) -> Tuple[bytes, str]:
@@ -92,6 +93,13 @@ class Client:
 
     def health(self) -> Tuple[int, Any]:
         return self.request("GET", "/health")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server started next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until_healthy(url: str, running: Callable[[], bool], seconds: float) -> bool:
