@@ -23,7 +23,13 @@ Prints a table:
   the public SPADE reimplementations do) on ``--naive-images`` test images, with the
   speed ratio and the largest relative score difference.
 
-``--gallery-k 5 50 200`` runs each value in a fresh process (peak memory is per
+``--search-radius 8 none`` (the default) scores with the position-aware search within 8
+input pixels and with the paper's search over every position (``none``): one row each, so
+the two are compared in one run; the naive reference is windowed as the row's search is.
+Each row also gives the leave-one-out calibration of fit (``calibration s``: every training
+image mapped against the rest, as fit does for a map-based image score).
+
+``--gallery-k 5 50 200`` (or several radii) runs each value in a fresh process (peak memory is per
 process) and prints one row per value. ``--json PATH`` writes the figures (with several
 gallery K: a list).
 """
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import resource
 import subprocess
@@ -62,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-k", type=int, default=50)
     p.add_argument("--gallery-k", type=int, nargs="+", default=[50])
     p.add_argument("--kappa", type=int, default=1)
+    p.add_argument("--search-radius", type=_radius, nargs="+", default=[8.0, None],
+                   help="pixel search radius in input pixels, or none (every position); one row per value")
     p.add_argument("--bank-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--chunk-bytes", type=int, default=None, help="kNN block bound (default: the library's)")
     p.add_argument("--device", default="cpu")
@@ -73,8 +82,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also time the test loop of lightning-ad test (fit and test through the CLI, Lightning's "
                         "SimpleProfiler), split into data wait, test_step, the report's overlays and the epoch end")
     p.add_argument("--cli-ckpt", default=None, help="with --cli-loop: test this checkpoint instead of fitting one")
+    p.add_argument("--cli-report", action="store_true", help="with --cli-loop: keep the test report (overlays, figures) on")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
     return p.parse_args(argv)
+
+
+def _radius(text: str):
+    return None if text.lower() in ("none", "null", "global") else float(text)
+
+
+def _radius_text(radius) -> str:
+    return "none" if radius is None else f"{radius:g}"
 
 
 def sync(device: torch.device) -> None:
@@ -101,7 +119,8 @@ def matmul_gflops(device: torch.device) -> float:
 
 
 def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.Tensor, size) -> tuple:
-    """The straightforward method: full cdist matrices (image level, then per image and level)."""
+    """The straightforward method: full cdist matrices (image level, then per image and level); with a
+    search radius, gallery positions outside each position's window are masked out of the full matrix."""
     bank_pooled = model.bank.pooled.float()
     dist = torch.cdist(pooled.float(), bank_pooled) ** 2
     topk = dist.topk(max(model.image_k, model.gallery_k), dim=1, largest=False)
@@ -115,21 +134,27 @@ def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.T
             gallery = bank[neighbours].float().reshape(-1, c)
             query = fmap[b].permute(1, 2, 0).reshape(-1, c).float()
             d = torch.cdist(query, gallery) ** 2  # [h*w, K*h*w]: the memory hog
+            if model.search_radius is not None:
+                cells = math.ceil(model.search_radius / (size[0] // h) - 1e-9)
+                ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                ys, xs = ys.flatten().to(d.device), xs.flatten().to(d.device)
+                near = ((ys[:, None] - ys[None, :]).abs() <= cells) & ((xs[:, None] - xs[None, :]).abs() <= cells)
+                d = d.masked_fill(~near.repeat(1, model.gallery_k), float("inf"))
             level = d.topk(model.kappa, dim=1, largest=False).values.mean(dim=1).reshape(1, 1, h, w)
             levels.append(F.interpolate(level, size=size, mode="bilinear", align_corners=False))
         maps.append(gaussian_blur(torch.cat(levels).mean(0), model.sigma)[0])
     return scores, torch.stack(maps)
 
 
-def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
+def run_one(args: argparse.Namespace, gallery_k: int, radius) -> Dict[str, float]:
     device = torch.device(args.device)
     dm = MVTecDataModule(args.data_root, args.category, batch_size=args.batch_size, num_workers=args.num_workers)
     dm.setup("fit")
     dm.setup("test")
     kwargs = {} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}
     model = SpadeModel(backbone=args.backbone, weights=args.weights, image_k=args.image_k, gallery_k=gallery_k, kappa=args.kappa,
-                       bank_dtype=args.bank_dtype, **kwargs).to(device)
-    figures: Dict[str, float] = {"gallery_k": gallery_k, "image_k": args.image_k}
+                       bank_dtype=args.bank_dtype, search_radius=radius, **kwargs).to(device)
+    figures: Dict[str, float] = {"gallery_k": gallery_k, "image_k": args.image_k, "search_radius": radius}
 
     # ---- fit: extraction of the training images, loading overlapped by the workers
     start = time.perf_counter()
@@ -137,6 +162,12 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
     sync(device)
     figures["fit_images_per_s"] = model.bank_size / (time.perf_counter() - start)
     figures["bank_mb"] = sum(t.numel() * t.element_size() for t in [model.bank.pooled] + model.bank.levels_hwc()) / 2**20
+    # ---- fit's leave-one-out calibration: every training image mapped against the rest (a map-based image score)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.leave_one_out()
+    sync(device)
+    figures["calibration_s"] = time.perf_counter() - start
 
     # ---- test, phase by phase, with the library's own methods
     phases = {"backbone": 0.0, "image_knn": 0.0, "pixel_knn": 0.0, "post": 0.0}
@@ -168,9 +199,12 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
             phases["image_knn"] += t2 - t1
             phases["pixel_knn"] += t3 - t2
             phases["post"] += t4 - t3
-            for fmap in features.pyramid:
+            for fmap, cells in zip(features.pyramid, model.level_cells):
                 b, c, h, w = fmap.shape
-                pairs_flops += 2.0 * (c + 1) * b * (h * w) * (gallery_k * h * w)
+                if cells is None:  # one (C + 1) multiply-add per query-gallery pair
+                    pairs_flops += 2.0 * (c + 1) * b * (h * w) * (gallery_k * h * w)
+                else:  # subtract, square, add per channel of each pair in the window
+                    pairs_flops += 3.0 * c * b * (h * w) * gallery_k * (2 * cells + 1) ** 2
             count += images.shape[0]
             all_scores.append(scores.cpu())
             all_maps.append(maps.cpu())
@@ -229,7 +263,7 @@ def run_one(args: argparse.Namespace, gallery_k: int) -> Dict[str, float]:
     figures["test_images"] = count
     figures["train_images"] = model.bank_size
     if args.cli_loop:
-        figures.update(cli_loop(args, gallery_k, count))
+        figures.update(cli_loop(args, gallery_k, radius, count))
     return figures
 
 
@@ -257,30 +291,36 @@ def fit_processes(args: argparse.Namespace, processes: int) -> float:
 _PROFILER_ROW = re.compile(r"^\|\s*(\S[^|]*?)\s*\|\s*(?:[\d.e+-]+|-)\s*\|\s*(\d+)\s*\|\s*([\d.e+-]+)\s*\|")
 
 
-def cli_loop(args: argparse.Namespace, gallery_k: int, images: int) -> Dict[str, float]:
+def cli_loop(args: argparse.Namespace, gallery_k: int, radius, images: int) -> Dict[str, float]:
     """Seconds per test image of ``lightning-ad test``'s loop, by part, from Lightning's SimpleProfiler.
 
     ``cli_loop_s`` sums what runs once per batch (waiting for data, ``test_step``, every
     ``on_test_batch_*`` hook); ``cli_epoch_end_s`` (gathering and metrics) and ``cli_report_s`` (the
-    report's figures) run once after the loop and are given per image too.
+    report's figures) run once after the loop and are given per image too. The test report (overlays,
+    figures) is off unless ``--cli-report``; ``cli_fit_s`` is the whole ``lightning-ad fit`` (with its
+    leave-one-out calibration) when it runs.
     """
     with tempfile.TemporaryDirectory() as tmp:
         common = [
             "--config", str(REPO / "configs" / "spade_lite0_mvtec.yaml"), "--data.root", args.data_root,
             "--data.category", args.category, "--model.backbone", args.backbone, "--model.weights", args.weights,
             "--model.image_k", str(args.image_k), "--model.gallery_k", str(gallery_k),
+            "--model.search_radius", "null" if radius is None else str(radius),
             "--model.bank_dtype", args.bank_dtype, "--trainer.accelerator", "cpu" if args.device == "cpu" else "gpu",
             "--trainer.default_root_dir", tmp, "--trainer.enable_progress_bar", "false",
         ]
-        ckpt = args.cli_ckpt
+        ckpt, fit_s = args.cli_ckpt, None
         if ckpt is None:
+            start = time.perf_counter()
             out = subprocess.run([sys.executable, "-m", "lightning_ad", "fit", *common], capture_output=True, text=True, cwd=REPO)
+            fit_s = time.perf_counter() - start
             found = sorted(Path(tmp).rglob("*.ckpt"))
             if out.returncode != 0 or not found:
                 raise RuntimeError(f"lightning-ad fit failed:\n{out.stderr[-2000:]}")
             ckpt = str(found[-1])
         out = subprocess.run([sys.executable, "-m", "lightning_ad", "test", *common, "--ckpt_path", ckpt,
-                              "--trainer.profiler", "simple"], capture_output=True, text=True, cwd=REPO)
+                              "--trainer.profiler", "simple", "--test_report.enabled", str(args.cli_report).lower()],
+                             capture_output=True, text=True, cwd=REPO)
         if out.returncode != 0:
             raise RuntimeError(f"lightning-ad test failed:\n{out.stderr[-2000:]}")
     totals: Dict[str, float] = {}
@@ -300,6 +340,8 @@ def cli_loop(args: argparse.Namespace, gallery_k: int, images: int) -> Dict[str,
     }
     if not per_batch:
         raise RuntimeError("no SimpleProfiler report in the output of lightning-ad test")
+    if fit_s is not None:
+        figures["cli_fit_s"] = fit_s
     return figures
 
 
@@ -309,7 +351,8 @@ def print_table(rows: List[Dict[str, float]], args: argparse.Namespace) -> None:
           f"image K {args.image_k}, bank {args.bank_dtype}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     columns = [
-        ("gallery K", "gallery_k", "{:.0f}"), ("fit img/s", "fit_images_per_s", "{:.1f}"),
+        ("gallery K", "gallery_k", "{:.0f}"), ("radius px", "search_radius", "{}"), ("fit img/s", "fit_images_per_s", "{:.1f}"),
+        ("calibration s", "calibration_s", "{:.1f}"), ("CLI fit s", "cli_fit_s", "{:.1f}"),
         ("test img/s", "test_images_per_s", "{:.2f}"), ("backbone ms", "ms_backbone", "{:.1f}"),
         ("image kNN ms", "ms_image_knn", "{:.2f}"), ("pixel kNN ms", "ms_pixel_knn", "{:.1f}"),
         ("post ms", "ms_post", "{:.1f}"), ("CLI loop s/img", "cli_loop_s", "{:.3f}"),
@@ -323,7 +366,8 @@ def print_table(rows: List[Dict[str, float]], args: argparse.Namespace) -> None:
     ]
     if any("peak_gpu_mb" in r for r in rows):
         columns.insert(8, ("peak GPU MB", "peak_gpu_mb", "{:.0f}"))
-    cells = [[fmt.format(r[key]) if key in r else "-" for _, key, fmt in columns] for r in rows]
+    cells = [[(_radius_text(r[key]) if key == "search_radius" else fmt.format(r[key])) if key in r else "-"
+              for _, key, fmt in columns] for r in rows]
     widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _, _) in enumerate(columns)]
     print(" | ".join(title.rjust(w) for (title, _, _), w in zip(columns, widths)))
     print("-|-".join("-" * w for w in widths))
@@ -336,13 +380,14 @@ def main(argv=None) -> None:
     if not Path(args.data_root, args.category).is_dir():
         raise SystemExit(f"bench: no category {args.category!r} under {args.data_root!r} (set --data-root)")
     rows: List[Dict[str, float]] = []
-    if len(args.gallery_k) == 1:
-        rows.append(run_one(args, args.gallery_k[0]))
+    if len(args.gallery_k) == 1 and len(args.search_radius) == 1:
+        rows.append(run_one(args, args.gallery_k[0], args.search_radius[0]))
     else:  # one process per value: peak memory is per process
-        for k in args.gallery_k:
+        for k, radius in [(k, r) for k in args.gallery_k for r in args.search_radius]:
             with tempfile.NamedTemporaryFile(suffix=".json") as handle:
                 child = [a for a in (argv if argv is not None else sys.argv[1:])]
                 cmd = [sys.executable, __file__] + _replace_option(child, "--gallery-k", [str(k)])
+                cmd = _replace_option(cmd, "--search-radius", [_radius_text(radius)])
                 cmd = _replace_option(cmd, "--json", [handle.name])
                 cmd = _replace_option(cmd, "--fit-processes", [])
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

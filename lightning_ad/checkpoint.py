@@ -100,9 +100,10 @@ def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
 
 #: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
 #: (``image_threshold_samples`` sets the image threshold and, for ``combined``, the scales of its parts.)
-SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q", "image_threshold_samples")
+SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q", "image_threshold_samples",
+                    "search_radius")
 #: Scoring settings that older checkpoints do not name, with the value they were fitted with.
-LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01, "image_threshold_samples": None}
+LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01, "image_threshold_samples": None, "search_radius": None}
 
 
 def saved_settings(hyper_parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:

@@ -350,7 +350,7 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
                 layers=hp.get("layers", meta.get("layers", (1, 2, 3))), image_k=hp.get("image_k", 50),
                 gallery_k=hp.get("gallery_k", 50), kappa=hp.get("kappa", 1), sigma=hp.get("sigma", 4.0),
                 image_score=saved["image_score"], image_score_q=saved["image_score_q"],
-                bank_dtype=hp.get("bank_dtype", "float32"),
+                search_radius=saved["search_radius"], bank_dtype=hp.get("bank_dtype", "float32"),
                 chunk_bytes=hp.get("knn_chunk_bytes", hp.get("chunk_bytes", 4 * 2**20)),
                 bank_storage=hp.get("bank_storage", "memory"), bank_dir=hp.get("bank_dir"),
             )
@@ -380,7 +380,7 @@ def scoring_facts(model: SpadeModel, image_threshold: float, pixel_threshold: fl
     return {
         "lightning_ad_version": __version__, "backbone": model.backbone_name, "layers": list(model.layers),
         "image_k": model.image_k, "gallery_k": model.gallery_k, "image_score": model.image_score,
-        "image_score_q": model.image_score_q, "kappa": model.kappa, "sigma": model.sigma, "bank_size": model.bank_size,
+        "image_score_q": model.image_score_q, "search_radius": model.search_radius, "kappa": model.kappa, "sigma": model.sigma, "bank_size": model.bank_size,
         "thresholds": {"image": finite(image_threshold), "pixel": finite(pixel_threshold)},
     }
 

@@ -164,8 +164,10 @@ def _comm_device(device: torch.device) -> torch.device:
 
 
 def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor], bank: Any, position: int, k: int,
-                        gallery_k: int, chunk_bytes: int, device: torch.device) -> Optional[Tensor]:
-    """:func:`~lightning_ad.knn.grouped_knn` over a bank sharded across processes: ``[B, Q, k]`` distances, ascending.
+                        gallery_k: int, chunk_bytes: int, device: torch.device, cells: Optional[int] = None
+                        ) -> Optional[Tensor]:
+    """:func:`~lightning_ad.windowed.gallery_search` (every position, or a window of ``cells``) over a bank
+    sharded across processes: ``[B, Q, k]`` distances, ascending.
 
     Every process passes its own queries ``[B, Q, C]`` (B may be 0) and nearest bank rows
     ``[B, gallery_k]``; both are gathered, each process searches the rows it holds for every
@@ -175,7 +177,7 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     level and batch; a process with nothing left calls it with ``queries=None`` (see
     :func:`drain_sharded`), and then gets ``None`` back when every process is done.
     """
-    from .knn import grouped_knn
+    from .windowed import gallery_search
 
     height, width = bank.level_shape(position)
     channels = bank.channels[position]
@@ -199,8 +201,8 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
         items = (counts_held == m).nonzero().flatten()
         groups = all_n[items][mine[items]].view(len(items), m)  # each item's held rows, slot order kept
         gallery, local = bank.gallery(position, groups, device=comm)
-        kk = min(k, m * positions)
-        found = grouped_knn(all_q[items], gallery, local, kk, chunk_bytes=chunk_bytes)
+        kk = min(k, m * positions if cells is None else m * (2 * cells + 1) ** 2)
+        found = gallery_search(all_q[items], gallery, local, kk, cells=cells, grid=(height, width), chunk_bytes=chunk_bytes)
         result[items, :, :kk] = found
     if k == 1:
         dist.all_reduce(result, op=dist.ReduceOp.MIN)
@@ -214,13 +216,15 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     return combined[rank * longest : rank * longest + own].to(device)
 
 
-def drain_sharded(bank: Any, levels: int, gallery_k: int, kappa: int, chunk_bytes: int, device: torch.device) -> None:
-    """Join the other processes' remaining sharded searches until every process is done (see above)."""
+def drain_sharded(bank: Any, level_cells: Sequence[Optional[int]], gallery_k: int, kappa: int, chunk_bytes: int,
+                  device: torch.device) -> None:
+    """Join the other processes' remaining sharded searches until every process is done (see above);
+    ``level_cells``: each level's window (``None``: every position)."""
     if world_size() == 1 or bank.sharding != "sharded":
         return
     while True:
-        for position in range(levels):
-            if sharded_grouped_knn(None, None, bank, position, kappa, gallery_k, chunk_bytes, device) is None:
+        for position, cells in enumerate(level_cells):
+            if sharded_grouped_knn(None, None, bank, position, kappa, gallery_k, chunk_bytes, device, cells) is None:
                 return
 
 

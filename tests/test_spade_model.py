@@ -21,8 +21,10 @@ def images():
     return train, test
 
 
-def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, image_k: int, gallery_k: int, kappa: int, sigma: float):
-    """The method written out plainly: full float64 distance matrices, scipy smoothing."""
+def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, image_k: int, gallery_k: int, kappa: int, sigma: float,
+                    radius=None):
+    """The method written out plainly: full float64 distance matrices, scipy smoothing; with ``radius``
+    (input pixels) the gallery positions farther than ``ceil(radius / stride)`` cells in y or x are left out."""
     with torch.no_grad():
         train_pyr, train_pool = model.backbone(train)
         test_pyr, test_pool = model.backbone(test)
@@ -38,6 +40,12 @@ def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, 
             queries = te[b].permute(1, 2, 0).reshape(-1, c).double()
             diff = queries[:, None, :] - gallery[None, :, :]
             dist = (diff * diff).sum(-1)
+            if radius is not None:
+                cells = int(np.ceil(radius / (test.shape[-1] // w)))
+                ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                ys, xs = ys.flatten(), xs.flatten()
+                near = ((ys[:, None] - ys[None, :]).abs() <= cells) & ((xs[:, None] - xs[None, :]).abs() <= cells)
+                dist = dist.masked_fill(~near.repeat(1, gallery_k), float("inf"))
             level = dist.topk(kappa, dim=1, largest=False).values.mean(dim=1).reshape(1, 1, h, w)
             level_maps.append(F.interpolate(level, size=test.shape[-2:], mode="bilinear", align_corners=False)[0, 0])
         combined = torch.stack(level_maps).mean(0).numpy()
@@ -45,14 +53,16 @@ def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, 
     return scores, torch.from_numpy(np.stack(maps))
 
 
-@pytest.mark.parametrize("image_k,gallery_k,kappa,sigma", [(5, 5, 1, 4.0), (3, 7, 3, 2.0), (12, 1, 1, 0.0)])
-def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigma):
+@pytest.mark.parametrize("image_k,gallery_k,kappa,sigma,radius", [
+    (5, 5, 1, 4.0, None), (3, 7, 3, 2.0, None), (12, 1, 1, 0.0, None), (5, 5, 1, 4.0, 8), (3, 7, 3, 2.0, 12), (12, 1, 1, 0.0, 4),
+])
+def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigma, radius):
     train, test = images
     model = SpadeModel(backbone="efficientnet_lite0", image_k=image_k, gallery_k=gallery_k, kappa=kappa, sigma=sigma,
-                       image_score="dn2")
+                       image_score="dn2", search_radius=radius)
     model.fit_bank(train, batch_size=5)
     out = model(test)
-    ref_scores, ref_maps = reference_spade(model, train, test, image_k, gallery_k, kappa, sigma)
+    ref_scores, ref_maps = reference_spade(model, train, test, image_k, gallery_k, kappa, sigma, radius)
     assert torch.allclose(out.image_scores.double(), ref_scores, rtol=1e-5)
     assert out.anomaly_maps.shape == (3, 64, 64)
     assert float((out.anomaly_maps.double() - ref_maps).abs().max()) <= 1e-4 * float(ref_maps.abs().max())
