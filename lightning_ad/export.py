@@ -24,13 +24,14 @@ Inside, in order:
    then ``/ 255`` in float32: the model sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess`
    gives, so the export scores an image of that size as :class:`~lightning_ad.detector.Detector` does;
 2. the backbone (its own input normalisation included);
-3. the kNN scoring, written for export (:class:`ExportableSpade`): exact squared distances
-   by the matmul expansion ``|q|^2 - 2 q.g + |g|^2`` to choose the neighbours, the chosen
-   ones recomputed as ``sum((q - g)^2)`` (as :mod:`lightning_ad.knn` does), the pixel gallery
-   searched one neighbouring training image at a time (memory: one ``[B, P, P]`` block per
-   level, ``P`` positions of the level);
-4. level maps upsampled, averaged and Gaussian-smoothed as :class:`~lightning_ad.spade.SpadeModel`
-   does, then brought to the input size with :func:`~lightning_ad.detector.map_resize_matrices`.
+3. the kNN scoring: the image-level neighbours by exact squared distances (the matmul
+   expansion ``|q|^2 - 2 q.g + |g|^2`` to choose, the chosen recomputed as ``sum((q - g)^2)``,
+   as :mod:`lightning_ad.knn` does), and the pixel search that eager scoring runs, traced:
+   :func:`~lightning_ad.windowed.gallery_search` (the position-aware window of the
+   checkpoint's ``search_radius``, or every position);
+4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.filters.gaussian_blur`,
+   as :class:`~lightning_ad.spade.SpadeModel` does, then brought to the input size with
+   :func:`~lightning_ad.detector.map_resize_matrices`.
 
 Metadata (JSON): thresholds, the input contract, the exported input size, backbone, levels,
 K values, lightning_ad version. ONNX: ``metadata_props`` key ``lightning_ad``;
@@ -71,8 +72,9 @@ from torch import Tensor, nn
 from .data.transforms import as_hw
 from .detector import crop_offsets, saved_contract, load_model, map_resize_matrices, scoring_facts
 from .errors import ConfigurationError
-from .filters import _symmetric_index, gaussian_kernel1d
+from .filters import gaussian_blur
 from .spade import SpadeModel, image_score_from_parts, map_part_of
+from .windowed import gallery_search
 
 __all__ = [
     "FORMATS",
@@ -197,20 +199,13 @@ class ExportableSpade(nn.Module):
         for position, level in enumerate(bank.levels_hwc()):
             rows = level.float()  # [N, H_l, W_l, C_l]
             n, h_l, w_l, c_l = rows.shape
-            self.register_buffer(f"level{position}", rows.reshape(n, h_l * w_l * c_l).contiguous())
-            self.register_buffer(f"level{position}_sq", (rows.reshape(n, h_l * w_l, c_l) ** 2).sum(dim=-1))
+            self.register_buffer(f"level{position}", rows.reshape(n, h_l * w_l, c_l).contiguous())
             self.level_shapes.append((int(h_l), int(w_l), int(c_l)))
+        self.level_cells, self.chunk_bytes = model.level_cells, model.chunk_bytes
         if max(model.image_k, model.gallery_k) > model.bank_size:
             raise ConfigurationError(f"image_k/gallery_k exceed the {model.bank_size} training images of the bank")
         # 4. smoothing and maps at the input size
         self.sigma = float(model.sigma)
-        if self.sigma > 0:
-            kernel = gaussian_kernel1d(self.sigma)
-            radius = (kernel.numel() - 1) // 2
-            self.register_buffer("blur_kernel_w", kernel.view(1, 1, 1, -1).clone())
-            self.register_buffer("blur_kernel_h", kernel.view(1, 1, -1, 1).clone())
-            self.register_buffer("blur_index_w", _symmetric_index(crop[1], radius, torch.device("cpu")))
-            self.register_buffer("blur_index_h", _symmetric_index(crop[0], radius, torch.device("cpu")))
         rows_m, cols_m, valid = map_resize_matrices((height, width), contract)
         self.register_buffer("map_rows", rows_m.float())  # [H, h]
         self.register_buffer("map_cols_t", cols_m.float().T.contiguous())  # [w, W]
@@ -242,42 +237,14 @@ class ExportableSpade(nn.Module):
         return exact[:, : self.image_k].mean(dim=1), index[:, : self.gallery_k]
 
     def level_map(self, position: int, fmap: Tensor, neighbours: Tensor) -> Tensor:
-        """``[B, H_l, W_l]``: mean squared distance of each position to its kappa nearest gallery features."""
+        """``[B, H_l, W_l]``: mean squared distance of each position to its kappa nearest gallery features,
+        by the search eager scoring runs (:func:`~lightning_ad.windowed.gallery_search`)."""
         h_l, w_l, c_l = self.level_shapes[position]
-        positions = h_l * w_l
-        bank = getattr(self, f"level{position}")  # [N, P * C]
-        bank_sq = getattr(self, f"level{position}_sq")  # [N, P]
-        queries = fmap.float().permute(0, 2, 3, 1).flatten(1, 2)  # [B, P, C]
-        q_sq = (queries * queries).sum(dim=-1, keepdim=True)  # [B, P, 1]
-        values, where = [], []
-        for j in range(self.gallery_k):
-            rows = neighbours[:, j]  # [B]
-            gallery = F.embedding(rows, bank).reshape(-1, positions, c_l)  # [B, P, C]
-            g_sq = F.embedding(rows, bank_sq).unsqueeze(1)  # [B, 1, P]
-            block = q_sq - 2.0 * torch.matmul(queries, gallery.transpose(1, 2)) + g_sq  # [B, P, P]
-            value, pos = block.topk(self.kappa, dim=-1, largest=False, sorted=False)
-            values.append(value)
-            where.append(pos + j * positions)
-        value = torch.cat(values, dim=-1)
-        index = torch.cat(where, dim=-1)
-        _, best = value.topk(self.kappa, dim=-1, largest=False, sorted=False)
-        index = index.gather(-1, best)  # [B, P, kappa]: gallery_slot * P + position
-        slot = torch.div(index, positions, rounding_mode="floor")
-        image_row = neighbours.gather(1, slot.flatten(1)).view_as(slot)
-        flat = image_row * positions + (index - slot * positions)  # row of bank.reshape(N * P, C)
-        chosen = F.embedding(flat, bank.reshape(-1, c_l))  # [B, P, kappa, C]
-        diff = chosen - queries.unsqueeze(2)
-        distance = (diff * diff).sum(dim=-1).mean(dim=-1)  # [B, P]
-        return distance.reshape(-1, h_l, w_l)
-
-    def blur(self, maps: Tensor) -> Tensor:
-        if self.sigma <= 0:
-            return maps
-        x = maps.unsqueeze(1).index_select(3, self.blur_index_w)
-        x = F.conv2d(x, self.blur_kernel_w)
-        x = x.index_select(2, self.blur_index_h)
-        x = F.conv2d(x, self.blur_kernel_h)
-        return x.squeeze(1)
+        queries = fmap.float().permute(0, 2, 3, 1).reshape(-1, h_l * w_l, c_l)
+        bank = getattr(self, f"level{position}")  # [N, P, C]
+        distance = gallery_search(queries, bank, neighbours, self.kappa, cells=self.level_cells[position], grid=(h_l, w_l),
+                                  chunk_bytes=self.chunk_bytes)
+        return distance.mean(dim=-1).reshape(-1, h_l, w_l)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         x = self.preprocess(images)
@@ -285,7 +252,8 @@ class ExportableSpade(nn.Module):
         scores, neighbours = self.nearest_images(pooled)
         up = [F.interpolate(self.level_map(i, fmap, neighbours).unsqueeze(1), size=self.crop, mode="bilinear",
                             align_corners=False) for i, fmap in enumerate(pyramid)]
-        maps = self.blur(torch.stack(up).mean(dim=0).squeeze(1))  # [B, h, w]
+        maps = torch.stack(up).mean(dim=0).squeeze(1)  # [B, h, w]
+        maps = gaussian_blur(maps, self.sigma) if self.sigma > 0 else maps
         scores = self.image_scores(scores, maps)
         full = torch.matmul(torch.matmul(self.map_rows, maps), self.map_cols_t)  # [B, H, W]
         full = torch.where(self.map_valid, full, torch.full_like(full, float("nan")))

@@ -286,3 +286,20 @@ def test_every_image_score_is_exported_as_the_model_scores(tiny, image_score):
         served = torch.stack([detector.preprocess.image(np.ascontiguousarray(image)) for image in tiny["images"]])
         dn2 = model.nearest_images(model.extract(served).pooled)[0]
         assert not np.allclose(outputs[0], dn2.numpy(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("radius", [None, 0, 4, 16])
+def test_onnx_runs_the_search_the_model_runs(tiny, tmp_path, radius):
+    """The exported graph traces the model's own pixel search: the window of its search_radius, or every position."""
+    detector = Detector.from_checkpoint(tiny["ckpt"])
+    detector.model.search_radius = radius
+    expected = detector(list(tiny["images"]))
+    module = ExportableSpade(detector.model, detector.contract, tuple(tiny["images"].shape[1:3]),
+                             expected[0].image_threshold, expected[0].pixel_threshold).eval()
+    export_module._write_onnx(module, {"search_radius": radius}, tmp_path / "m.onnx")
+    outputs = run_onnx(tmp_path / "m.onnx", tiny["images"])
+    score_rel, map_rel = assert_matches(outputs, expected, rtol=1e-5)
+    assert score_rel < 1e-5 and map_rel < 1e-5
+    detector.model.search_radius = 0 if radius is None else None  # the other search gives other maps
+    other = detector(list(tiny["images"]))
+    assert not np.allclose(np.nan_to_num(outputs[3]), np.nan_to_num(np.stack([d.anomaly_map for d in other])), rtol=1e-3)
