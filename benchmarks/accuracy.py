@@ -20,7 +20,10 @@ Rows are data sets x variants:
 adds a configuration (rows for each data set; without ``--variant`` there is one,
 ``default``). A key is a model argument (``image_score``, ``image_k``, ``layers``,
 ``kappa``, ``sigma`` ...) or ``data.<name>`` (``data.image_size``, ``data.crop_size``);
-values are YAML (``layers=[2,3]``). Each row fits a fresh model (one pass over the
+values are YAML (``layers=[2,3]``). ``test.shift=F`` and ``test.rotate=DEG`` misalign the test
+images against the training images (see :class:`Misaligned`: both axes shifted by ``F`` of the
+side, or rotated about the centre), to see where a position-aware search (``search_radius``)
+breaks: ``--variant "r8-shift10 search_radius=8 test.shift=0.1"``. Each row fits a fresh model (one pass over the
 training images, then leave-one-out thresholds) and tests it, as ``lightning-ad fit``
 with ``--test_after_fit true`` does; fit and test seconds are wall-clock times of
 ``trainer.fit`` and ``trainer.test``. Image F1 is at the learned (normal-only) threshold.
@@ -45,6 +48,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from lightning_ad import Spade  # noqa: E402
 from lightning_ad.console import quiet_lightning  # noqa: E402
@@ -67,6 +72,7 @@ class Row:
     data_args: Dict[str, Any]
     seed: int = 0
     settings: Dict[str, Any] = field(default_factory=dict)
+    test_settings: Dict[str, Any] = field(default_factory=dict)
 
 
 def _load_yaml(path: Path) -> Dict[str, Any]:
@@ -125,15 +131,60 @@ def build_rows(args: argparse.Namespace) -> List[Row]:
     for base in bases:
         for name, settings in variants:
             merged = {**common, **settings}
-            model = {**base.model, **{k: v for k, v in merged.items() if not k.startswith("data.")}}
+            model = {**base.model, **{k: v for k, v in merged.items() if not k.startswith(("data.", "test."))}}
             data_args = {**base.data_args, **{k[5:]: v for k, v in merged.items() if k.startswith("data.")}}
-            rows.append(Row(base.data, name, model, base.datamodule, data_args, base.seed, merged))
+            test = {k[5:]: v for k, v in merged.items() if k.startswith("test.")}
+            unknown = set(test) - {"shift", "rotate"}
+            if unknown:
+                raise SystemExit(f"accuracy.py: unknown test setting(s) {sorted(unknown)}: test.shift, test.rotate")
+            rows.append(Row(base.data, name, model, base.datamodule, data_args, base.seed, merged, test))
     return rows
+
+
+class Misaligned(torch.utils.data.Dataset):
+    """A test set whose served images (and masks) are shifted by ``shift`` of the side in both axes (the
+    image's edge repeated into the gap, the mask's gap empty) and rotated by ``rotate`` degrees about
+    the centre (bilinear; masks nearest; the corners filled with the image's mean colour)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, shift: float = 0.0, rotate: float = 0.0) -> None:
+        self.dataset, self.shift, self.rotate = dataset, float(shift), float(rotate)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        import torchvision.transforms.functional as TF
+
+        item = dict(self.dataset[index])
+        image, mask = item["image"], item["mask"]
+        if self.rotate:
+            fill = [float(v) for v in image.mean(dim=(1, 2))]
+            image = TF.rotate(image, self.rotate, interpolation=TF.InterpolationMode.BILINEAR, fill=fill)
+            mask = TF.rotate(mask[None], self.rotate, interpolation=TF.InterpolationMode.NEAREST, fill=0)[0]
+        if self.shift:
+            height, width = image.shape[-2:]
+            dy, dx = round(self.shift * height), round(self.shift * width)
+            image = F.pad(image[None], (dx, 0, dy, 0), mode="replicate")[0, :, :height, :width]
+            mask = F.pad(mask, (dx, 0, dy, 0))[:height, :width]
+        item["image"], item["mask"] = image.contiguous(), mask.contiguous()
+        return item
 
 
 def make_datamodule(row: Row) -> pl.LightningDataModule:
     module, _, name = row.datamodule.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**row.data_args)
+    data = getattr(importlib.import_module(module), name)(**row.data_args)
+    shift, rotate = row.test_settings.get("shift", 0.0), row.test_settings.get("rotate", 0.0)
+    if not (shift or rotate):
+        return data
+
+    class MisalignedTest(type(data)):  # the same datamodule, its test images misaligned
+        def test_dataloader(self):
+            loader = super().test_dataloader()
+            return torch.utils.data.DataLoader(Misaligned(loader.dataset, shift, rotate), batch_size=loader.batch_size,
+                                               num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+
+    data.__class__ = MisalignedTest
+    return data
 
 
 def run_row(row: Row, workdir: Path, accelerator: str = "cpu") -> Dict[str, Any]:

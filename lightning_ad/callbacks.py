@@ -31,7 +31,8 @@ from torch import Tensor
 
 from . import visualize as V
 from .data.io import image_size
-from .detector import Detection, overlay_for, restore_map
+from .detector import Detection, overlay_for
+from .geometry import restore_map
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
 from .positions import spread_positions
@@ -162,7 +163,7 @@ def detection_at_original_size(results: ImageResults, i: int, contract: Optional
     if not contract or not path or not os.path.isfile(path):
         return None
     size = image_size(Path(path))
-    full = restore_map(results.anomaly_map[i], size, contract)
+    full = restore_map(results.anomaly_map[i], size, contract).numpy()
     theta, decision = results.pixel_threshold, results.decision
     mask = np.nan_to_num(full, nan=-np.inf) >= theta if math.isfinite(theta) else None
     return Detection(

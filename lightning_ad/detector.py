@@ -57,11 +57,10 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch import Tensor
 
@@ -69,6 +68,7 @@ from . import checkpoint as ckpt
 from .data.io import _TRANSPOSE, _orientation, _sixteen_bit_to_uint8, _to_rgb, load_image
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigurationError, DataError, ImageDecodeError
+from .geometry import crop_offsets, map_resize_matrices, restore_map
 from .spade import SpadeModel
 from .thresholds import normalize_scores
 
@@ -109,49 +109,6 @@ def saved_contract(meta: Dict[str, Any]) -> Dict[str, Any]:
     if not size or len(size) != 2 or not all(int(v) > 0 for v in size):
         raise CheckpointError("this checkpoint records no input size (lightning_ad section without 'image_size'): fit again.")
     return {"image_size": [int(v) for v in size], "crop_size": None}
-
-
-def crop_offsets(resized: Sequence[int], crop: Sequence[int]) -> Tuple[int, int]:
-    """``(top, left)`` of torchvision's centre crop of ``crop`` ``(h, w)`` from ``resized`` ``(H, W)``."""
-    rows = TF.center_crop(torch.arange(int(resized[0])).view(1, -1, 1), [int(crop[0]), 1])
-    cols = TF.center_crop(torch.arange(int(resized[1])).view(1, 1, -1), [1, int(crop[1])])
-    return int(rows[0, 0, 0]), int(cols[0, 0, 0])
-
-
-def _axis_matrix(out_len: int, resized_len: int, crop_len: int, offset: int) -> Tuple[Tensor, Tensor]:
-    """One axis of :func:`map_resize_matrices`: weights ``[out_len, crop_len]`` float64 and validity ``[out_len]``."""
-    centre = (torch.arange(out_len, dtype=torch.float64) + 0.5) * (resized_len / out_len)  # in resized pixels
-    valid = (torch.floor(centre) >= offset) & (torch.floor(centre) < offset + crop_len)
-    source = (centre - 0.5 - offset).clamp(0.0, crop_len - 1.0)
-    low = torch.floor(source).long().clamp(max=crop_len - 1)
-    high = (low + 1).clamp(max=crop_len - 1)
-    frac = source - low.double()
-    weights = torch.zeros(out_len, crop_len, dtype=torch.float64)
-    rows = torch.arange(out_len)
-    weights.index_put_((rows, low), 1.0 - frac, accumulate=True)
-    weights.index_put_((rows, high), frac, accumulate=True)
-    return weights, valid
-
-
-def map_resize_matrices(
-    original: Sequence[int], contract: Dict[str, Any]
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """``(rows [H0, h], cols [W0, w], valid [H0, W0] bool)``: ``rows @ map @ cols.T`` is the map at
-    the original size ``(H0, W0)``, NaN (not inspected) where ``valid`` is False. See the module rule."""
-    resized = contract["image_size"]
-    crop = contract["crop_size"] or resized
-    top, left = crop_offsets(resized, crop)
-    rows, valid_y = _axis_matrix(int(original[0]), int(resized[0]), int(crop[0]), top)
-    cols, valid_x = _axis_matrix(int(original[1]), int(resized[1]), int(crop[1]), left)
-    return rows, cols, valid_y[:, None] & valid_x[None, :]
-
-
-def restore_map(anomaly_map: Tensor, original: Sequence[int], contract: Dict[str, Any]) -> np.ndarray:
-    """A model map ``[h, w]`` -> float32 ``[H0, W0]`` at the original size, NaN where not inspected."""
-    rows, cols, valid = map_resize_matrices(original, contract)
-    full = rows.float() @ anomaly_map.detach().float().cpu() @ cols.float().T
-    full = torch.where(valid, full, torch.full_like(full, float("nan")))
-    return full.numpy()
 
 
 # ---------------------------------------------------------------------- inputs
@@ -480,7 +437,7 @@ class Detector:
             normalized = normalize_scores(scores.double(), self.image_threshold)
             for (rgb, path), score, norm, small in zip(chunk, scores.double().tolist(), normalized.tolist(), maps):
                 size = (int(rgb.shape[0]), int(rgb.shape[1]))
-                full = restore_map(small, size, self.contract)
+                full = restore_map(small, size, self.contract).numpy()
                 mask = None
                 if math.isfinite(self.pixel_threshold):
                     with np.errstate(invalid="ignore"):

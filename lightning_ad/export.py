@@ -4,25 +4,26 @@
 
     lightning-ad export --ckpt_path fit.ckpt --format onnx --output spade.onnx [--input_size H W] [--overwrite]
 
-The exported model takes images of ONE fixed size (``input_size``; default: the contract's
-``image_size``), as ``uint8`` ``[B, H, W, 3]`` RGB (channels last, any batch size ``B``), and
+The exported model takes the decoded photo as it is: ``uint8`` ``[B, H, W, 3]`` RGB
+(channels last, any batch size ``B``, any size ``H x W``: decoding is the only step outside),
+resizes and crops it inside exactly as :class:`~lightning_ad.detector.Detector` does, and
 returns, in this order:
 
 * ``score`` ``[B]`` float32: raw image score (squared feature distance);
 * ``normalized_score`` ``[B]`` float64: 0.5 at the image threshold (NaN when it is unknown);
 * ``decision`` ``[B]`` bool: ``score >= image_threshold`` (all False when it is unknown);
-* ``anomaly_map`` ``[B, H, W]`` float32: raw map at the input size, NaN where the centre
+* ``anomaly_map`` ``[B, H, W]`` float32: raw map at the photo's own size, NaN where the centre
   crop removed the pixel (the rule of :mod:`lightning_ad.detector`);
 * ``mask`` ``[B, H, W]`` bool: ``anomaly_map >= pixel_threshold`` (False where not inspected
   or when the threshold is unknown).
 
 Inside, in order:
 
-1. the input contract: resize to ``image_size`` with torch's ``uint8`` bilinear antialiased
-   kernel reproduced bit for bit (its int16 fixed-point weights, horizontal pass then
-   vertical, each rounded to ``uint8``), as fixed matrices with the centre crop folded in;
-   then ``/ 255`` in float32: the model sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess`
-   gives, so the export scores an image of that size as :class:`~lightning_ad.detector.Detector` does;
+1. the input contract (:class:`~lightning_ad.geometry.PhotoPreprocess`): resize to ``image_size``
+   with torch's ``uint8`` bilinear antialiased kernel reproduced bit for bit (its integer
+   weights computed from the photo's size at run time, horizontal pass then vertical, each
+   rounded to ``uint8``), with the centre crop folded in; then ``/ 255`` in float32: the model
+   sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess` gives;
 2. the backbone (its own input normalisation included);
 3. the kNN scoring: the image-level neighbours by exact squared distances (the matmul
    expansion ``|q|^2 - 2 q.g + |g|^2`` to choose, the chosen recomputed as ``sum((q - g)^2)``,
@@ -30,20 +31,26 @@ Inside, in order:
    :func:`~lightning_ad.windowed.gallery_search` (the position-aware window of the
    checkpoint's ``search_radius``, or every position);
 4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.filters.gaussian_blur`,
-   as :class:`~lightning_ad.spade.SpadeModel` does, then brought to the input size with
-   :func:`~lightning_ad.detector.map_resize_matrices`.
+   as :class:`~lightning_ad.spade.SpadeModel` does, then brought to the photo's size by
+   :func:`~lightning_ad.geometry.restore_map`; the normalised score and the decisions by
+   :func:`~lightning_ad.thresholds.normalize_scores` and :func:`~lightning_ad.thresholds.decide`.
 
-Metadata (JSON): thresholds, the input contract, the exported input size, backbone, levels,
-K values, lightning_ad version. ONNX: ``metadata_props`` key ``lightning_ad``;
+``--input_size H W`` fixes the accepted size (the ONNX input is declared ``[B, H, W, 3]``);
+photos of another size must then be resized to it first, with the resampling the metadata
+names (``input.resample``): torch's uint8 antialiased bilinear, which Pillow's
+``Image.resize((W, H), Image.BILINEAR)`` reproduces. Without it any size is taken.
+
+Metadata (JSON): thresholds, the input contract, the accepted input size (``null``: any),
+backbone, levels, K values, search radius, lightning_ad version. ONNX: ``metadata_props`` key ``lightning_ad``;
 TorchScript: the extra file ``lightning_ad.json`` (``torch.jit.load(path, _extra_files=...)``).
 
 Wrong inputs: the TorchScript model checks dtype and shape first and raises
 ``ValueError`` (seen as ``torch.jit.Error`` / ``RuntimeError`` by the caller) with the
 expected ``uint8 [B, H, W, 3]``. ONNX Runtime checks the declared input itself before
 running: a wrong dtype gives ``INVALID_ARGUMENT : Unexpected input data type. Actual:
-(tensor(float)) , expected: (tensor(uint8))`` and a wrong size ``INVALID_ARGUMENT : Got
-invalid dimensions for input: images for the following indices index: 1 Got: 100
-Expected: 64`` (both ``onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument``).
+(tensor(float)) , expected: (tensor(uint8))`` and, for a fixed ``--input_size``, a wrong size
+``INVALID_ARGUMENT : Got invalid dimensions for input: images for the following indices index:
+1 Got: 100 Expected: 64`` (both ``onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument``).
 
 Files are written atomically (a temporary file beside the output, then ``os.replace``); an
 existing output is never replaced unless ``overwrite=True``. ONNX models whose weights and
@@ -58,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import warnings
@@ -70,10 +76,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.transforms import as_hw
-from .detector import crop_offsets, saved_contract, load_model, map_resize_matrices, scoring_facts
+from .detector import saved_contract, load_model, scoring_facts
 from .errors import ConfigurationError
 from .filters import gaussian_blur
+from .geometry import PhotoPreprocess, restore_map
 from .spade import SpadeModel, image_score_from_parts, map_part_of
+from .thresholds import decide, normalize_scores
 from .windowed import gallery_search
 
 __all__ = [
@@ -81,8 +89,6 @@ __all__ = [
     "OUTPUT_NAMES",
     "ONNX_EXTERNAL_BYTES",
     "ExportableSpade",
-    "Uint8Preprocess",
-    "uint8_resize_weights",
     "build_exportable",
     "export_metadata",
     "export_detector",
@@ -100,93 +106,30 @@ OPSET = 17
 METADATA_KEY = "lightning_ad"
 
 
-# ---------------------------------------------------------------------- the uint8 resize
-
-
-def _float_resize_weights(n_in: int, n_out: int) -> Tensor:
-    """``[n_out, n_in]`` float64 weights of torch's antialiased bilinear resize along one axis.
-
-    Read off ``F.interpolate`` itself (a 2-wide axis: torch's antialiased kernel is wrong
-    on 1-wide inputs).
-    """
-    eye = torch.eye(n_in, dtype=torch.float64).reshape(1, n_in, n_in, 1).expand(1, n_in, n_in, 2).contiguous()
-    out = F.interpolate(eye, size=(n_out, 2), mode="bilinear", antialias=True, align_corners=False)
-    return out[0, :, :, 0].T.contiguous()
-
-
-def uint8_resize_weights(n_in: int, n_out: int) -> Tuple[Tensor, int]:
-    """Integer weights ``[n_out, n_in]`` (float64 holding int16 values) and their precision ``p``.
-
-    torch's ``uint8`` antialiased bilinear kernel computes, per axis, ``clamp((sum(w_int *
-    x) + 2^(p-1)) >> p, 0, 255)`` with ``w_int = floor(0.5 + w 2^p)`` and ``p`` the largest
-    precision below 22 at which ``2 w_max 2^p`` stays under ``2^15``.
-    """
-    weights = _float_resize_weights(n_in, n_out)
-    w_max = float(weights.max())
-    precision = 0
-    while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
-        precision += 1
-    return torch.floor(0.5 + weights * (1 << precision)), precision
-
-
 # ---------------------------------------------------------------------- the model
 
 
-class Uint8Preprocess(nn.Module):
-    """The input contract for one input size: uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, h, w]`` in [0, 1].
-
-    Bit for bit what :class:`~lightning_ad.data.transforms.Preprocess` serves (torch's uint8
-    antialiased bilinear resize: horizontal pass, rounded to uint8, then vertical pass;
-    centre crop; ``/ 255``), as two fixed integer-weight matrices applied in float64 (exact:
-    the sums stay far below 2^53). The crop is folded into the matrices.
-    """
-
-    def __init__(self, contract: Dict[str, Any], input_size: Tuple[int, int]) -> None:
-        super().__init__()
-        height, width = int(input_size[0]), int(input_size[1])
-        resized = [int(v) for v in contract["image_size"]]
-        crop = [int(v) for v in (contract["crop_size"] or resized)]
-        top, left = crop_offsets(resized, crop)
-        # torch skips the pass of an axis whose size does not change (a copy)
-        self.resize_w = width != resized[1]
-        self.resize_h = height != resized[0]
-        qw, pw = uint8_resize_weights(width, resized[1]) if self.resize_w else (torch.eye(width, dtype=torch.float64), 0)
-        qh, ph = uint8_resize_weights(height, resized[0]) if self.resize_h else (torch.eye(height, dtype=torch.float64), 0)
-        self.register_buffer("qw_t", qw[left : left + crop[1]].T.contiguous())  # [W, w]
-        self.register_buffer("qh", qh[top : top + crop[0]].contiguous())  # [h, H]
-        self.half_w, self.scale_w = (float(1 << (pw - 1)) if pw else 0.0), 1.0 / float(1 << pw)
-        self.half_h, self.scale_h = (float(1 << (ph - 1)) if ph else 0.0), 1.0 / float(1 << ph)
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = images.permute(0, 3, 1, 2).to(torch.float64)  # [B, 3, H, W]
-        x = torch.matmul(x, self.qw_t)  # [B, 3, H, w]
-        if self.resize_w:
-            x = torch.floor((x + self.half_w) * self.scale_w).clamp(0.0, 255.0)
-        x = torch.matmul(self.qh, x)  # [B, 3, h, w]
-        if self.resize_h:
-            x = torch.floor((x + self.half_h) * self.scale_h).clamp(0.0, 255.0)
-        return x.to(torch.float32) / 255.0
-
-
 class ExportableSpade(nn.Module):
-    """A fitted :class:`SpadeModel` with the input contract and thresholds, for one input size.
+    """A fitted :class:`SpadeModel` with the input contract and thresholds: decoded photos in, the five outputs out.
 
-    ``forward(images uint8 [B, H, W, 3])`` returns the five outputs of the module docstring.
-    Everything is fixed at construction (matrices, indices, thresholds), so the module
-    traces into a graph without Python control flow on data.
+    ``forward(images uint8 [B, H, W, 3])`` returns the outputs of the module docstring, maps at
+    the photos' own size. The photos' size is read at run time (:mod:`lightning_ad.geometry`);
+    ``input_size`` only records a fixed size that :class:`_Checked` (TorchScript) and the ONNX
+    input declaration enforce. Every other setting is fixed at construction, so the module traces
+    into a graph without Python control flow on data.
     """
 
-    def __init__(self, model: SpadeModel, contract: Dict[str, Any], input_size: Tuple[int, int],
+    def __init__(self, model: SpadeModel, contract: Dict[str, Any], input_size: Optional[Tuple[int, int]],
                  image_threshold: float, pixel_threshold: float) -> None:
         super().__init__()
         model.require_fitted()
-        height, width = int(input_size[0]), int(input_size[1])
         resized = [int(v) for v in contract["image_size"]]
         crop = [int(v) for v in (contract["crop_size"] or resized)]
-        self.input_size = (height, width)
+        self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
+        self.contract = {"image_size": resized, "crop_size": None if crop == resized else crop}
         self.crop = (crop[0], crop[1])
-        # 1. preprocessing
-        self.preprocess = Uint8Preprocess(contract, self.input_size)
+        # 1. preprocessing: the photo's resize and crop, bit for bit the Detector's
+        self.preprocess = PhotoPreprocess(self.contract)
         # 2. backbone
         self.backbone = model.backbone
         # 3. bank and kNN settings
@@ -204,12 +147,8 @@ class ExportableSpade(nn.Module):
         self.level_cells, self.chunk_bytes = model.level_cells, model.chunk_bytes
         if max(model.image_k, model.gallery_k) > model.bank_size:
             raise ConfigurationError(f"image_k/gallery_k exceed the {model.bank_size} training images of the bank")
-        # 4. smoothing and maps at the input size
+        # 4. smoothing, thresholds
         self.sigma = float(model.sigma)
-        rows_m, cols_m, valid = map_resize_matrices((height, width), contract)
-        self.register_buffer("map_rows", rows_m.float())  # [H, h]
-        self.register_buffer("map_cols_t", cols_m.float().T.contiguous())  # [w, W]
-        self.register_buffer("map_valid", valid)  # [H, W]
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
         # 5. the image score: DN2, a statistic of the served map, or both over their learned scales
@@ -247,57 +186,65 @@ class ExportableSpade(nn.Module):
         return distance.mean(dim=-1).reshape(-1, h_l, w_l)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        x = self.preprocess(images)
-        pyramid, pooled = self.backbone(x)
+        shape = torch._shape_as_tensor(images)  # [B, H, W, 3], read at run time
+        pyramid, pooled = self.backbone(self.preprocess(images))
         scores, neighbours = self.nearest_images(pooled)
         up = [F.interpolate(self.level_map(i, fmap, neighbours).unsqueeze(1), size=self.crop, mode="bilinear",
                             align_corners=False) for i, fmap in enumerate(pyramid)]
         maps = torch.stack(up).mean(dim=0).squeeze(1)  # [B, h, w]
         maps = gaussian_blur(maps, self.sigma) if self.sigma > 0 else maps
         scores = self.image_scores(scores, maps)
-        full = torch.matmul(torch.matmul(self.map_rows, maps), self.map_cols_t)  # [B, H, W]
-        full = torch.where(self.map_valid, full, torch.full_like(full, float("nan")))
-        raw = scores.to(torch.float64)
-        t = self.image_threshold
-        if math.isfinite(t) and t > 0:
-            safe = torch.where(raw > 0, raw, torch.ones_like(raw))
-            normalized = torch.where(raw <= t, raw.clamp_min(0.0) / (2.0 * t), 1.0 - t / (2.0 * safe))
-        else:
-            normalized = torch.full_like(raw, float("nan"))
-        decision = raw >= t if math.isfinite(t) else torch.zeros_like(raw, dtype=torch.bool)
-        mask = full >= self.pixel_threshold if math.isfinite(self.pixel_threshold) else torch.zeros_like(full, dtype=torch.bool)
-        return scores.float(), normalized, decision, full, mask
+        full = restore_map(maps, (shape[1], shape[2]), self.contract)  # [B, H, W], NaN outside the crop
+        normalized = normalize_scores(scores, self.image_threshold)
+        return scores.float(), normalized, decide(scores, self.image_threshold), full, decide(full, self.pixel_threshold)
 
 
 class _Checked(nn.Module):
     """TorchScript wrapper: refuses a wrong dtype or shape with a message, then runs the traced model."""
 
-    def __init__(self, core: nn.Module, height: int, width: int) -> None:
+    def __init__(self, core: nn.Module, input_size: Optional[Tuple[int, int]]) -> None:
         super().__init__()
         self.core = core
-        self.height = height
-        self.width = width
-        self.message = (f"lightning_ad export: images must be uint8 [B, {height}, {width}, 3] (RGB, channels last); "
-                        "this model was exported for that input size (lightning-ad export --input_size H W).")
+        self.height = -1 if input_size is None else int(input_size[0])
+        self.width = -1 if input_size is None else int(input_size[1])
+        expected = "[B, H, W, 3]" if input_size is None else f"[B, {self.height}, {self.width}, 3]"
+        self.message = f"lightning_ad export: images must be uint8 {expected} (decoded RGB photos, channels last)"
+        if input_size is not None:
+            self.message += "; this model was exported for that input size (lightning-ad export --input_size H W)"
+
+    def dtype_name(self, images: Tensor) -> str:
+        """The dtype's name (TorchScript prints a dtype as a number)."""
+        for name, dtype in (("torch.float32", torch.float32), ("torch.float64", torch.float64), ("torch.float16", torch.float16),
+                            ("torch.bfloat16", torch.bfloat16), ("torch.int64", torch.int64), ("torch.int32", torch.int32),
+                            ("torch.int16", torch.int16), ("torch.int8", torch.int8), ("torch.bool", torch.bool)):
+            if images.dtype == dtype:
+                return name
+        return "not uint8"
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         if images.dtype != torch.uint8:
-            raise ValueError(self.message + " Got dtype " + str(images.dtype) + ".")
-        if images.dim() != 4 or images.size(1) != self.height or images.size(2) != self.width or images.size(3) != 3:
-            raise ValueError(self.message + " Got shape " + str(images.shape) + ".")
+            raise ValueError(self.message + ". Got dtype " + self.dtype_name(images) + ".")
+        if images.dim() != 4 or images.size(3) != 3 or (self.height >= 0 and (images.size(1) != self.height or images.size(2) != self.width)):
+            raise ValueError(self.message + ". Got shape " + str(images.shape) + ".")
         return self.core(images)
 
 
 # ---------------------------------------------------------------------- building and writing
 
 
-def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Tuple[int, int],
+#: How photos are brought to the contract's ``image_size`` (and to a fixed ``--input_size``): torch's uint8 kernel.
+RESAMPLE = ("bilinear with antialiasing on uint8 RGB, as torchvision.transforms.v2.functional.resize(image, size, "
+            "antialias=True) on a uint8 [3, H, W] tensor computes it, or Pillow's Image.resize((W, H), Image.BILINEAR)")
+
+
+def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Optional[Tuple[int, int]],
                     image_threshold: float, pixel_threshold: float, fmt: str) -> Dict[str, Any]:
-    """The JSON facts stored in the exported file."""
+    """The JSON facts stored in the exported file (``input.size`` None: photos of any size)."""
     return {
         **scoring_facts(model, image_threshold, pixel_threshold),
         "format": fmt,
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "[B, H, W, 3] RGB", "size": list(input_size)},
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "[B, H, W, 3] RGB, decoded photos",
+                  "size": None if input_size is None else list(input_size), "resample": RESAMPLE},
         "contract": {"image_size": list(contract["image_size"]),
                      "crop_size": list(contract["crop_size"]) if contract.get("crop_size") else None},
         "outputs": list(OUTPUT_NAMES),
@@ -306,11 +253,11 @@ def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Tup
 
 def build_exportable(ckpt_path: Union[str, Path], input_size: Optional[Sequence[int]] = None
                      ) -> Tuple[ExportableSpade, Dict[str, Any]]:
-    """The :class:`ExportableSpade` of a checkpoint (CPU, eval) and its metadata (format left ``None``)."""
-    requested = as_hw(list(input_size), "input_size") if input_size is not None else None
+    """The :class:`ExportableSpade` of a checkpoint (CPU, eval) and its metadata (format left ``None``);
+    ``input_size`` None: photos of any size."""
+    size = as_hw(list(input_size), "input_size") if input_size is not None else None
     model, hp, meta = load_model(ckpt_path)
     contract = saved_contract(meta)
-    size = requested if requested is not None else tuple(contract["image_size"])
     image_t = float(hp["image_threshold"]) if hp.get("image_threshold") is not None else float(model.image_threshold)
     pixel_t = float(hp["pixel_threshold"]) if hp.get("pixel_threshold") is not None else float(model.pixel_threshold)
     module = ExportableSpade(model, contract, size, image_t, pixel_t).eval()
@@ -332,13 +279,19 @@ def _temp_path(output: Path, suffix: str) -> Path:
     return Path(name)
 
 
+def _example(module: ExportableSpade) -> Tensor:
+    """The tracing input: the fixed input size, or a size no photo shares with the contract (nothing
+    about the size may be folded into the graph as a constant)."""
+    height, width = module.input_size or (int(module.contract["image_size"][0]) + 37, int(module.contract["image_size"][1]) + 53)
+    return torch.zeros(1, height, width, 3, dtype=torch.uint8)
+
+
 def _write_torchscript(module: ExportableSpade, metadata: Dict[str, Any], output: Path) -> None:
-    height, width = module.input_size
-    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
+    example = _example(module)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes on constant shapes: the input size is fixed by design
+        warnings.simplefilter("ignore")  # tracer notes on constant shapes (the contract's sizes are fixed by design)
         traced = torch.jit.trace(module, (example,), check_trace=False)
-        scripted = torch.jit.script(_Checked(traced, height, width))
+        scripted = torch.jit.script(_Checked(traced, module.input_size))
     temp = _temp_path(output, ".pt")
     try:
         with warnings.catch_warnings():
@@ -356,8 +309,8 @@ def _write_onnx(module: ExportableSpade, metadata: Dict[str, Any], output: Path)
     except ImportError:
         raise ConfigurationError("ONNX export needs the onnx package: pip install 'lightning-ad[export]' "
                                  "(onnx, onnxruntime).") from None
-    height, width = module.input_size
-    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
+    example = _example(module)
+    axes = {0: "batch"} if module.input_size is not None else {0: "batch", 1: "height", 2: "width"}
     size = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
     external = size > ONNX_EXTERNAL_BYTES
     with tempfile.TemporaryDirectory(prefix=".lightning_ad_export_", dir=output.parent) as work:
@@ -367,7 +320,8 @@ def _write_onnx(module: ExportableSpade, metadata: Dict[str, Any], output: Path)
             torch.onnx.export(
                 module, (example,), str(raw), dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
                 output_names=list(OUTPUT_NAMES), do_constant_folding=True,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+                dynamic_axes={INPUT_NAME: axes, **{name: {k: v for k, v in axes.items() if k < (3 if "map" in name or name == "mask" else 1)}
+                                                   for name in OUTPUT_NAMES}},
             )
         proto = onnx.load(str(raw), load_external_data=True)
         entry = proto.metadata_props.add()
@@ -391,8 +345,7 @@ def export_detector(ckpt_path: Union[str, Path], fmt: str, output: Union[str, Pa
         ckpt_path: a checkpoint written by ``lightning-ad fit``.
         fmt: ``"onnx"`` or ``"torchscript"``.
         output: the file to write (its folder must exist).
-        input_size: ``(H, W)`` of the images the exported model takes; default the
-            contract's ``image_size``.
+        input_size: ``(H, W)``: accept only photos of that size; default: any size.
         overwrite: replace an existing ``output``.
 
     Returns:
@@ -428,8 +381,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="onnx (runs in onnxruntime) or torchscript (torch.jit.load, no lightning_ad needed)")
     parser.add_argument("--output", required=True, help="file to write (atomically)")
     parser.add_argument("--input_size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                        help="height and width of the images the exported model takes (default: the "
-                             "checkpoint's image_size)")
+                        help="accept only photos of this height and width (default: any size; the graph resizes "
+                             "them as the Detector does)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser
 
@@ -440,7 +393,8 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         prog="lightning-ad export", description="Export a fitted checkpoint as one ONNX or TorchScript file."))
     args = parser.parse_args(None if argv is None else list(argv))
     metadata = export_detector(args.ckpt_path, args.format, args.output, args.input_size, args.overwrite)
-    height, width = metadata["input"]["size"]
-    print(f"wrote {args.output} ({args.format}): uint8 [B, {height}, {width}, 3] -> {', '.join(OUTPUT_NAMES)}; "
+    size = metadata["input"]["size"]
+    shape = "[B, H, W, 3] (decoded photos of any size)" if size is None else f"[B, {size[0]}, {size[1]}, 3]"
+    print(f"wrote {args.output} ({args.format}): uint8 {shape} -> {', '.join(OUTPUT_NAMES)}; "
           f"thresholds {metadata['thresholds']}")
     return 0

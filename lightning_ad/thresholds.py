@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .metrics import f1_optimal_threshold
 
-__all__ = ["Thresholds", "calibration_overlap", "quantile_threshold", "quantile_thresholds", "f1_thresholds", "normalize_scores"]
+__all__ = ["Thresholds", "calibration_overlap", "quantile_threshold", "quantile_thresholds", "f1_thresholds", "normalize_scores",
+           "decide"]
 
 
 class Thresholds(NamedTuple):
@@ -97,6 +98,19 @@ def f1_thresholds(
     else:
         notes.append("threshold_method='f1' needs validation masks: pixel threshold not set.")
     return Thresholds(math.nan if image is None else image, math.nan if pixel is None else pixel), notes
+
+
+def decide(values: Tensor, threshold: float) -> Tensor:
+    """The decision rule: ``values >= threshold`` in float64 (bool, same shape); all False where the
+    threshold is unknown (NaN), and False at NaN values (pixels outside the inspected crop).
+
+    Example:
+        >>> decide(torch.tensor([1.0, 2.0, float("nan")]), 2.0), decide(torch.tensor([5.0]), float("nan"))
+        (tensor([False,  True, False]), tensor([False]))
+    """
+    if not math.isfinite(threshold):
+        return torch.zeros_like(values, dtype=torch.bool)
+    return values.double() >= threshold
 
 
 def normalize_scores(scores: Tensor, threshold: float) -> Tensor:

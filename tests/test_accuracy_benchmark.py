@@ -57,3 +57,22 @@ def test_every_category_of_an_mvtec_root_is_a_row(tmp_path):
     assert [r.data for r in rows] == ["mvtec/a", "mvtec/b"]
     assert rows[0].model["image_k"] == 5 and rows[0].model["layers"] == [2, 3] and rows[0].data_args["crop_size"] == 288
     assert rows[1].data_args["category"] == "b" and rows[1].datamodule == "lightning_ad.MVTecDataModule"
+
+
+def test_misaligned_test_images_are_shifted_with_their_masks():
+    import torch
+
+    accuracy = load_benchmark()
+    image = torch.arange(16.0).reshape(1, 4, 4).repeat(3, 1, 1)
+    mask = torch.zeros(4, 4, dtype=torch.uint8)
+    mask[0, 0] = 1
+    shifted = accuracy.Misaligned([{"image": image, "mask": mask, "label": 1}], shift=0.25)[0]
+    # one pixel down and right: the first row and column repeat the edge, the mask's pixel moves with the image
+    assert torch.equal(shifted["image"][0, 1:, 1:], image[0, :3, :3])
+    assert torch.equal(shifted["image"][0, 0, 1:], image[0, 0, :3]) and torch.equal(shifted["image"][0, 1:, 0], image[0, :3, 0])
+    assert shifted["mask"].nonzero().tolist() == [[1, 1]] and shifted["label"] == 1
+    rotated = accuracy.Misaligned([{"image": image, "mask": mask}], rotate=90)[0]
+    assert torch.equal(rotated["mask"], torch.rot90(mask, 1, (0, 1))) or torch.equal(rotated["mask"], torch.rot90(mask, -1, (0, 1)))
+    args = accuracy.parser().parse_args(["--demo", "--variant", "s search_radius=8 test.shift=0.1"])
+    row = accuracy.build_rows(args)[0]
+    assert row.test_settings == {"shift": 0.1} and "test.shift" not in row.model and row.model["search_radius"] == 8

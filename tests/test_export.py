@@ -21,7 +21,8 @@ from lightning_ad import export as export_module
 from lightning_ad.data.transforms import Preprocess
 from lightning_ad.detector import Detector, as_rgb_uint8
 from lightning_ad.errors import CheckpointError, ConfigurationError
-from lightning_ad.export import OUTPUT_NAMES, ExportableSpade, Uint8Preprocess, build_exportable, export_detector, export_main
+from lightning_ad.export import OUTPUT_NAMES, ExportableSpade, build_exportable, export_detector, export_main
+from lightning_ad.geometry import PhotoPreprocess
 
 onnx = pytest.importorskip("onnx")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -105,7 +106,7 @@ def test_uint8_preprocessing_is_torchs_kernel_bit_for_bit():
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         contract = {"image_size": [size, size], "crop_size": [crop, crop] if crop else None}
         expected = Preprocess(size, crop).image(image)
-        got = Uint8Preprocess(contract, (height, width))(torch.from_numpy(image)[None])[0]
+        got = PhotoPreprocess(contract)(torch.from_numpy(image)[None])[0]
         assert torch.equal(got, expected), (height, width, size, crop)
 
 
@@ -141,13 +142,14 @@ def test_metadata_is_inside(tiny, exported):
         assert found["format"] == fmt
         assert found["thresholds"] == info["thresholds"]
         assert found["contract"] == info["input"]
-        assert found["input"]["size"] == [IMAGE_SIZE, IMAGE_SIZE] and found["input"]["dtype"] == "uint8"
+        assert found["input"]["size"] is None and found["input"]["dtype"] == "uint8"  # decoded photos of any size
+        assert "antialias=True" in found["input"]["resample"] and found["search_radius"] == info["search_radius"]
         assert (found["backbone"], found["layers"]) == (info["backbone"], info["layers"])
         assert (found["image_k"], found["gallery_k"], found["kappa"]) == (3, 3, 1)
         assert found["lightning_ad_version"] == info["lightning_ad_version"]
         assert found["outputs"] == list(OUTPUT_NAMES)
     session = ort.InferenceSession(str(exported["onnx_other"]), providers=["CPUExecutionProvider"])
-    assert session.get_modelmeta().custom_metadata_map["lightning_ad"]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["lightning_ad"])["input"]["size"] == list(OTHER)
     assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
 
 
@@ -174,7 +176,7 @@ def test_torchscript_runs_with_torch_alone(tiny, exported, tmp_path):
         try:
             model(images.float())
         except Exception as err:
-            print("DTYPE-ERROR", "uint8 [B, 64, 64, 3]" in str(err))
+            print("DTYPE-ERROR", "uint8 [B, H, W, 3]" in str(err) and "torch.float32" in str(err))
         print("IMPORTED", any(name.startswith("lightning_ad") for name in sys.modules))
         print(json.loads(extra["lightning_ad.json"])["backbone"])
     """, tmp_path)
@@ -198,18 +200,22 @@ def test_onnx_runs_with_onnxruntime_and_numpy_alone(tiny, exported, tmp_path):
 
 
 def test_wrong_input_size_or_dtype_is_refused(tiny, exported):
+    fixed = ort.InferenceSession(str(exported["onnx_other"]), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception, match="(?s)invalid dimensions.*Got: 64 Expected: 80"):
+        fixed.run(None, {"images": tiny["images"]})
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
-    with pytest.raises(Exception, match="(?s)invalid dimensions.*Got: 80 Expected: 64"):
-        session.run(None, {"images": tiny["other"]})
     with pytest.raises(Exception, match=r"(?s)Unexpected input data type.*expected: \(tensor\(uint8\)\)"):
         session.run(None, {"images": tiny["images"].astype(np.float32)})
+    fixed_ts = torch.jit.load(str(exported["torchscript_other"]))
+    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 80, 100, 3\].*Got shape"):
+        fixed_ts(torch.from_numpy(tiny["images"]))
     model = torch.jit.load(str(exported["torchscript"]))
-    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got shape"):
-        model(torch.from_numpy(tiny["other"]))
-    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got dtype"):
+    with pytest.raises(Exception, match=r"(?s)uint8 \[B, H, W, 3\].*Got dtype torch.float32"):
         model(torch.from_numpy(tiny["images"]).float())
     with pytest.raises(Exception, match="Got shape"):
         model(torch.from_numpy(tiny["images"][0]))
+    with pytest.raises(Exception, match="Got shape"):
+        model(torch.from_numpy(tiny["images"][..., :2]))
 
 
 # ---------------------------------------------------------------------- files
@@ -303,3 +309,29 @@ def test_onnx_runs_the_search_the_model_runs(tiny, tmp_path, radius):
     detector.model.search_radius = 0 if radius is None else None  # the other search gives other maps
     other = detector(list(tiny["images"]))
     assert not np.allclose(np.nan_to_num(outputs[3]), np.nan_to_num(np.stack([d.anomaly_map for d in other])), rtol=1e-3)
+
+
+def test_onnx_takes_decoded_photos_of_any_size_without_torch(tiny, exported, tmp_path):
+    """The default export: photos of their own size in (512 x 512, 900 x 900, 640 x 480 greyscale as RGB),
+    the Detector's scores and maps out (1e-5 relative), maps of the photo's size; ONNX Runtime and numpy alone."""
+    rng = np.random.default_rng(7)
+    photos = {"512": np.stack([np.asarray(Image.fromarray(im).resize((512, 512), Image.BICUBIC)) for im in tiny["images"][:2]]),
+              "900": np.stack([np.asarray(Image.fromarray(im).resize((900, 900), Image.BILINEAR)) for im in tiny["images"][2:]]),
+              "grey": np.repeat(rng.integers(0, 256, (2, 480, 640, 1), dtype=np.uint8), 3, axis=-1)}
+    for name, batch in photos.items():
+        np.save(tmp_path / f"{name}.npy", batch)
+    _run_python(f"""
+        import numpy, onnxruntime, sys
+        session = onnxruntime.InferenceSession({str(exported["onnx"])!r}, providers=["CPUExecutionProvider"])
+        for name in {sorted(photos)!r}:
+            outputs = session.run(None, {{"images": numpy.load(name + ".npy")}})
+            for i, out in enumerate(outputs):
+                numpy.save(f"{{name}}_{{i}}.npy", out)
+        assert not any(n in sys.modules for n in ("torch", "lightning_ad"))
+    """, tmp_path)
+    for name, batch in photos.items():
+        outputs = [np.load(tmp_path / f"{name}_{i}.npy") for i in range(len(OUTPUT_NAMES))]
+        expected = tiny["detector"](list(batch))
+        assert outputs[3].shape == batch.shape[:3]
+        score_rel, map_rel = assert_matches(outputs, expected, rtol=1e-5)
+        assert score_rel < 1e-5 and map_rel < 1e-5, name

@@ -1,0 +1,148 @@
+"""The input contract's geometry as tensor functions of the photo's size: the way in and the way back.
+
+* The way in (:class:`PhotoPreprocess`): torch's ``uint8`` antialiased bilinear resize to the
+  contract's ``image_size`` (what :class:`~lightning_ad.data.transforms.Preprocess` and the
+  :class:`~lightning_ad.detector.Detector` run), reproduced bit for bit as two integer-weight
+  matrices, with the centre crop folded in, then ``/ 255``.
+* The way back (:func:`map_resize_matrices`): a map at the crop's size ``[h, w]`` to the photo's
+  size ``[H0, W0]``, NaN where the crop removed the pixel (the rule of :mod:`lightning_ad.detector`).
+
+Every matrix is computed from the photo's size with tensor operations (no Python branch on
+it), so an exported graph takes photos of any size: the size is read from the input at run
+time (``torch._shape_as_tensor``), in eager mode and in a traced graph alike.
+
+torch's uint8 kernel, per axis (``aten/src/ATen/native/cpu/UpSampleKernel.cpp``): ``scale = in /
+out``; ``support = scale`` (at least 1); output ``i`` has centre ``scale (i + 0.5)`` and taps ``j``
+in ``[floor(centre - support + 0.5), floor(centre + support + 0.5))`` with weights
+``max(0, 1 - |(j - centre + 0.5) / max(scale, 1)|)``, normalised per row, then scaled by ``2^p``
+and rounded to integers, ``p`` the largest precision below 22 at which ``2 w_max 2^p`` stays under
+``2^15``; each pass computes ``clamp((sum(w_int x) + 2^(p-1)) >> p, 0, 255)``, horizontal first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["crop_offsets", "resize_weights", "PhotoPreprocess", "map_resize_matrices", "restore_map"]
+
+Length = Union[int, Tensor]
+
+
+def crop_offsets(resized: Sequence[int], crop: Sequence[int]) -> Tuple[int, int]:
+    """``(top, left)`` of torchvision's centre crop of ``crop`` ``(h, w)`` from ``resized`` ``(H, W)``
+    (its formula, ``round((H - h) / 2)``, Python's rounding).
+
+    >>> crop_offsets((256, 256), (224, 224)), crop_offsets((5, 6), (2, 3))
+    ((16, 16), (2, 2))
+    """
+    return tuple(int(round((int(full) - int(part)) / 2.0)) for full, part in zip(resized, crop))  # type: ignore[return-value]
+
+
+def _f64(value: float) -> Tensor:
+    """``[1]`` float64. Never 0-dim: an exported graph computes 0-dim with 0-dim operands in float32."""
+    return torch.tensor([float(value)], dtype=torch.float64)
+
+
+def _as_length(length: Length) -> Tensor:
+    return length if isinstance(length, Tensor) else torch.tensor(int(length))
+
+
+def resize_weights(n_in: Length, n_out: int) -> Tuple[Tensor, Tensor]:
+    """Integer weights ``[n_out, n_in]`` (float64) of torch's uint8 antialiased bilinear resize along one
+    axis, and ``2^p`` (float64 scalar) their scale (see the module docstring).
+
+    ``n_in`` may be a 0-dim tensor read from an input's shape (then the result follows it at run time).
+
+    Example:
+        >>> weights, scale = resize_weights(4, 2)
+        >>> weights / scale
+        tensor([[0.5000, 0.5000, 0.0000, 0.0000],
+                [0.0000, 0.0000, 0.5000, 0.5000]], dtype=torch.float64)
+    """
+    # no arithmetic between 0-dim tensors alone: an exported graph may compute it in float32
+    size = _as_length(n_in).to(torch.float64).reshape(1)
+    scale = size / _f64(n_out)
+    one = torch.ones_like(scale)
+    support = torch.where(scale >= 1.0, scale, one)
+    invscale = torch.where(scale >= 1.0, one / scale, one)
+    centre = (torch.arange(n_out, dtype=torch.float64) + 0.5) * scale  # [n_out]
+    taps = torch.arange(_as_length(n_in), dtype=torch.float64)  # [n_in]
+    first = torch.floor(centre - support + 0.5).clamp_min(0.0)
+    stop = torch.minimum(torch.floor(centre + support + 0.5), size)
+    weights = (one - (((taps[None, :] - centre[:, None]) + 0.5) * invscale).abs()).clamp_min(0.0)
+    inside = (taps[None, :] >= first[:, None]) & (taps[None, :] < stop[:, None])
+    weights = torch.where(inside, weights, torch.zeros_like(weights))
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    # precision: the number of p in 0..21 with int(0.5 + w_max 2^(p + 1)) < 2^15 (true for a prefix of them)
+    two = _f64(2.0)
+    powers = torch.pow(two, torch.arange(1, 23, dtype=torch.float64))
+    precision = ((weights.max() * powers + 0.5).floor() < 2.0**15).sum().to(torch.float64).reshape(1)
+    factor = torch.pow(two, precision)
+    return (weights * factor + 0.5).floor(), factor
+
+
+def _resample(x: Tensor, weights_t: Tensor, factor: Tensor) -> Tensor:
+    """One uint8 pass along the last axis: ``x`` ``[..., n_in]`` (float64 holding 0..255) -> ``[..., n_out]``."""
+    acc = torch.matmul(x, weights_t)
+    return torch.floor((acc + factor * 0.5) / factor).clamp(0.0, 255.0)
+
+
+class PhotoPreprocess(nn.Module):
+    """The input contract for photos of any size: uint8 ``[B, H, W, 3]`` -> float32 ``[B, 3, h, w]`` in [0, 1].
+
+    Bit for bit what :class:`~lightning_ad.data.transforms.Preprocess` serves (resize to
+    ``image_size``, centre crop, ``/ 255``). Float64 matrices keep the integer sums exact.
+    """
+
+    def __init__(self, contract: Dict[str, Any]) -> None:
+        super().__init__()
+        self.resized = [int(v) for v in contract["image_size"]]
+        self.crop = [int(v) for v in (contract["crop_size"] or self.resized)]
+        self.top, self.left = crop_offsets(self.resized, self.crop)
+
+    def forward(self, images: Tensor) -> Tensor:
+        shape = torch._shape_as_tensor(images)  # read at run time, also inside a traced graph
+        x = images.permute(0, 3, 1, 2).to(torch.float64)  # [B, 3, H, W]
+        qw, fw = resize_weights(shape[2], self.resized[1])
+        x = _resample(x, qw[self.left : self.left + self.crop[1]].T, fw)  # [B, 3, H, w]
+        qh, fh = resize_weights(shape[1], self.resized[0])
+        x = _resample(x.transpose(2, 3), qh[self.top : self.top + self.crop[0]].T, fh).transpose(2, 3)  # [B, 3, h, w]
+        return x.to(torch.float32) / 255.0
+
+
+def _axis_matrix(out_len: Length, resized_len: int, crop_len: int, offset: int) -> Tuple[Tensor, Tensor]:
+    """One axis of :func:`map_resize_matrices`: weights ``[out_len, crop_len]`` float64 and validity ``[out_len]``."""
+    length = _as_length(out_len)
+    centre = (torch.arange(length, dtype=torch.float64) + 0.5) * (_f64(resized_len) / length.to(torch.float64).reshape(1))
+    valid = (torch.floor(centre) >= offset) & (torch.floor(centre) < offset + crop_len)
+    source = (centre - 0.5 - offset).clamp(0.0, crop_len - 1.0)
+    low = torch.floor(source).clamp(max=crop_len - 1.0)
+    high = (low + 1.0).clamp(max=crop_len - 1.0)
+    frac = source - low
+    columns = torch.arange(crop_len, dtype=torch.float64)[None, :]
+    zero = torch.zeros((), dtype=torch.float64)
+    weights = torch.where(columns == low[:, None], (torch.ones_like(frac) - frac)[:, None], zero) + torch.where(
+        columns == high[:, None], frac[:, None], zero)
+    return weights, valid
+
+
+def map_resize_matrices(original: Sequence[Length], contract: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(rows [H0, h], cols [W0, w], valid [H0, W0] bool)``: ``rows @ map @ cols.T`` is the map at
+    the original size ``(H0, W0)`` (ints, or 0-dim tensors read at run time), NaN (not inspected)
+    where ``valid`` is False. See the rule of :mod:`lightning_ad.detector`."""
+    resized = contract["image_size"]
+    crop = contract["crop_size"] or resized
+    top, left = crop_offsets(resized, crop)
+    rows, valid_y = _axis_matrix(original[0], int(resized[0]), int(crop[0]), top)
+    cols, valid_x = _axis_matrix(original[1], int(resized[1]), int(crop[1]), left)
+    return rows, cols, valid_y[:, None] & valid_x[None, :]
+
+
+def restore_map(anomaly_map: Tensor, original: Sequence[int], contract: Dict[str, Any]) -> Tensor:
+    """Maps ``[..., h, w]`` -> float32 ``[..., H0, W0]`` at the original size, NaN where not inspected."""
+    rows, cols, valid = map_resize_matrices(original, contract)
+    full = torch.matmul(torch.matmul(rows.float(), anomaly_map.float()), cols.float().T)
+    return torch.where(valid, full, torch.full_like(full, float("nan")))
