@@ -1,6 +1,6 @@
 """One process of a sharded-bank run for tests/test_sharded_equality.py (CPU, gloo, 1 thread).
 
-    python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE
+    python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE RADIUS (pixels, or none)
 
 ``STORE``: a new file for the rendezvous (a file store: no process serves it, so ranks may exit
 in any order; with a TCP store, a rank still closing after rank 0 left was seen to abort).
@@ -41,6 +41,7 @@ def sampler_rows(count: int, rank: int, world: int) -> list:
 
 def main() -> None:
     rank, world, store, phase, out, kappa, sharding, storage = sys.argv[1:9]
+    radius = None if sys.argv[9] == "none" else float(sys.argv[9])
     rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
     torch.set_num_threads(1)
     if world > 1:
@@ -49,7 +50,7 @@ def main() -> None:
     from lightning_ad.spade import Features, SpadeModel
 
     model = SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
-                       bank_dir=str(out / "bank")).eval()
+                       bank_dir=str(out / "bank"), search_radius=radius).eval()
     train, test = images()
     if phase == "fit":
         rows = sampler_rows(N_TRAIN, rank, world)

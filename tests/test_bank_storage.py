@@ -35,20 +35,22 @@ def model(tmp_path: Path, storage="memory", sharding="replicated", device="auto"
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kappa", [1, 3])
-def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa):
+@pytest.mark.parametrize("radius", [None, 8])
+def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa, radius):
     train, test = images
-    reference = model(tmp_path / "ref", bank_dtype=dtype, kappa=kappa)
+    reference = model(tmp_path / "ref", bank_dtype=dtype, kappa=kappa, search_radius=radius)
     reference.fit_bank(train, batch_size=4)
     expected = reference(test)
     loo = reference.score_bank(torch.arange(4)).anomaly_maps
     for storage, sharding, device in SETTINGS:
-        spade = model(tmp_path / f"{storage}{sharding}{device}", storage, sharding, device, bank_dtype=dtype, kappa=kappa)
+        spade = model(tmp_path / f"{storage}{sharding}{device}", storage, sharding, device, bank_dtype=dtype, kappa=kappa,
+                      search_radius=radius)
         spade.fit_bank(train, batch_size=4)
         got = spade(test)
         assert torch.equal(got.image_scores, expected.image_scores) and torch.equal(got.anomaly_maps, expected.anomaly_maps)
         assert torch.equal(spade.score_bank(torch.arange(4)).anomaly_maps, loo)
         # a fresh model from the state dict (files memory-mapped again) gives the same
-        fresh = model(tmp_path / "unused", storage, sharding, device, bank_dtype=dtype, kappa=kappa)
+        fresh = model(tmp_path / "unused", storage, sharding, device, bank_dtype=dtype, kappa=kappa, search_radius=radius)
         fresh.load_state_dict(spade.state_dict())
         assert torch.equal(fresh(test).anomaly_maps, expected.anomaly_maps)
 

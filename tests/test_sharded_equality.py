@@ -22,11 +22,11 @@ from sharded_worker import N_TRAIN, N_TEST
 WORKER = Path(__file__).with_name("sharded_worker.py")
 
 
-def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded", storage: str = "disk") -> None:
+def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded", storage: str = "disk", radius: str = "8") -> None:
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"store-{uuid.uuid4().hex}"
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), str(store), phase, str(out), str(kappa),
-                               sharding, storage], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               sharding, storage, radius], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(world)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     failed = [f"rank {rank}: {text[-3000:]}" for rank, (proc, text) in enumerate(zip(procs, outputs)) if proc.returncode]
@@ -45,23 +45,28 @@ def assert_bitwise(got: dict, expected: dict) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Scores and maps of the replicated in-memory bank on one process, per kappa."""
+    """Scores and maps of the replicated in-memory bank on one process, per kappa (window of 8 px), and
+    for kappa 3 with the global search (``"3-global"``)."""
     base = tmp_path_factory.mktemp("reference")
     out = {}
     for kappa in (1, 3):
         run(base / f"k{kappa}", "fit", 1, kappa, "replicated", "memory")
         out[kappa] = results(base / f"k{kappa}", 1)
+    run(base / "global", "fit", 1, 3, "replicated", "memory", radius="none")
+    out["3-global"] = results(base / "global", 1)
     return out
 
 
-@pytest.mark.parametrize("storage", ["memory", "disk"])
-def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path, storage):
-    run(tmp_path, "fit", 2, 3, storage=storage)
-    run(tmp_path, "test", 2, 3, storage=storage)
+@pytest.mark.parametrize("storage,radius", [("memory", "8"), ("disk", "8"), ("disk", "none")])
+def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path, storage, radius):
+    run(tmp_path, "fit", 2, 3, storage=storage, radius=radius)
+    run(tmp_path, "test", 2, 3, storage=storage, radius=radius)
     got = results(tmp_path, 2)
     assert got["held"] == [5, 5]  # each process holds only its share
-    assert_bitwise(got, reference[3])
+    expected = reference[3] if radius == "8" else reference["3-global"]
+    assert_bitwise(got, expected)
     assert not torch.equal(reference[3]["maps"], reference[1]["maps"])  # kappa 3 is not kappa 1
+    assert not torch.equal(reference[3]["maps"], reference["3-global"]["maps"])  # the window is not the global search
 
 
 def test_three_process_sharded_fit_and_test_equal_one_process(reference, tmp_path):
