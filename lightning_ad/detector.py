@@ -355,7 +355,8 @@ class Detector:
     Args:
         model: a fitted :class:`SpadeModel`.
         contract: the input contract ``{"image_size": [H, W], "crop_size": [h, w] or None}``.
-        image_threshold, pixel_threshold: raw thresholds (NaN: unknown).
+        image_threshold: raw image threshold (NaN: unknown).
+        pixel_threshold: raw pixel threshold (NaN: unknown).
         device: where the model runs.
         batch_size: images per forward pass.
         meta: extra facts reported by :attr:`info`.

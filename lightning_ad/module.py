@@ -73,7 +73,7 @@ class Spade(pl.LightningModule):
             them (the paper's search, about 100 times the work at K=50). Aligned parts: 8; textures: 16 (README).
         bank_dtype: storage precision of the bank: float32, float16 or bfloat16.
         knn_chunk_bytes: working memory bound of one block of kNN distances, in bytes.
-        bank_storage: ``memory``, or ``disk``: pyramid rows streamed to files at fit, read on demand (README).
+        bank_storage: ``memory``, or ``disk``: pyramid rows streamed to files at fit, read on demand (docs: Large banks).
         bank_sharding: ``replicated``, or ``sharded``: each process keeps its share of the pyramid rows (exact).
         bank_device: ``auto``, ``host`` (pinned host memory, galleries copied per batch) or ``accelerator``.
         bank_dir: folder of a disk or sharded bank's files (default: the log folder), named in the checkpoint

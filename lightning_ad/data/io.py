@@ -1,96 +1,112 @@
 """Finding, decoding and converting images and masks.
 
-Rules (documented in the README, one test each). Every error below is a
-:class:`~lightning_ad.errors.DataError` (``ImageDecodeError`` or ``MaskError``)
-whose message names the file(s) at fault and what to do; the command line prints
-it without a traceback and exits with status 2.
+These are the data rules, one test each; the documentation site's "Data rules" page
+(``docs/data-rules.md``) is built from this docstring. Every error below is a
+:class:`~lightning_ad.errors.DataError` (:class:`~lightning_ad.errors.ImageDecodeError` or
+:class:`~lightning_ad.errors.MaskError`) whose message names the file(s) at fault and what to
+do; the command line prints it without a traceback and exits with status 2.
 
 Folders
-    * Files are images by extension (:data:`IMAGE_EXTENSIONS`, case-insensitive).
-      Hidden files (``.DS_Store``, ``._x.png``), ``Thumbs.db``, ``desktop.ini``,
-      sub-folders and files of other types (``.txt``, ``.json`` ...) in an image
-      folder are ignored. Files of image types that cannot be read here
-      (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`, e.g. ``.heic``) are skipped with a
-      warning that names the types; a folder with no readable image (missing,
-      empty, or holding only such files) is an error naming the folder. Image
-      folders are not searched recursively (except ``predict_dir``): images found
-      only in subfolders are named in that error.
+=======
+
+* Files are images by extension (:data:`IMAGE_EXTENSIONS`, case-insensitive).
+  Hidden files (``.DS_Store``, ``._x.png``), ``Thumbs.db``, ``desktop.ini``,
+  sub-folders and files of other types (``.txt``, ``.json`` ...) in an image
+  folder are ignored. Files of image types that cannot be read here
+  (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`, e.g. ``.heic``) are skipped with a
+  warning that names the types; a folder with no readable image (missing,
+  empty, or holding only such files) is an error naming the folder. Image
+  folders are not searched recursively (except ``predict_dir``): images found
+  only in subfolders are named in that error.
 
 Images
-    * A file with an image extension that fails to decode (zero bytes, truncated,
-      corrupt, not an image at all) raises :class:`~lightning_ad.errors.ImageDecodeError`
-      naming it. The datamodules check every image in ``setup``, before any
-      feature is extracted: PNGs by the CRC of every chunk, JPEGs by decoding
-      all their data at 1/8 scale, other types by a full decode (with the data
-      option ``skip_broken=true`` every image is fully decoded, and broken ones
-      are skipped and counted in a warning instead).
-    * The picture is taken as displayed: an EXIF orientation tag (cameras,
-      phones) is applied, to images and masks alike.
-    * Every mode becomes 8-bit RGB ``[H, W, 3]``: ``1``, ``L``, ``P``, ``RGB``,
-      ``CMYK``, ``YCbCr``, ``LAB`` ... through PIL; modes with alpha (``LA``,
-      ``PA``, ``RGBA``, ``P`` with transparency) drop the alpha channel (the colour
-      of transparent pixels is kept); 16-bit grayscale (``I;16*``, and ``I`` holding
-      values in 0..65535) is scaled by 255/65535 and rounded (65535 -> 255,
-      32768 -> 128, ``257 * v`` -> ``v``), never clipped; ``F`` (float) is taken as
-      [0, 1] data when all values lie in [0, 1], else as 16-bit data. Integer
-      values outside 0..65535, negative or non-finite float values, and modes PIL
-      cannot convert are refused (``ImageDecodeError``).
+======
+
+* A file with an image extension that fails to decode (zero bytes, truncated,
+  corrupt, not an image at all) raises :class:`~lightning_ad.errors.ImageDecodeError`
+  naming it. The datamodules check every image in ``setup``, before any
+  feature is extracted: PNGs by the CRC of every chunk, JPEGs by decoding
+  all their data at 1/8 scale, other types by a full decode (with the data
+  option ``skip_broken=true`` every image is fully decoded, and broken ones
+  are skipped and counted in a warning instead).
+* The picture is taken as displayed: an EXIF orientation tag (cameras,
+  phones) is applied, to images and masks alike.
+* Every mode becomes 8-bit RGB ``[H, W, 3]``: ``1``, ``L``, ``P``, ``RGB``,
+  ``CMYK``, ``YCbCr``, ``LAB`` ... through PIL; modes with alpha (``LA``,
+  ``PA``, ``RGBA``, ``P`` with transparency) drop the alpha channel (the colour
+  of transparent pixels is kept); 16-bit grayscale (``I;16*``, and ``I`` holding
+  values in 0..65535) is scaled by 255/65535 and rounded (65535 -> 255,
+  32768 -> 128, ``257 * v`` -> ``v``), never clipped; ``F`` (float) is taken as
+  [0, 1] data when all values lie in [0, 1], else as 16-bit data. Integer
+  values outside 0..65535, negative or non-finite float values, and modes PIL
+  cannot convert are refused (``ImageDecodeError``).
 
 Masks
-    * The mask of an image is looked up by the datamodule's name rule (MVTec:
-      ``ground_truth/<defect>/<stem>_mask.png``; folders: ``mask_pattern``). Its
-      errors (:class:`~lightning_ad.errors.MaskError`, or ``ImageDecodeError``
-      when the mask file does not decode) name the mask and its image.
-    * A mask becomes one channel: the maximum over the colour channels (so a
-      red-on-black mask counts), shown over black (a transparent pixel counts 0,
-      semi-transparent pixels are scaled by their alpha).
-    * Binarisation at half range: >= 128 for 8-bit, >= 32768 for 16-bit, >= 0.5
-      for float. Label-map masks whose values are only 0 and 1 count every 1. A
-      mask with positive values none of which reaches half range is ambiguous and
-      refused. A mask in which more than half of the pixels are neither 0 nor the
-      mask's largest value (a photograph saved as a mask) is refused.
-    * A mask of another size but the same aspect ratio (within 1 %) as its image is
-      resized to the image by nearest neighbour; another aspect ratio is refused
-      with an error naming both files.
-    * Anomalous test images: either every one has a mask (an all-zero mask is
-      allowed: an anomaly without visible extent) or none has (then only
-      image-level metrics are computed, with a warning); some with and some
-      without is refused, naming the images and the mask files looked for.
-    * A mask found for a normal image must mark no pixel (an all-zero mask is
-      fine); one that marks pixels is refused, naming both files.
-    * Files that are masks are never images. Besides the datamodule's own rule, a
-      file is taken for a mask by the common conventions
-      (:mod:`lightning_ad.data.mask_files`): ``<stem>_mask.<ext>`` beside
-      ``<stem>.<ext2>``, and a ``.png`` beside a ``.jpg``/``.jpeg``/``.bmp`` of the
-      same stem (Magnetic Tile). Such a file must look like a mask
-      (:func:`mask_problem`: one channel or grey, and accepted by the rules above);
-      one that does not (a colour photo) is an error naming it, not a guess.
+=====
+
+* The mask of an image is looked up by the datamodule's name rule (MVTec:
+  ``ground_truth/<defect>/<stem>_mask.png``; folders: ``mask_pattern``). Its
+  errors (:class:`~lightning_ad.errors.MaskError`, or ``ImageDecodeError``
+  when the mask file does not decode) name the mask and its image.
+* A mask becomes one channel: the maximum over the colour channels (so a
+  red-on-black mask counts), shown over black (a transparent pixel counts 0,
+  semi-transparent pixels are scaled by their alpha).
+* Binarisation at half range: >= 128 for 8-bit, >= 32768 for 16-bit, >= 0.5
+  for float. Label-map masks whose values are only 0 and 1 count every 1. A
+  mask with positive values none of which reaches half range is ambiguous and
+  refused. A mask in which more than half of the pixels are neither 0 nor the
+  mask's largest value (a photograph saved as a mask) is refused.
+* A mask of another size but the same aspect ratio (within 1 %) as its image is
+  resized to the image by nearest neighbour; another aspect ratio is refused
+  with an error naming both files.
+* Anomalous test images: either every one has a mask (an all-zero mask is
+  allowed: an anomaly without visible extent) or none has (then only
+  image-level metrics are computed, with a warning); some with and some
+  without is refused, naming the images and the mask files looked for.
+* A mask found for a normal image must mark no pixel (an all-zero mask is
+  fine); one that marks pixels is refused, naming both files.
+* Files that are masks are never images, whatever ``mask_pattern`` says. Besides the
+  datamodule's own rule, the common conventions (:mod:`lightning_ad.data.mask_files`)
+  name masks: ``<stem>_mask.<ext>`` beside ``<stem>.<ext2>``, and a ``.png`` beside a
+  ``.jpg``/``.jpeg``/``.bmp`` of the same stem (Magnetic Tile). With masks off
+  (``mask_pattern: null``), such files are left out with a warning that names the folder
+  and the count and says how to use them (``--data.init_args.mask_pattern "{stem}.png"``).
+  Such a file must look like a mask (:func:`mask_problem`: one channel or grey, and
+  accepted by the rules above); one that does not (a colour photo ``a.png`` beside
+  ``a.jpg``) is an error naming both files, not a guess: rename one of them.
 
 Data sets (checked in ``setup``, before any feature is extracted)
-    * MVTec layout: a missing root, an unknown category (the error lists the
-      categories present), a category without ``train/good`` (an incomplete copy),
-      or a root that is itself a category folder are errors that say what to set.
-      A ``ground_truth`` folder that holds files none of which is
-      ``<defect>/<stem>_mask.png`` of an anomalous test image is an error (masks
-      named by another rule would otherwise be ignored); a missing or empty one
-      means image-level metrics only, with a warning. ``ground_truth/good`` masks,
-      when present, must be empty.
-    * Folder layout: ``normal_dir``, ``normal_test_dir`` and the ``abnormal_dirs``
-      entries must be distinct folders (training on test images, or testing normal
-      images as anomalous, gives results that look valid but are not); a
-      ``mask_dir`` that is set must exist and hold the mask of at least one
-      anomalous image.
-    * The model refuses, when fit starts and before any feature is extracted, an
-      ``image_k`` or ``gallery_k`` larger than the number of training images left
-      after skipping broken ones; an unknown backbone or pyramid level is refused
-      when the model is built.
+=================================================================
+
+* MVTec layout: a missing root, an unknown category (the error lists the
+  categories present), a category without ``train/good`` (an incomplete copy),
+  or a root that is itself a category folder are errors that say what to set.
+  A ``ground_truth`` folder that holds files none of which is
+  ``<defect>/<stem>_mask.png`` of an anomalous test image is an error (masks
+  named by another rule would otherwise be ignored); a missing or empty one
+  means image-level metrics only, with a warning. ``ground_truth/good`` masks,
+  when present, must be empty.
+* Folder layout: ``normal_dir``, ``normal_test_dir`` and the ``abnormal_dirs``
+  entries must be distinct folders (training on test images, or testing normal
+  images as anomalous, gives results that look valid but are not); a
+  ``mask_dir`` that is set must exist and hold the mask of at least one
+  anomalous image.
+* The model refuses, when fit starts and before any feature is extracted, an
+  ``image_k`` or ``gallery_k`` larger than the number of training images left
+  after skipping broken ones; an unknown backbone or pyramid level is refused
+  when the model is built.
 
 Outputs
-    * Each sample carries ``relpath``, its path relative to its data set folder,
-      used to name output files. It is always relative, uses ``/``, and never
-      contains ``..`` (see :func:`safe_relpath`), so outputs derived from it stay
-      inside the output folder. Two samples of the test (or predict) set that would
-      share one is an error naming both images.
+=======
+
+* Each sample carries ``relpath``, its path relative to its data set folder,
+  used to name output files. It is always relative, uses ``/``, and never
+  contains ``..`` (see :func:`safe_relpath`), so outputs derived from it stay
+  inside the output folder. Two samples of the test (or predict) set that would
+  share one is an error naming both images.
+* Output files drop the image's extension (``a.jpg`` gives ``overlays/a.png``); images of
+  one set that share a stem (``a.jpg`` beside ``a.bmp``) keep theirs (``a.jpg.png``,
+  ``a.bmp.png``) so that no output collides.
 """
 
 from __future__ import annotations

@@ -91,8 +91,9 @@ class DetectorAPI(_Base):
     Args:
         ckpt_path: the checkpoint (read in each inference worker by ``setup``).
         limits: what one request may hold (checked again here after the gate).
-        max_batch_size, batch_timeout: LitServe's dynamic batching; the detector scores each
-            collected batch in one forward pass.
+        max_batch_size: LitServe's dynamic batching, the most requests in one batch; the
+            detector scores each collected batch in one forward pass.
+        batch_timeout: LitServe's dynamic batching, the longest wait in seconds for a batch to fill.
     """
 
     def __init__(self, ckpt_path: str, limits: Optional[Limits] = None, max_batch_size: int = 8, batch_timeout: float = 0.01,
