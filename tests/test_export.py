@@ -335,3 +335,36 @@ def test_onnx_takes_decoded_photos_of_any_size_without_torch(tiny, exported, tmp
         assert outputs[3].shape == batch.shape[:3]
         score_rel, map_rel = assert_matches(outputs, expected, rtol=1e-5)
         assert score_rel < 1e-5 and map_rel < 1e-5, name
+
+
+def _readme_resize():
+    """The README's numpy resize snippet, run as written."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def resize_uint8" in block]
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["resize_uint8"]
+
+
+def test_readme_resize_snippet_is_the_contracts_resampling(tiny, tmp_path):
+    """The README's numpy snippet resizes bit for bit as torch (the contract), so a fixed-size export fed with
+    photos resized by it gives the Detector's scores on the photos themselves."""
+    import torchvision.transforms.v2.functional as TF
+
+    resize = _readme_resize()
+    rng = np.random.default_rng(3)
+    for height, width, out_h, out_w in ((512, 512, 256, 256), (900, 700, 256, 256), (37, 120, 64, 80), (64, 64, 64, 64)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        expected = TF.resize(torch.from_numpy(image).permute(2, 0, 1), [out_h, out_w], antialias=True).permute(1, 2, 0).numpy()
+        assert np.array_equal(resize(image, out_h, out_w), expected), (height, width, out_h, out_w)
+    size = tuple(tiny["detector"].contract["image_size"])  # the fixed size: the contract's own, resized again as identity
+    export_detector(tiny["ckpt"], "onnx", tmp_path / "fixed.onnx", input_size=size)
+    photos = np.stack([np.asarray(Image.fromarray(im).resize((300, 240), Image.BICUBIC)) for im in tiny["images"]])
+    resized = np.stack([resize(photo, *size) for photo in photos])
+    outputs = run_onnx(tmp_path / "fixed.onnx", resized)
+    expected = tiny["detector"](list(photos))
+    np.testing.assert_allclose(outputs[0], [d.score for d in expected], rtol=1e-5)
