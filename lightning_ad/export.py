@@ -301,6 +301,15 @@ class ExportableSpade(nn.Module):
         return scores.float(), normalized, decision, full, mask
 
 
+#: dtypes a wrong input is named by in the TorchScript error (those this torch has).
+_DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64", "uint16", "uint32",
+                "uint64", "bool", "complex64", "complex128")
+
+
+def _dtype_code(x: Tensor) -> int:
+    return x.dtype  # TorchScript's number of the dtype (a dtype is an int inside TorchScript)
+
+
 class _Checked(nn.Module):
     """TorchScript wrapper: refuses a wrong dtype or shape with a message, then runs the traced model."""
 
@@ -311,10 +320,19 @@ class _Checked(nn.Module):
         self.width = width
         self.message = (f"lightning_ad export: images must be uint8 [B, {height}, {width}, 3] (RGB, channels last); "
                         "this model was exported for that input size (lightning-ad export --input_size H W).")
+        # inside TorchScript str(dtype) is a number: the names of the numbers, for the error
+        dtypes = [getattr(torch, name) for name in _DTYPE_NAMES if isinstance(getattr(torch, name, None), torch.dtype)]
+        code = torch.jit.script(_dtype_code)
+        self.dtype_codes: List[int] = [int(code(torch.empty(0, dtype=dtype))) for dtype in dtypes]
+        self.dtype_names: List[str] = [str(dtype) for dtype in dtypes]
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         if images.dtype != torch.uint8:
-            raise ValueError(self.message + " Got dtype " + str(images.dtype) + ".")
+            name = "number " + str(images.dtype)
+            for i in range(len(self.dtype_codes)):
+                if images.dtype == self.dtype_codes[i]:
+                    name = self.dtype_names[i]
+            raise ValueError(self.message + " Got dtype " + name + ".")
         if images.dim() != 4 or images.size(1) != self.height or images.size(2) != self.width or images.size(3) != 3:
             raise ValueError(self.message + " Got shape " + str(images.shape) + ".")
         return self.core(images)
@@ -358,9 +376,17 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise ConfigurationError(f"export output folder {str(output.parent)!r} does not exist.")
 
 
+def _file_mode() -> int:
+    """The permission of every output (what open() gives under the umask), as the prediction files get."""
+    from .callbacks import FILE_MODE
+
+    return FILE_MODE
+
+
 def _temp_path(output: Path, suffix: str) -> Path:
     handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
     os.close(handle)
+    os.chmod(name, _file_mode())  # mkstemp creates 0600
     return Path(name)
 
 
@@ -409,7 +435,9 @@ def _write_onnx(module: ExportableSpade, metadata: Dict[str, Any], output: Path)
         if external:
             onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=output.name + ".data", size_threshold=1024)
-            os.replace(Path(work) / (output.name + ".data"), output.parent / (output.name + ".data"))
+            data = Path(work) / (output.name + ".data")
+            os.chmod(data, _file_mode())  # onnx creates it 0600
+            os.replace(data, output.parent / (output.name + ".data"))
         else:
             onnx.save_model(proto, str(staged))
         os.replace(staged, output)

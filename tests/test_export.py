@@ -206,8 +206,11 @@ def test_wrong_input_size_or_dtype_is_refused(tiny, exported):
     model = torch.jit.load(str(exported["torchscript"]))
     with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got shape"):
         model(torch.from_numpy(tiny["other"]))
-    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got dtype"):
+    with pytest.raises(Exception, match=r"(?s)uint8 \[B, 64, 64, 3\].*Got dtype torch\.float32\."):
         model(torch.from_numpy(tiny["images"]).float())
+    for dtype in (torch.float64, torch.float16, torch.int64, torch.int32, torch.int8, torch.bool, torch.uint16):
+        with pytest.raises(Exception, match=rf"(?s)uint8 \[B, 64, 64, 3\].*Got dtype {str(dtype).replace('.', '[.]')}\."):
+            model(torch.from_numpy(tiny["images"]).to(dtype))
     with pytest.raises(Exception, match="Got shape"):
         model(torch.from_numpy(tiny["images"][0]))
 
@@ -237,11 +240,30 @@ def test_refuses_to_overwrite_and_writes_atomically(tiny, exported, monkeypatch)
     assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == []
 
 
+def _plain_file_mode(folder: Path) -> int:
+    """The permission bits of a file written by a plain open() (the process's umask)."""
+    plain = folder / "plain.txt"
+    plain.write_text("x")
+    mode = plain.stat().st_mode & 0o777
+    plain.unlink()
+    return mode
+
+
+def test_exported_files_get_the_permission_of_other_outputs(tiny, exported):
+    """mkstemp creates 0600: the TorchScript file was unreadable by the group while every other output was not."""
+    expected = _plain_file_mode(tiny["out"])
+    assert expected & 0o044, "this test needs a umask that lets others read (e.g. 022)"
+    modes = {fmt: exported[fmt].stat().st_mode & 0o777 for fmt in ("onnx", "torchscript", "onnx_other", "torchscript_other")}
+    assert modes == dict.fromkeys(modes, expected), (oct(expected), {k: oct(v) for k, v in modes.items()})
+
+
 def test_large_models_use_external_data(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(export_module, "ONNX_EXTERNAL_BYTES", 0)
     target = tmp_path / "external.onnx"
     export_detector(tiny["ckpt"], "onnx", target)
     assert (tmp_path / "external.onnx.data").stat().st_size > target.stat().st_size
+    expected = _plain_file_mode(tmp_path)
+    assert [p.stat().st_mode & 0o777 for p in (target, tmp_path / "external.onnx.data")] == [expected, expected]
     assert_matches(run_onnx(target, tiny["images"]), tiny["expected"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["external.onnx", "external.onnx.data"]
 
