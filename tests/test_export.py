@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_mvtec, make_trainer
+from conftest import REPO, make_mvtec, make_trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import export as export_module
 from lightning_ad.data.transforms import Preprocess
@@ -156,7 +157,7 @@ def test_metadata_is_inside(tiny, exported):
 
 def _run_python(code: str, cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(cwd), env=env,
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + textwrap.dedent(code)], cwd=str(cwd), env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -195,6 +196,28 @@ def test_onnx_runs_with_onnxruntime_and_numpy_alone(tiny, exported, tmp_path):
     """, tmp_path)
     assert "IMPORTED []" in out and "'crop_size': [48, 48]" in out
     np.testing.assert_allclose(np.load(tmp_path / "onnx_score.npy"), [d.score for d in tiny["expected"]], rtol=1e-4)
+
+
+def readme_block(language: str, must_hold: str) -> str:
+    """The one fenced ``language`` block of README.md that holds ``must_hold``."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    found = [b for b in blocks if must_hold in b]
+    assert len(found) == 1, f"README.md: {len(found)} {language} blocks hold {must_hold!r}"
+    return found[0]
+
+
+def test_readme_metadata_snippet_runs_without_lightning_ad(tiny, exported, tmp_path):
+    """The README's lines that read the metadata of exported files, as written, on exported files."""
+    snippet = readme_block("python", "_extra_files")
+    (tmp_path / "detector.pt").symlink_to(exported["torchscript"])
+    (tmp_path / "detector.onnx").symlink_to(exported["onnx"])
+    out = _run_python(snippet + "\nprint('ONNX', meta['format'], sorted(meta['thresholds']))\n"
+                      "print('IMPORTED', any(name.startswith('lightning_ad') for name in sys.modules))\n", tmp_path)
+    thresholds = tiny["detector"].info["thresholds"]
+    first = out.splitlines()[0]
+    assert str(thresholds) in first and "'crop_size': [48, 48]" in first and "'size': [64, 64]" in first, out
+    assert "ONNX onnx ['image', 'pixel']" in out and "IMPORTED False" in out
 
 
 def test_wrong_input_size_or_dtype_is_refused(tiny, exported):
