@@ -173,6 +173,11 @@ def test_health_info_and_page(served, detector):
         assert "http://" not in page and "https://" not in page
         status, _ = client.request("GET", "/static/../server.py")
         assert status == 404
+        # an icon, so that a browser logs no 404 for /favicon.ico
+        assert '<link rel="icon" href="/static/favicon.svg"' in page
+        for icon in ("/static/favicon.svg", "/favicon.ico"):
+            status, svg = client.request("GET", icon)
+            assert status == 200 and svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
 
 
 def test_scores_equal_the_detector(served, expected):
