@@ -46,6 +46,8 @@ _PART_PREFIX = ".predictions.part-"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+#: Permission of every output file: what a plain open() gives under the process's umask.
+FILE_MODE = 0o666 & ~_UMASK
 
 
 # ---------------------------------------------------------------------- files
@@ -83,7 +85,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -95,6 +95,14 @@ class SpadeCLI(LightningCLI):
         if taken:
             rank_zero_info(f"from checkpoint {path.name}: " + ", ".join(taken))
 
+    def before_instantiate_classes(self) -> None:
+        """``predict`` logs no metric: unless a logger is given, the trainer gets none (Lightning's default
+        logger would only announce itself, or warn that tensorboard is missing, and leave an empty folder)."""
+        if self.subcommand == "predict":
+            trainer = self.config[self.subcommand]["trainer"]
+            if trainer.get("logger") in (None, True):
+                trainer["logger"] = False
+
     def validate(self, **kwargs) -> None:
         """``trainer.validate``, loading checkpoints with ``weights_only=True`` unless told otherwise."""
         self.trainer.validate(**_weights_only(kwargs))
@@ -216,6 +224,10 @@ def main(args: Optional[List[str]] = None) -> None:
             pl.LightningDataModule,
             subclass_mode_data=True,
             trainer_defaults={"max_epochs": 1, "num_sanity_val_steps": 0},
+            # nothing in the method is random (no shuffling, no sampling, a frozen backbone), so no seed is
+            # needed; 0 (the configs' value) keeps `weights: random` runs repeatable without Lightning's
+            # "No seed found" warning
+            seed_everything_default=0,
             save_config_callback=_SaveConfig,
             save_config_kwargs={"overwrite": True},
             args=args,

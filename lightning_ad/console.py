@@ -1,6 +1,10 @@
-"""What the console shows: Lightning's advertising tips and known, expected warnings are
-silenced through Lightning's logger and Python's warning filters; warnings about the user's
-data and settings stay. :func:`quiet_lightning` is applied when the package is imported.
+"""What the console shows: only what the user should act on.
+
+Lightning's advertising tips and known, expected warnings are silenced through Lightning's
+logger and Python's warning filters; warnings about the user's data and settings stay.
+:func:`quiet_lightning` is applied when the package is imported. :class:`UntrainedModelSummary`
+is Lightning's model summary without the parameters a module declares untrained (``Spade``'s
+``step_anchor``), so that fit does not claim a trainable parameter.
 """
 
 from __future__ import annotations
@@ -8,10 +12,14 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
-__all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "bank_summary", "partial_bank_warning", "leave_one_out_plan",
-           "leave_one_out_summary", "progress_bar"]
+from pytorch_lightning.callbacks import ModelSummary
+from pytorch_lightning.utilities.model_summary import ModelSummary as _Summary
+from torch import nn
+
+__all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "UntrainedModelSummary", "bank_summary", "partial_bank_warning",
+           "leave_one_out_plan", "leave_one_out_summary", "progress_bar"]
 
 #: Lightning and torch warnings that are expected with a frozen, training-free model.
 EXPECTED_WARNINGS = (
@@ -24,16 +32,27 @@ EXPECTED_WARNINGS = (
     r"The dirpath has changed from",
     # Lightning's own use of a deprecated torch API (not ours, not the user's)
     r".*`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # Lightning's packaging notice when tensorboard is not installed: the default logger is then a
+    # CSVLogger, which works (metrics.csv); install tensorboard to get TensorBoard logs instead
+    r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency",
 )
+
+#: Lightning's info lines that are expected here: :class:`UntrainedModelSummary` (returned by
+#: ``Spade.configure_callbacks``) replacing Lightning's default summary.
+EXPECTED_INFO = frozenset({
+    "The following callbacks returned in `LightningModule.configure_callbacks` will override existing callbacks "
+    "passed to Trainer: ModelSummary",
+})
 
 _RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
 
 
 class _DropTips(logging.Filter):
-    """Drops Lightning's "💡 Tip" advertisements."""
+    """Drops Lightning's "💡 Tip" advertisements and the lines of :data:`EXPECTED_INFO`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("💡 Tip")
+        message = str(record.getMessage())
+        return not (message.startswith("💡 Tip") or message in EXPECTED_INFO)
 
 
 def quiet_lightning() -> None:
@@ -44,6 +63,44 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
+
+
+class _UntrainedSummary(_Summary):
+    """Lightning's summary data, leaving out the parameters in ``untrained`` (by identity)."""
+
+    def __init__(self, model: Any, max_depth: int, untrained: Iterable[nn.Parameter]) -> None:
+        self._untrained = {id(p) for p in untrained}
+        super().__init__(model, max_depth=max_depth)
+
+    def _counted(self) -> List[nn.Parameter]:
+        return [p for p in self._model.parameters()
+                if id(p) not in self._untrained and not isinstance(p, nn.parameter.UninitializedParameter)]
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(p.numel() for p in self._counted())
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self._counted() if p.requires_grad)
+
+
+class UntrainedModelSummary(ModelSummary):
+    """Lightning's model summary without the parameters a module declares untrained.
+
+    A module that has ``untrained_parameters()`` (``Spade``: ``step_anchor``, a scalar that
+    requires a gradient only so that DDP and manual optimisation work, never changed) has them
+    left out of the parameter counts and of the "other params" row, so a training-free model
+    shows 0 trainable parameters. Other modules are summarised as Lightning does.
+    """
+
+    def _summary(self, trainer: Any, pl_module: Any) -> Any:
+        from pytorch_lightning.strategies.deepspeed import DeepSpeedStrategy
+
+        untrained = getattr(pl_module, "untrained_parameters", None)
+        if untrained is None or isinstance(trainer.strategy, DeepSpeedStrategy):
+            return super()._summary(trainer, pl_module)
+        return _UntrainedSummary(pl_module, self._max_depth, untrained())
 
 
 def bank_summary(model: Any, seconds: float, processes: int) -> str:

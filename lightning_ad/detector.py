@@ -8,18 +8,31 @@
 
 Inputs (a single item or a list; sizes may differ)
     * a path (``str`` / ``Path``): decoded by :func:`lightning_ad.data.io.load_image`, with its
-      rules (EXIF orientation, 16-bit scaling, grey -> RGB, alpha dropped) and its errors
+      rules (EXIF orientation, the modes' rules below, grey -> RGB, alpha dropped) and its errors
       (:class:`~lightning_ad.errors.ImageDecodeError` naming the file);
-    * a PIL image: oriented by its EXIF tag and converted by the same rules;
-    * a numpy array ``[H, W, 3]``, ``[H, W, 1]`` or ``[H, W]``: ``uint8`` as is, ``uint16``
-      scaled by 255/65535 and rounded (as 16-bit files), float in [0, 1] quantised to 8 bits
-      (``round(255 x)``); ``bool``, other integer types, float values outside [0, 1] or not
-      finite, and any other shape (4 channels included: an array has no mode that says
-      whether it is RGBA, BGRA or CMYK) are refused with a :class:`~lightning_ad.errors.DataError`
-      naming the input;
-    * a torch tensor ``[3, H, W]``, ``[1, H, W]`` or ``[H, W]`` (channels first), ``uint8`` or
-      float in [0, 1], converted as the arrays; a 4-D tensor ``[B, 3, H, W]`` (or array
-      ``[B, H, W, 3]``) is taken as ``B`` images.
+    * encoded image bytes (``bytes``, ``bytearray``, ``memoryview``: a file's content, PNG, JPEG,
+      BMP, TIFF, WebP or PNM): decoded by the same rules as a file
+      (:func:`lightning_ad.data.io.decode_image_bytes`), so they score exactly as the file;
+    * a numpy array ``[H, W, 3]``, ``[H, W, 1]`` or ``[H, W]`` (the array rule): ``uint8`` as is,
+      ``bool`` as 0 / 255, ``uint16`` scaled by 255/65535 and rounded (as 16-bit files), float in
+      [0, 1] quantised to 8 bits (``round(255 x)``); other integer types, float values outside
+      [0, 1] or not finite, and any other shape (4 channels included: an array has no mode that
+      says whether it is RGBA, BGRA or CMYK) are refused with a
+      :class:`~lightning_ad.errors.DataError` naming the input;
+    * a PIL image: oriented by its EXIF tag, then read by the rule of its pixel array
+      ``np.asarray(image)``, so it scores exactly as that array or is refused with an error that
+      names its mode and this rule. Only what the mode says is applied first: the alpha channel
+      dropped (``LA``, ``RGBA``, ``PA``), the palette looked up (``P``), other colour spaces
+      converted by PIL (``CMYK``, ``YCbCr`` ...). So ``1`` is 0 / 255, ``L``, ``RGB`` and ``I;16``
+      are read as uint8 / uint16 arrays, ``F`` must hold values in [0, 1], and ``I`` (int32) is
+      refused (e.g. ``image.convert("I")``), except when it was decoded from a 16-bit file (PNG,
+      PGM/PPM, 16-bit TIFF: Pillow opens some as ``I``), which is 16-bit data as the file is;
+    * a torch tensor ``[3, H, W]``, ``[1, H, W]`` or ``[H, W]`` (channels first), ``uint8``,
+      ``uint16``, ``bool`` or float in [0, 1], converted as the arrays; a 4-D tensor
+      ``[B, 3, H, W]`` (or array ``[B, H, W, 3]``) is taken as ``B`` images.
+
+    Anything else (``None``, a number, a dict ...) is refused with a
+    :class:`~lightning_ad.errors.DataError` naming its type and what is accepted.
 
 Every image is then brought to 8-bit RGB ``[H0, W0, 3]`` and goes through the checkpoint's
 input contract with :class:`~lightning_ad.data.transforms.Preprocess` (resize to
@@ -57,7 +70,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -65,9 +78,9 @@ from PIL import Image
 from torch import Tensor
 
 from . import checkpoint as ckpt
-from .data.io import _TRANSPOSE, _orientation, _sixteen_bit_to_uint8, _to_rgb, load_image
+from .data.io import array_to_rgb, decode_image_bytes, load_image, pil_to_rgb
 from .data.transforms import Preprocess
-from .errors import CheckpointError, ConfigurationError, DataError, ImageDecodeError
+from .errors import CheckpointError, ConfigurationError, DataError
 from .geometry import crop_offsets, map_resize_matrices, restore_map
 from .spade import SpadeModel
 from .thresholds import normalize_scores
@@ -84,7 +97,7 @@ __all__ = [
     "load_model",
 ]
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+ImageInput = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray, Tensor]
 
 #: Hatch period (pixels) and grey of the uninspected border in overlays.
 _HATCH_PERIOD = 8
@@ -114,60 +127,20 @@ def saved_contract(meta: Dict[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------- inputs
 
 
+#: What a Detector takes, for messages.
+ACCEPTED = ("a path (str or Path), encoded image bytes (bytes, bytearray or memoryview: a file's content), a PIL "
+            "image, a numpy array or a torch tensor")
+_ENCODED = (bytes, bytearray, memoryview)
+
+
 def _describe(item: Any, position: int) -> str:
     if isinstance(item, (np.ndarray, Tensor)):
         return f"input {position} ({type(item).__name__} of shape {tuple(item.shape)}, dtype {item.dtype})"
+    if isinstance(item, Image.Image):
+        return f"input {position} (PIL image {item.size[0]}x{item.size[1]})"
+    if isinstance(item, _ENCODED):
+        return f"input {position} ({type(item).__name__}, {memoryview(item).nbytes} bytes)"
     return f"input {position} ({type(item).__name__})"
-
-
-def _array_to_rgb(array: np.ndarray, what: str) -> np.ndarray:
-    """``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` uint8 / uint16 / float in [0, 1] -> ``[H, W, 3]`` uint8."""
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        extra = (" Arrays carry no colour mode: drop the alpha channel yourself (array[..., :3]) or convert "
-                 "to RGB." if array.ndim == 3 and array.shape[2] == 4 else "")
-        raise DataError(f"{what}: an image array must be [H, W, 3] (RGB), [H, W, 1] or [H, W] (grey).{extra}")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise DataError(f"{what}: the image has no pixels.")
-    if array.dtype == np.uint8:
-        rgb = array
-    elif array.dtype == np.uint16:
-        rgb = _sixteen_bit_to_uint8(array)
-    elif array.dtype.kind == "f":
-        values = array.astype(np.float64)
-        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-            finite = values[np.isfinite(values)]
-            span = f"values {finite.min():.4g} .. {finite.max():.4g}" if finite.size else "no finite value"
-            raise DataError(
-                f"{what}: float images must hold finite values in [0, 1] (found {span}"
-                f"{', with NaN or infinity' if finite.size < values.size else ''}). Divide 0..255 data by 255, "
-                "or pass uint8 / uint16 arrays."
-            )
-        rgb = np.rint(values * 255.0).astype(np.uint8)
-    else:
-        raise DataError(
-            f"{what}: arrays of dtype {array.dtype} have no known brightness scale: pass uint8 (0..255), "
-            "uint16 (0..65535) or float in [0, 1]."
-        )
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-    rgb = np.ascontiguousarray(rgb)
-    return rgb if rgb.flags.writeable else rgb.copy()  # torch.from_numpy warns on read-only arrays
-
-
-def _pil_to_rgb(im: Image.Image, what: str) -> np.ndarray:
-    try:
-        orientation = _orientation(im)
-        im.load()
-        if orientation != 1:
-            im = im.transpose(_TRANSPOSE[orientation])
-        return _to_rgb(im, what)
-    except DataError:
-        raise
-    except Exception as err:  # noqa: BLE001 - truncated data, modes PIL cannot convert ...
-        raise ImageDecodeError(f"{what}: cannot convert the PIL image (mode {im.mode}) to RGB: "
-                               f"{type(err).__name__}: {err}.") from None
 
 
 def as_rgb_uint8(item: ImageInput, position: int = 0) -> np.ndarray:
@@ -175,8 +148,10 @@ def as_rgb_uint8(item: ImageInput, position: int = 0) -> np.ndarray:
     what = _describe(item, position)
     if isinstance(item, (str, Path)):
         return load_image(Path(item))
+    if isinstance(item, _ENCODED):
+        return decode_image_bytes(item, what)
     if isinstance(item, Image.Image):
-        return _pil_to_rgb(item, what)
+        return pil_to_rgb(item, what)
     if isinstance(item, Tensor):
         tensor = item.detach().cpu()
         if tensor.ndim == 3 and tensor.shape[0] in (1, 3):
@@ -187,20 +162,22 @@ def as_rgb_uint8(item: ImageInput, position: int = 0) -> np.ndarray:
             tensor = tensor.float()
         if tensor.dtype == torch.uint16:
             tensor = tensor.to(torch.int32)
-            return _array_to_rgb(tensor.numpy().astype(np.uint16), what)
-        return _array_to_rgb(tensor.numpy(), what)
+            return array_to_rgb(tensor.numpy().astype(np.uint16), what)
+        return array_to_rgb(tensor.numpy(), what)
     if isinstance(item, np.ndarray):
-        return _array_to_rgb(item, what)
-    raise DataError(f"{what}: unsupported image type; pass a path, a PIL image, a numpy array or a torch tensor.")
+        return array_to_rgb(item, what)
+    raise DataError(f"{what}: unsupported image type; pass {ACCEPTED}.")
 
 
 def _flatten(images: Union[ImageInput, Iterable[ImageInput]]) -> List[ImageInput]:
-    if isinstance(images, (str, Path, Image.Image)):
+    if isinstance(images, (str, Path, Image.Image) + _ENCODED):
         return [images]
     if isinstance(images, Tensor):
         return list(images.unbind(0)) if images.ndim == 4 else [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (Mapping, set, frozenset)) or not isinstance(images, Iterable):
+        raise DataError(f"images of type {type(images).__name__}: unsupported; pass {ACCEPTED}, or a list of them.")
     items: List[ImageInput] = []
     for item in images:
         if isinstance(item, (Tensor, np.ndarray)) and item.ndim == 4:

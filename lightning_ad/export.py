@@ -199,6 +199,15 @@ class ExportableSpade(nn.Module):
         return scores.float(), normalized, decide(scores, self.image_threshold), full, decide(full, self.pixel_threshold)
 
 
+#: dtypes a wrong input is named by in the TorchScript error (those this torch has).
+_DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64", "uint16", "uint32",
+                "uint64", "bool", "complex64", "complex128")
+
+
+def _dtype_code(x: Tensor) -> int:
+    return x.dtype  # TorchScript's number of the dtype (a dtype is an int inside TorchScript)
+
+
 class _Checked(nn.Module):
     """TorchScript wrapper: refuses a wrong dtype or shape with a message, then runs the traced model."""
 
@@ -211,19 +220,19 @@ class _Checked(nn.Module):
         self.message = f"lightning_ad export: images must be uint8 {expected} (decoded RGB photos, channels last)"
         if input_size is not None:
             self.message += "; this model was exported for that input size (lightning-ad export --input_size H W)"
-
-    def dtype_name(self, images: Tensor) -> str:
-        """The dtype's name (TorchScript prints a dtype as a number)."""
-        for name, dtype in (("torch.float32", torch.float32), ("torch.float64", torch.float64), ("torch.float16", torch.float16),
-                            ("torch.bfloat16", torch.bfloat16), ("torch.int64", torch.int64), ("torch.int32", torch.int32),
-                            ("torch.int16", torch.int16), ("torch.int8", torch.int8), ("torch.bool", torch.bool)):
-            if images.dtype == dtype:
-                return name
-        return "not uint8"
+        # inside TorchScript str(dtype) is a number: the names of the numbers, for the error
+        dtypes = [getattr(torch, name) for name in _DTYPE_NAMES if isinstance(getattr(torch, name, None), torch.dtype)]
+        code = torch.jit.script(_dtype_code)
+        self.dtype_codes: List[int] = [int(code(torch.empty(0, dtype=dtype))) for dtype in dtypes]
+        self.dtype_names: List[str] = [str(dtype) for dtype in dtypes]
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         if images.dtype != torch.uint8:
-            raise ValueError(self.message + ". Got dtype " + self.dtype_name(images) + ".")
+            name = "number " + str(images.dtype)
+            for i in range(len(self.dtype_codes)):
+                if images.dtype == self.dtype_codes[i]:
+                    name = self.dtype_names[i]
+            raise ValueError(self.message + ". Got dtype " + name + ".")
         if images.dim() != 4 or images.size(3) != 3 or (self.height >= 0 and (images.size(1) != self.height or images.size(2) != self.width)):
             raise ValueError(self.message + ". Got shape " + str(images.shape) + ".")
         return self.core(images)
@@ -273,9 +282,17 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise ConfigurationError(f"export output folder {str(output.parent)!r} does not exist.")
 
 
+def _file_mode() -> int:
+    """The permission of every output (what open() gives under the umask), as the prediction files get."""
+    from .callbacks import FILE_MODE
+
+    return FILE_MODE
+
+
 def _temp_path(output: Path, suffix: str) -> Path:
     handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
     os.close(handle)
+    os.chmod(name, _file_mode())  # mkstemp creates 0600
     return Path(name)
 
 
@@ -331,7 +348,9 @@ def _write_onnx(module: ExportableSpade, metadata: Dict[str, Any], output: Path)
         if external:
             onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=output.name + ".data", size_threshold=1024)
-            os.replace(Path(work) / (output.name + ".data"), output.parent / (output.name + ".data"))
+            data = Path(work) / (output.name + ".data")
+            os.chmod(data, _file_mode())  # onnx creates it 0600
+            os.replace(data, output.parent / (output.name + ".data"))
         else:
             onnx.save_model(proto, str(staged))
         os.replace(staged, output)

@@ -31,13 +31,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from . import checks, checkpoint as ckpt
 from .calibration import learn_from_leave_one_out
-from .console import bank_summary, partial_bank_warning
+from .console import UntrainedModelSummary, bank_summary, partial_bank_warning
 from .distributed import BankCollector, world_size
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
@@ -156,6 +157,19 @@ class Spade(pl.LightningModule):
         data = as_batch_dict(batch, first_id=self.global_rank * 10**12 + self._fallback_index, processes=world_size())
         self._fallback_index += int(data["image"].shape[0])
         return data
+
+    def untrained_parameters(self) -> List[nn.Parameter]:
+        """Parameters that require a gradient but are never trained: ``step_anchor`` (see the module docstring)."""
+        return [self.step_anchor]
+
+    def configure_callbacks(self) -> List[pl.Callback]:
+        """Lightning's default model summary, as :class:`~lightning_ad.console.UntrainedModelSummary`: it leaves
+        ``step_anchor`` out, so fit does not claim a trainable parameter. A summary of your own (or none) is kept."""
+        trainer = self._trainer
+        defaults = [c for c in (trainer.callbacks if trainer is not None else []) if type(c) is ModelSummary]
+        if not defaults:
+            return []
+        return [UntrainedModelSummary(max_depth=defaults[0]._max_depth, **getattr(defaults[0], "_summarize_kwargs", {}))]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.step_anchor], lr=0.0)  # see the module docstring

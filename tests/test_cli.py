@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,48 @@ def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):
     held_out = run(["test", "--config", str(config), "--ckpt_path", str(calibrated), "--data.val_split", "0.5"], base)
     assert held_out.returncode == 0 and "set this checkpoint's F1 thresholds" not in held_out.stdout + held_out.stderr
     assert "threshold_method" not in reused.stdout + reused.stderr  # the user changed nothing: nothing to report
+
+
+#: ``lightning-ad`` as a user without tensorboard runs it (Lightning then warns when it builds its default logger).
+WITHOUT_TENSORBOARD = """
+import pytorch_lightning.trainer.connectors.logger_connector.logger_connector as connector
+connector._TENSORBOARD_AVAILABLE = connector._TENSORBOARDX_AVAILABLE = False
+from lightning_ad.cli import main
+main()
+"""
+
+
+def test_the_console_shows_only_what_the_user_should_act_on(tmp_path):
+    """No seed warning, no tensorboard packaging notice, no site-packages paths, and fit's model summary
+    claims no trainable parameter (step_anchor requires a gradient only for DDP and manual optimisation)."""
+    data = make_mvtec(tmp_path / "data", n_train=6, n_good=2, n_bad=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({  # no seed_everything: the default applies
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "default_root_dir": str(tmp_path / "runs")},
+        "model": {"image_k": 3, "gallery_k": 3, "threshold_samples": 2},
+        "data": {"class_path": "lightning_ad.MVTecDataModule",
+                 "init_args": {"root": str(data), "category": "widget", "image_size": 64, "crop_size": 64,
+                               "batch_size": 4, "num_workers": 0}},
+    }))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("LIGHTNING_AD_DEBUG", None)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORBOARD, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    fit = cli("fit", "--config", str(config))
+    (ckpt,) = sorted((tmp_path / "runs").rglob("*.ckpt"))
+    predict = cli("predict", "--ckpt_path", str(ckpt), "--data.predict_dir", str(data / "widget" / "test"),
+                  "--trainer.enable_progress_bar", "false")
+    for name, out in (("fit", fit), ("predict", predict)):
+        for noise in ("No seed found", "tensorboardX", "site-packages", "Warning", "configure_callbacks"):
+            assert noise not in out, f"{name} printed {noise!r}:\n{out}"
+    assert "predictions of 4 images written" in predict
+    summary = [re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in fit.splitlines() if line.rstrip().endswith(" params")]
+    assert {label: count for count, label in summary} == {
+        "Trainable params": "0", "Non-trainable params": "4.7 M", "Total params": "4.7 M"}, fit
+    assert "other params" not in fit and "| model | SpadeModel | 4.7 M" in fit
+    assert not (tmp_path / "lightning_logs").exists(), "predict built a logger"

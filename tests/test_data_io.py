@@ -136,26 +136,34 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
         assert np.array_equal(out[..., 0], out[..., 2])
 
 
-def test_32_bit_integer_image_in_16_bit_range_is_scaled_and_beyond_it_refused(tmp_path):
-    ok = tmp_path / "i32.tif"
-    Image.fromarray(np.array([[0, 65535, 257]], dtype=np.int32)).save(ok)
-    assert Image.open(ok).mode == "I"
-    assert load_image(ok)[0, :, 0].tolist() == [0, 255, 1]
-    bad = tmp_path / "i32_big.tif"
-    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(bad)
-    with pytest.raises(ImageDecodeError, match=rf"'{bad}'.*outside the 16-bit range"):
-        load_image(bad)
-    with pytest.raises(ImageDecodeError, match="outside the 16-bit range"):
-        check_image(bad)  # TIFF: fully decoded by the setup check
+def test_32_bit_integer_files_are_16_bit_only_when_the_file_is(tmp_path):
+    """Mode I: a 16-bit PGM (Pillow opens it as I) is 16-bit data; a 32-bit TIFF has no brightness scale,
+    as an int32 array has none, even when its values lie in 0..65535 (0..255 data would read nearly black)."""
+    pgm = tmp_path / "gray16.pgm"
+    pgm.write_bytes(b"P5 3 1 65535\n" + np.array([0, 65535, 257], ">u2").tobytes())
+    assert Image.open(pgm).mode == "I"
+    assert load_image(pgm)[0, :, 0].tolist() == [0, 255, 1]
+    for name, values in (("i32.tif", [0, 65535, 257]), ("i32_8bit.tif", [0, 255, 128]), ("i32_big.tif", [0, 70000])):
+        path = tmp_path / name
+        Image.fromarray(np.array([values], dtype=np.int32)).save(path)
+        assert Image.open(path).mode == "I"
+        for load in (load_image, check_image):  # TIFF: fully decoded by the setup check
+            with pytest.raises(ImageDecodeError, match=rf"'{path}' \(mode I\).*dtype int32 have no known brightness "
+                                                       r"scale.*16-bit data only when decoded from a 16-bit file"):
+                load(path)
 
 
-def test_float_images(tmp_path):
+def test_float_images_hold_values_in_0_1(tmp_path):
     unit = tmp_path / "unit.tif"
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(unit)
     assert load_image(unit)[0, :, 1].tolist() == [0, 128, 255]
-    wide = tmp_path / "wide.tif"
-    Image.fromarray(np.array([[0.0, 65535.0, 32768.0]], dtype=np.float32)).save(wide)
-    assert load_image(wide)[0, :, 1].tolist() == [0, 255, 128]
+    # 0..255 or 0..65535 floats: no known scale (they were read as 16-bit data, 0..255 nearly black)
+    for name, values, span in (("byte.tif", [0.0, 255.0, 128.0], "0 .. 255"), ("wide.tif", [0.0, 65535.0, 32768.0], "0 .. 6.554e\\+04")):
+        path = tmp_path / name
+        Image.fromarray(np.array([values], dtype=np.float32)).save(path)
+        with pytest.raises(ImageDecodeError, match=rf"'{path}' \(mode F\): float images must hold finite values "
+                                                   rf"in \[0, 1\] \(found values {span}\).*rule of its pixel array"):
+            load_image(path)
     nan = tmp_path / "nan.tif"
     Image.fromarray(np.array([[0.0, np.nan]], dtype=np.float32)).save(nan)
     with pytest.raises(ImageDecodeError, match=rf"'{nan}'.*NaN"):

@@ -150,6 +150,124 @@ def test_exif_orientation_of_pil_images_is_applied(tiny, detector, tmp_path):
     assert from_file.size == (64, 64)
 
 
+def _pil_case(mode: str, rgb: np.ndarray, tmp_path: Path):
+    """``(PIL image, its equivalent numpy array, the RGB it must give or None when refused)``."""
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    alpha = (np.arange(grey.size).reshape(grey.shape) % 256).astype(np.uint8)
+    grey_rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "1":
+        im = Image.fromarray(grey > 127)
+        return im, np.asarray(im), np.repeat(np.where(grey > 127, 255, 0).astype(np.uint8)[:, :, None], 3, axis=2)
+    if mode == "L":
+        im = Image.fromarray(grey)
+        return im, np.asarray(im), grey_rgb
+    if mode == "LA":
+        im = Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+        return im, np.asarray(im)[:, :, :1], grey_rgb  # the mode says which channel is alpha
+    if mode == "P":
+        im = Image.fromarray(rgb).quantize(16)
+        palette = np.array(im.getpalette(), np.uint8).reshape(-1, 3)
+        return im, np.asarray(im.convert("RGB")), palette[np.asarray(im)]  # the indices are not brightness
+    if mode == "RGB":
+        im = Image.fromarray(rgb)
+        return im, np.asarray(im), rgb
+    if mode == "RGBA":
+        im = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+        return im, np.asarray(im)[:, :, :3], rgb
+    if mode == "I;16":
+        im = Image.fromarray(grey.astype(np.uint16) * 257)
+        return im, np.asarray(im), grey_rgb
+    if mode == "I":  # 8-bit data converted: int32 has no brightness scale (it was read as 16-bit: nearly black)
+        im = Image.fromarray(grey).convert("I")
+        return im, np.asarray(im), None
+    if mode == "I from a 16-bit PGM":  # Pillow opens 16-bit PGMs (and PNGs, in some versions) as I
+        path = tmp_path / "grey16.pgm"
+        path.write_bytes(f"P5 {grey.shape[1]} {grey.shape[0]} 65535\n".encode() + (grey.astype(">u2") * 257).tobytes())
+        im = Image.open(path)
+        return im, np.asarray(im).astype(np.uint16), grey_rgb
+    if mode == "F":  # 0..255 floats (was read as 16-bit data)
+        im = Image.fromarray(grey.astype(np.float32))
+        return im, np.asarray(im), None
+    if mode == "F in [0, 1]":
+        im = Image.fromarray(grey.astype(np.float32) / 255)
+        return im, np.asarray(im), grey_rgb
+    if mode == "F from a TIFF of 0..255":
+        path = write_image(tmp_path / "float.tif", Image.fromarray(grey.astype(np.float32)))
+        im = Image.open(path)
+        return im, np.asarray(im), None
+    raise AssertionError(mode)
+
+
+PIL_MODES = ["1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I", "I from a 16-bit PGM", "F", "F in [0, 1]",
+             "F from a TIFF of 0..255"]
+
+
+@pytest.mark.parametrize("case", PIL_MODES)
+def test_a_pil_image_follows_the_rule_of_its_numpy_array(tiny, detector, tmp_path, case):
+    """Every mode: scored exactly as the equivalent numpy array (and as the RGB it stands for), or refused
+    as that array is, with a message that names the mode and the rule."""
+    rgb = as_rgb_uint8(tiny["files"][2])
+    im, array, expected = _pil_case(case, rgb, tmp_path)
+    assert im.mode == case.split()[0]
+    if expected is None:
+        with pytest.raises(DataError) as from_array:
+            detector([array])
+        with pytest.raises(DataError) as from_pil:
+            detector([im])
+        message = str(from_pil.value)
+        assert f"(mode {im.mode})" in message and "rule of its pixel array np.asarray(image)" in message
+        assert f"here {array.dtype} {list(array.shape)}" in message
+        problem = str(from_array.value).split(": ", 1)[1]  # the array's refusal, after "input 0 (...)"
+        assert problem in message
+        return
+    assert np.array_equal(as_rgb_uint8(im), expected)
+    assert np.array_equal(as_rgb_uint8(array), expected)
+    (from_pil,), (from_array,), (reference,) = detector([im]), detector([array]), detector([expected])
+    assert from_pil.score == from_array.score == reference.score
+    np.testing.assert_array_equal(from_pil.anomaly_map, from_array.anomaly_map)
+
+
+def test_encoded_bytes_score_exactly_as_the_file(tiny, detector, tmp_path):
+    png = Path(tiny["files"][1])
+    rgb = as_rgb_uint8(str(png))
+    jpeg = write_image(tmp_path / "part.jpg", rgb, quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: the bytes are oriented as the file is
+    rotated = tmp_path / "rotated.jpg"
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(rotated, exif=exif.tobytes(), quality=95)
+    for path in (png, jpeg, rotated):
+        data = path.read_bytes()
+        (from_file,) = detector(str(path))
+        for encoded_input in (data, bytearray(data), memoryview(data)):
+            (found,) = detector(encoded_input)
+            assert found.score == from_file.score and found.size == from_file.size and found.path is None
+            np.testing.assert_array_equal(found.anomaly_map, from_file.anomaly_map)
+    assert detector(rotated.read_bytes())[0].size == (64, 64)
+    with pytest.raises(ImageDecodeError, match=r"input 0 \(bytes, 10 bytes\): cannot decode 10 bytes as an image"):
+        detector(b"not a png!")
+    with pytest.raises(ImageDecodeError, match=r"input 1 \(bytes, 0 bytes\): no bytes"):
+        detector([png.read_bytes(), b""])
+    truncated = png.read_bytes()[:200]
+    with pytest.raises(ImageDecodeError, match=r"input 0 \(bytes, 200 bytes\)"):
+        detector(truncated)
+
+
+def test_inputs_of_other_types_are_refused_naming_the_type(detector):
+    accepted = "a path (str or Path), encoded image bytes (bytes, bytearray or memoryview: a file's content), a PIL image"
+    with pytest.raises(DataError, match=r"^images of type NoneType: unsupported; pass a path") as err:
+        detector(None)
+    assert accepted in str(err.value)
+    with pytest.raises(DataError, match=r"^images of type int: unsupported; pass a path"):
+        detector(42)
+    with pytest.raises(DataError, match=r"^images of type dict: unsupported"):
+        detector({"image": "a.png"})
+    with pytest.raises(DataError, match=r"^input 1 \(NoneType\): unsupported image type; pass a path") as err:
+        detector([np.zeros((8, 8), np.uint8), None])
+    assert accepted in str(err.value)
+    with pytest.raises(DataError, match=r"^input 0 \(int\): unsupported image type"):
+        detector([3])
+
+
 def test_maps_come_back_at_the_original_size_with_nan_borders(tiny, detector):
     rgb = as_rgb_uint8(tiny["files"][2])
     square = np.asarray(Image.fromarray(rgb).resize((512, 512), Image.BICUBIC))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_mvtec, make_trainer
+from conftest import REPO, make_mvtec, make_trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad import export as export_module
 from lightning_ad.data.transforms import Preprocess
@@ -158,7 +159,7 @@ def test_metadata_is_inside(tiny, exported):
 
 def _run_python(code: str, cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(cwd), env=env,
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + textwrap.dedent(code)], cwd=str(cwd), env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -199,6 +200,28 @@ def test_onnx_runs_with_onnxruntime_and_numpy_alone(tiny, exported, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "onnx_score.npy"), [d.score for d in tiny["expected"]], rtol=1e-4)
 
 
+def readme_block(language: str, must_hold: str) -> str:
+    """The one fenced ``language`` block of README.md that holds ``must_hold``."""
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    found = [b for b in blocks if must_hold in b]
+    assert len(found) == 1, f"README.md: {len(found)} {language} blocks hold {must_hold!r}"
+    return found[0]
+
+
+def test_readme_metadata_snippet_runs_without_lightning_ad(tiny, exported, tmp_path):
+    """The README's lines that read the metadata of exported files, as written, on exported files."""
+    snippet = readme_block("python", "_extra_files")
+    (tmp_path / "detector.pt").symlink_to(exported["torchscript"])
+    (tmp_path / "detector.onnx").symlink_to(exported["onnx"])
+    out = _run_python(snippet + "\nprint('ONNX', meta['format'], sorted(meta['thresholds']))\n"
+                      "print('IMPORTED', any(name.startswith('lightning_ad') for name in sys.modules))\n", tmp_path)
+    thresholds = tiny["detector"].info["thresholds"]
+    first = out.splitlines()[0]
+    assert str(thresholds) in first and "'crop_size': [48, 48]" in first and "'size': None" in first, out
+    assert "ONNX onnx ['image', 'pixel']" in out and "IMPORTED False" in out
+
+
 def test_wrong_input_size_or_dtype_is_refused(tiny, exported):
     fixed = ort.InferenceSession(str(exported["onnx_other"]), providers=["CPUExecutionProvider"])
     with pytest.raises(Exception, match="(?s)invalid dimensions.*Got: 64 Expected: 80"):
@@ -210,8 +233,11 @@ def test_wrong_input_size_or_dtype_is_refused(tiny, exported):
     with pytest.raises(Exception, match=r"(?s)uint8 \[B, 80, 100, 3\].*Got shape"):
         fixed_ts(torch.from_numpy(tiny["images"]))
     model = torch.jit.load(str(exported["torchscript"]))
-    with pytest.raises(Exception, match=r"(?s)uint8 \[B, H, W, 3\].*Got dtype torch.float32"):
+    with pytest.raises(Exception, match=r"(?s)uint8 \[B, H, W, 3\].*Got dtype torch\.float32\."):
         model(torch.from_numpy(tiny["images"]).float())
+    for dtype in (torch.float64, torch.float16, torch.int64, torch.int32, torch.int8, torch.bool, torch.uint16):
+        with pytest.raises(Exception, match=rf"(?s)uint8 \[B, H, W, 3\].*Got dtype {str(dtype).replace('.', '[.]')}\."):
+            model(torch.from_numpy(tiny["images"]).to(dtype))
     with pytest.raises(Exception, match="Got shape"):
         model(torch.from_numpy(tiny["images"][0]))
     with pytest.raises(Exception, match="Got shape"):
@@ -243,11 +269,30 @@ def test_refuses_to_overwrite_and_writes_atomically(tiny, exported, monkeypatch)
     assert sorted(p.name for p in target.parent.iterdir() if p.name.startswith(".")) == []
 
 
+def _plain_file_mode(folder: Path) -> int:
+    """The permission bits of a file written by a plain open() (the process's umask)."""
+    plain = folder / "plain.txt"
+    plain.write_text("x")
+    mode = plain.stat().st_mode & 0o777
+    plain.unlink()
+    return mode
+
+
+def test_exported_files_get_the_permission_of_other_outputs(tiny, exported):
+    """mkstemp creates 0600: the TorchScript file was unreadable by the group while every other output was not."""
+    expected = _plain_file_mode(tiny["out"])
+    assert expected & 0o044, "this test needs a umask that lets others read (e.g. 022)"
+    modes = {fmt: exported[fmt].stat().st_mode & 0o777 for fmt in ("onnx", "torchscript", "onnx_other", "torchscript_other")}
+    assert modes == dict.fromkeys(modes, expected), (oct(expected), {k: oct(v) for k, v in modes.items()})
+
+
 def test_large_models_use_external_data(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(export_module, "ONNX_EXTERNAL_BYTES", 0)
     target = tmp_path / "external.onnx"
     export_detector(tiny["ckpt"], "onnx", target)
     assert (tmp_path / "external.onnx.data").stat().st_size > target.stat().st_size
+    expected = _plain_file_mode(tmp_path)
+    assert [p.stat().st_mode & 0o777 for p in (target, tmp_path / "external.onnx.data")] == [expected, expected]
     assert_matches(run_onnx(target, tiny["images"]), tiny["expected"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["external.onnx", "external.onnx.data"]
 

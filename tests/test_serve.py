@@ -12,6 +12,8 @@ import base64
 import io
 import json
 import os
+import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_mvtec, real_data_root
+from conftest import REPO, make_mvtec, real_data_root, require_real
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
@@ -171,6 +173,11 @@ def test_health_info_and_page(served, detector):
         assert "http://" not in page and "https://" not in page
         status, _ = client.request("GET", "/static/../server.py")
         assert status == 404
+        # an icon, so that a browser logs no 404 for /favicon.ico
+        assert '<link rel="icon" href="/static/favicon.svg"' in page
+        for icon in ("/static/favicon.svg", "/favicon.ico"):
+            status, svg = client.request("GET", icon)
+            assert status == 200 and svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
 
 
 def test_scores_equal_the_detector(served, expected):
@@ -222,6 +229,39 @@ def test_json_and_raw_bodies_and_overlay(served, expected, detector):
     box = answer["inspected"]
     assert finite[box["y"] : box["y"] + box["height"], box["x"] : box["x"] + box["width"]].all()
     assert finite.sum() == box["width"] * box["height"]
+
+
+def readme_curl_lines() -> str:
+    """The README's bash block of curl lines for the server, as written (comments and all)."""
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S) if "curl " in b]
+    assert len(blocks) == 1, f"README.md: {len(blocks)} bash blocks with curl lines"
+    return blocks[0]
+
+
+def test_the_readme_curl_lines_work_on_a_bottle_image(served, detector, tmp_path):
+    """Exactly the README's curl lines (the server's port put in place of 8000), run by bash in a folder
+    where ``bottle`` is the real data: each answers the Detector's detection of the image. The JSON line
+    used to fail with 'Argument list too long' (a photo's base64 in one argument)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed: the README's curl lines cannot be run here")
+    bottle = require_real("mvtec_ad", "bottle")
+    script = readme_curl_lines()
+    assert "127.0.0.1:8000" in script
+    script = script.replace("127.0.0.1:8000", served["url"].split("//", 1)[1])
+    (tmp_path / "bottle").symlink_to(bottle)
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers, text, position = [], done.stdout, 0
+    while position < len(text.rstrip()):
+        answer, position = json.JSONDecoder().raw_decode(text, position)
+        answers.append(answer)
+    assert len(answers) == script.count("curl "), done.stdout[:2000]
+    (det,) = detector([str(bottle / "test" / "broken_large" / "000.png")])
+    for answer in answers:
+        assert "error" not in answer, answer
+        assert_same(answer, det, "000.png")
+    assert answers[0]["filename"] == "000.png" and answers[0]["overlay_png"]
 
 
 def test_images_of_other_sizes_and_modes(served, detector):

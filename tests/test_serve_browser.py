@@ -40,18 +40,20 @@ def find_chromium() -> str:
 
 
 def page_images(base: Path, test_images) -> list:
-    """A defective and a good picture under distinct names (symlinks: the data is never copied)."""
+    """A defective and a good picture, both named ``000.png``, in two folders (symlinks: the data is never
+    copied): the page must tell their cards apart."""
     base.mkdir(parents=True)
     bottle = bottle_dir()
     if bottle.is_dir():
-        picks = {"broken_large_000.png": bottle / "test" / "broken_large" / "000.png", "good_000.png": bottle / "test" / "good" / "000.png"}
+        picks = {"broken_large": bottle / "test" / "broken_large" / "000.png", "good": bottle / "test" / "good" / "000.png"}
     else:
         root = make_mvtec(base / "data", n_train=0, n_good=1, n_bad=1, size=64, seed=5)
-        picks = {"defect_000.png": root / "widget" / "test" / "defect" / "000.png", "good_000.png": root / "widget" / "test" / "good" / "000.png"}
+        picks = {"defect": root / "widget" / "test" / "defect" / "000.png", "good": root / "widget" / "test" / "good" / "000.png"}
     out = []
-    for name, target in picks.items():
-        (base / name).symlink_to(target)
-        out.append(base / name)
+    for folder, target in picks.items():
+        (base / folder).mkdir()
+        (base / folder / "000.png").symlink_to(target)
+        out.append(base / folder / "000.png")
     return out
 
 
@@ -71,8 +73,8 @@ def test_page_shows_the_api_verdicts_and_scores(tmp_path):
     server = ServerProcess(ckpt, tmp_path / "server", "--max_batch_size", "4")
     try:
         with Client(server.url) as client:
-            api = {p.name: client.predict(p.read_bytes(), filename=p.name, content_type="image/png") for p in images}
-        assert all(status == 200 for status, _ in api.values()), api
+            api = [client.predict(p.read_bytes(), filename=p.name, content_type="image/png") for p in images]
+        assert all(status == 200 for status, _ in api), api
         with sync_api.sync_playwright() as playwright:
             try:
                 browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
@@ -80,8 +82,10 @@ def test_page_shows_the_api_verdicts_and_scores(tmp_path):
                 pytest.skip(f"Chromium at {executable} does not start: {str(err).splitlines()[0]}")
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 860})
-                external = []
+                external, console, failed = [], [], []
                 page.on("request", lambda r: external.append(r.url) if not r.url.startswith((server.url, "data:", "blob:")) else None)
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+                page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
                 page.goto(server.url + "/", wait_until="load")
                 # (the page's Content-Security-Policy forbids eval: wait with selectors and polled evaluations)
                 page.wait_for_selector("#model:has-text('threshold')", timeout=20_000)
@@ -89,8 +93,10 @@ def test_page_shows_the_api_verdicts_and_scores(tmp_path):
                 page.wait_for_selector("article.result[data-state=done] >> nth=1", timeout=60_000)
                 wait_until(lambda: page.eval_on_selector_all(
                     "article.result img", "imgs => imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0)"))
+                page.wait_for_timeout(500)  # the browser asks for the page's icon on its own schedule
                 cards = page.eval_on_selector_all("article.result", """cards => cards.map(c => ({
-                    filename: c.dataset.filename, verdict: c.dataset.verdict, score: c.dataset.score,
+                    filename: c.dataset.filename, index: c.dataset.index, title: c.querySelector('h2 .name').innerText,
+                    verdict: c.dataset.verdict, score: c.dataset.score,
                     threshold: c.dataset.threshold, text: c.innerText,
                     overlay: c.querySelector('img') ? [c.querySelector('img').naturalWidth, c.querySelector('img').naturalHeight] : null}))""")
                 screenshot = tmp_path / "serve_page.png"
@@ -101,9 +107,12 @@ def test_page_shows_the_api_verdicts_and_scores(tmp_path):
         server.stop()
     assert screenshot.stat().st_size > 10_000
     assert external == [], f"the page fetched something from elsewhere: {external}"
-    assert sorted(c["filename"] for c in cards) == sorted(api)
+    assert console == [] and failed == [], f"the browser logged errors: {console} {failed}"  # e.g. a 404 for /favicon.ico
+    # two uploads of 000.png from different folders: distinct titles, numbered in the order given
+    assert [c["filename"] for c in cards] == ["000.png", "000.png"]
+    assert [c["title"] for c in cards] == ["#1 · 000.png", "#2 · 000.png"]
     for card in cards:
-        _, answer = api[card["filename"]]
+        _, answer = api[int(card["index"]) - 1]
         assert card["verdict"] == answer["verdict"], card
         # the page shows the float it received, not a rounded copy; its request may be batched with another,
         # which moves float32 sums in the last digits
@@ -115,6 +124,6 @@ def test_page_shows_the_api_verdicts_and_scores(tmp_path):
         assert float(shown.group(1)) == pytest.approx(answer["score"], rel=1e-3)
         assert float(shown.group(2)) == pytest.approx(answer["thresholds"]["image"], rel=1e-3)
         assert card["overlay"] == [answer["image_size"]["width"], answer["image_size"]["height"]]
-    verdicts = {answer["verdict"] for _, answer in api.values()}
+    verdicts = {answer["verdict"] for _, answer in api}
     if bottle_dir().is_dir():
         assert verdicts == {"anomalous", "normal"}, api

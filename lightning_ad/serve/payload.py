@@ -58,6 +58,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import checks
+from ..data.io import IMAGE_FORMATS
 from ..errors import DataError
 
 __all__ = [
@@ -75,8 +76,9 @@ __all__ = [
     "PIL_FORMATS",
 ]
 
-#: PIL decoders tried on request bodies (the formats of ``IMAGE_EXTENSIONS``).
-PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM")
+#: PIL decoders tried on request bodies: those of image bytes given to the Detector (the formats of
+#: ``IMAGE_EXTENSIONS``).
+PIL_FORMATS = IMAGE_FORMATS
 _FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, PNM"
 _IMAGE_TYPES = ("image/", "application/octet-stream")
 #: Room for base64 (4/3) and multipart headers above the image byte limit.

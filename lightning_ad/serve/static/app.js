@@ -7,7 +7,7 @@
   var results = document.getElementById("results");
   var status = document.getElementById("status");
   var CONCURRENCY = 4;        // requests in flight (the server batches them)
-  var queue = [], inFlight = 0, done = 0, total = 0;
+  var queue = [], inFlight = 0, done = 0, total = 0, count = 0;
 
   function fmt(x) {
     if (x === null || x === undefined) return "n/a";
@@ -32,12 +32,17 @@
     document.getElementById("model").textContent = "GET /info failed: is the server running?";
   });
 
+  // Each card's title: a running number and the file's name (its path inside a chosen folder when the
+  // browser gives one), so that two uploads of 000.png from different folders stay apart.
   function card(file) {
     var node = el("article", "result");
+    count++;
     node.dataset.filename = file.name;
+    node.dataset.index = String(count);
+    node.dataset.title = "#" + count + " · " + (file.webkitRelativePath || file.name);
     node.dataset.state = "pending";
     var title = el("h2");
-    title.appendChild(el("span", "name", file.name));
+    title.appendChild(el("span", "name", node.dataset.title));
     title.appendChild(el("span", "verdict", "…"));
     node.appendChild(title);
     node.appendChild(el("p", "pending", "scoring…"));
@@ -53,7 +58,7 @@
     node.dataset.threshold = String(r.thresholds.image);
     node.dataset.normalized = String(r.normalized_score);
     var title = el("h2");
-    title.appendChild(el("span", "name", r.filename || node.dataset.filename));
+    title.appendChild(el("span", "name", node.dataset.title));
     title.appendChild(el("span", "verdict", r.verdict));
     node.appendChild(title);
     var t = r.thresholds.image;
@@ -70,7 +75,7 @@
     }
     if (r.overlay_png) {
       var img = el("img");
-      img.alt = "overlay of " + (r.filename || "the image");
+      img.alt = "overlay of " + node.dataset.title;
       img.width = r.image_size.width; img.height = r.image_size.height;
       img.src = "data:image/png;base64," + r.overlay_png;
       node.appendChild(img);
@@ -86,7 +91,7 @@
     node.dataset.state = "done";
     node.dataset.verdict = "error";
     var title = el("h2");
-    title.appendChild(el("span", "name", node.dataset.filename));
+    title.appendChild(el("span", "name", node.dataset.title));
     title.appendChild(el("span", "verdict", "refused"));
     node.appendChild(title);
     node.appendChild(el("p", "error", detail + (code ? " [" + code + "]" : "")));
