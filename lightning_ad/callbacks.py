@@ -17,7 +17,6 @@ import csv
 import math
 import os
 import re
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Set, Tuple
 
@@ -35,6 +34,7 @@ from .detector import Detection, overlay_for
 from .geometry import restore_map
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
+from .files import atomic_write
 from .positions import spread_positions
 from .results import ImageResults
 
@@ -43,11 +43,6 @@ __all__ = ["PredictionWriter", "TestReport", "sanitize_relpath", "atomic_write",
 PREDICTIONS_CSV = "predictions.csv"
 CSV_COLUMNS = ("path", "relpath", "image_score", "normalized_score", "label", "map_file", "overlay_file")
 _PART_PREFIX = ".predictions.part-"
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-#: Permission of every output file: what a plain open() gives under the process's umask.
-FILE_MODE = 0o666 & ~_UMASK
 
 
 # ---------------------------------------------------------------------- files
@@ -75,22 +70,6 @@ def _is_within(child: Path, parent: Path) -> bool:
         return os.path.commonpath([child_r, parent_r]) == parent_r
     except ValueError:  # different drives
         return False
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file beside it, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def save_map_tiff(path: Path, anomaly_map: Any) -> None:

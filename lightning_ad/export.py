@@ -78,6 +78,7 @@ from torch import Tensor, nn
 from .data.transforms import as_hw
 from .detector import saved_contract, load_model, scoring_facts
 from .errors import ConfigurationError
+from .files import atomic_path, plain_mode
 from .filters import gaussian_blur
 from .geometry import PhotoPreprocess, restore_map
 from .spade import SpadeModel, image_score_from_parts, map_part_of
@@ -282,20 +283,6 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise ConfigurationError(f"export output folder {str(output.parent)!r} does not exist.")
 
 
-def _file_mode() -> int:
-    """The permission of every output (what open() gives under the umask), as the prediction files get."""
-    from .callbacks import FILE_MODE
-
-    return FILE_MODE
-
-
-def _temp_path(output: Path, suffix: str) -> Path:
-    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
-    os.close(handle)
-    os.chmod(name, _file_mode())  # mkstemp creates 0600
-    return Path(name)
-
-
 def _example(module: ExportableSpade) -> Tensor:
     """The tracing input: the fixed input size, or a size no photo shares with the contract (nothing
     about the size may be folded into the graph as a constant)."""
@@ -309,15 +296,9 @@ def _write_torchscript(module: ExportableSpade, metadata: Dict[str, Any], output
         warnings.simplefilter("ignore")  # tracer notes on constant shapes (the contract's sizes are fixed by design)
         traced = torch.jit.trace(module, (example,), check_trace=False)
         scripted = torch.jit.script(_Checked(traced, module.input_size))
-    temp = _temp_path(output, ".pt")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch.jit.save.* is deprecated", category=FutureWarning)
-            torch.jit.save(scripted, str(temp), _extra_files={"lightning_ad.json": json.dumps(metadata)})
-        os.replace(temp, output)
-    finally:
-        if temp.exists():
-            temp.unlink()
+    with atomic_path(output, ".pt") as temp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.save.* is deprecated", category=FutureWarning)
+        torch.jit.save(scripted, str(temp), _extra_files={"lightning_ad.json": json.dumps(metadata)})
 
 
 def _write_onnx(module: ExportableSpade, metadata: Dict[str, Any], output: Path) -> None:
@@ -349,11 +330,11 @@ def _write_onnx(module: ExportableSpade, metadata: Dict[str, Any], output: Path)
             onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=output.name + ".data", size_threshold=1024)
             data = Path(work) / (output.name + ".data")
-            os.chmod(data, _file_mode())  # onnx creates it 0600
+            os.chmod(data, plain_mode(staged))  # onnx creates it 0600
             os.replace(data, output.parent / (output.name + ".data"))
         else:
             onnx.save_model(proto, str(staged))
-        os.replace(staged, output)
+        os.replace(staged, output)  # the staging folder is removed with whatever is left in it
 
 
 def export_detector(ckpt_path: Union[str, Path], fmt: str, output: Union[str, Path],
