@@ -35,6 +35,7 @@ from .geometry import restore_map
 from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
 from .files import atomic_write
+from .thresholds import decide
 from .positions import spread_positions
 from .results import ImageResults
 
@@ -144,9 +145,10 @@ def detection_at_original_size(results: ImageResults, i: int, contract: Optional
     if not contract or not path or not os.path.isfile(path):
         return None
     size = image_size(Path(path))
-    full = restore_map(results.anomaly_map[i], size, contract).numpy()
+    full = restore_map(results.anomaly_map[i], size, contract)
     theta, decision = results.pixel_threshold, results.decision
-    mask = np.nan_to_num(full, nan=-np.inf) >= theta if math.isfinite(theta) else None
+    mask = decide(full, theta).numpy() if math.isfinite(theta) else None
+    full = full.numpy()
     return Detection(
         score=float(results.score[i]), normalized_score=float(results.normalized_score[i]),
         decision=None if decision is None else bool(decision[i]), anomaly_map=full, mask=mask, size=tuple(size),

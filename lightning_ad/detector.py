@@ -83,7 +83,7 @@ from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigurationError, DataError
 from .geometry import crop_offsets, map_resize_matrices, restore_map
 from .spade import SpadeModel
-from .thresholds import normalize_scores
+from .thresholds import decide, normalize_scores
 
 __all__ = [
     "Detector",
@@ -413,14 +413,13 @@ class Detector:
             batch = torch.stack([self.preprocess.image(rgb) for rgb, _ in chunk])
             scores, maps = self.score_tensor(batch)
             normalized = normalize_scores(scores.double(), self.image_threshold)
-            for (rgb, path), score, norm, small in zip(chunk, scores.double().tolist(), normalized.tolist(), maps):
+            decisions = decide(scores, self.image_threshold).tolist()
+            for (rgb, path), score, norm, small, decided in zip(chunk, scores.double().tolist(), normalized.tolist(), maps, decisions):
                 size = (int(rgb.shape[0]), int(rgb.shape[1]))
-                full = restore_map(small, size, self.contract).numpy()
-                mask = None
-                if math.isfinite(self.pixel_threshold):
-                    with np.errstate(invalid="ignore"):
-                        mask = np.nan_to_num(full, nan=-np.inf) >= self.pixel_threshold
-                decision = bool(score >= self.image_threshold) if math.isfinite(self.image_threshold) else None
+                full = restore_map(small, size, self.contract)
+                mask = decide(full, self.pixel_threshold).numpy() if math.isfinite(self.pixel_threshold) else None
+                full = full.numpy()
+                decision = decided if math.isfinite(self.image_threshold) else None
                 results.append(Detection(score=float(score), normalized_score=float(norm), decision=decision,
                                          anomaly_map=full, mask=mask, size=size, path=path,
                                          image_threshold=self.image_threshold, pixel_threshold=self.pixel_threshold))

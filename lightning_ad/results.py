@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .errors import ConfigurationError
 from .distributed import first_occurrences, gather_objects, gather_rows
-from .thresholds import normalize_scores
+from .thresholds import decide, normalize_scores
 
 __all__ = ["ImageResults", "UNLABELLED", "as_batch_dict"]
 
@@ -73,12 +73,12 @@ class ImageResults:
     @property
     def decision(self) -> Optional[Tensor]:
         """``[N]`` bool, anomalous when ``score >= image_threshold``; None when the threshold is unknown."""
-        return self.score >= self.image_threshold if math.isfinite(self.image_threshold) else None
+        return decide(self.score, self.image_threshold) if math.isfinite(self.image_threshold) else None
 
     @property
     def pred_mask(self) -> Optional[Tensor]:
         """``[N, H, W]`` bool, ``anomaly_map >= pixel_threshold``; None when the threshold is unknown."""
-        return self.anomaly_map >= self.pixel_threshold if math.isfinite(self.pixel_threshold) else None
+        return decide(self.anomaly_map, self.pixel_threshold) if math.isfinite(self.pixel_threshold) else None
 
     # ------------------------------------------------------------------ building
 
