@@ -66,6 +66,7 @@ is NaN).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -261,6 +262,22 @@ def overlay_for(detection: Detection, image: ImageInput, alpha: float = 0.5) -> 
 # ---------------------------------------------------------------------- the model
 
 
+def model_settings(hyper_parameters: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """:class:`SpadeModel` keyword arguments of a checkpoint: every parameter of its signature that the
+    checkpoint's hyper-parameters name (scoring settings older checkpoints predate at the values they
+    were fitted with; ``knn_chunk_bytes`` is ``chunk_bytes``), the others at their defaults; weights
+    ``random`` (the state dict brings the real ones). Backbone and levels fall back to the lightning_ad
+    section of checkpoints that predate their hyper-parameters."""
+    saved = {**ckpt.saved_settings(hyper_parameters), "weights": "random"}
+    if "knn_chunk_bytes" in saved:
+        saved["chunk_bytes"] = saved["knn_chunk_bytes"]
+    for name in ("backbone", "layers"):
+        if name not in saved and name in meta:
+            saved[name] = meta[name]
+    names = set(inspect.signature(SpadeModel).parameters) - {"backbone_module"}
+    return {name: saved[name] for name in names if name in saved}
+
+
 def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict[str, Any]]:
     """``(model, hyper_parameters, lightning_ad section)`` of a fitted checkpoint (CPU, eval mode).
 
@@ -278,16 +295,7 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
         with warnings.catch_warnings():
             # the state dict brings the trained weights: the random initialisation is never used
             warnings.filterwarnings("ignore", message=r".*uses RANDOM weights.*", category=UserWarning)
-            saved = ckpt.saved_settings(hp)  # a checkpoint from before image_score scored with dn2
-            model = SpadeModel(
-                backbone=hp.get("backbone", meta.get("backbone", "efficientnet_lite0")), weights="random",
-                layers=hp.get("layers", meta.get("layers", (1, 2, 3))), image_k=hp.get("image_k", 50),
-                gallery_k=hp.get("gallery_k", 50), kappa=hp.get("kappa", 1), sigma=hp.get("sigma", 4.0),
-                image_score=saved["image_score"], image_score_q=saved["image_score_q"],
-                search_radius=saved["search_radius"], bank_dtype=hp.get("bank_dtype", "float32"),
-                chunk_bytes=hp.get("knn_chunk_bytes", hp.get("chunk_bytes", 4 * 2**20)),
-                bank_storage=hp.get("bank_storage", "memory"), bank_dir=hp.get("bank_dir"),
-            )
+            model = SpadeModel(**model_settings(hp, meta))
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - hyper-parameters this version cannot build

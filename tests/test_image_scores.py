@@ -41,7 +41,7 @@ def reference_scales(model: SpadeModel, train: torch.Tensor):
     dn2, peaks = [], []
     for i in range(len(train)):
         rest = torch.cat([train[:i], train[i + 1 :]])
-        scores, maps = reference_spade(model, rest, train[i : i + 1], K, K, 1, 4.0)
+        scores, maps = reference_spade(model, rest, train[i : i + 1], K, K, 1, 4.0, model.search_radius)
         dn2.append(float(scores[0]))
         peaks.append(float(maps[0].max()))
     return float(np.median(dn2)), float(np.median(peaks))
@@ -53,7 +53,7 @@ def test_each_score_matches_a_plain_reference(images, image_score):
     model = SpadeModel(image_k=K, gallery_k=K, image_score=image_score, image_score_q=0.05)
     model.fit_bank(train)
     out = model(test)
-    ref_dn2, ref_maps = reference_spade(model, train, test, K, K, 1, 4.0)
+    ref_dn2, ref_maps = reference_spade(model, train, test, K, K, 1, 4.0, model.search_radius)
     ref_max, ref_topq = reference_map_scores(ref_maps, 0.05)
     if image_score == "combined":
         dn2_scale, map_scale = reference_scales(model, train)
