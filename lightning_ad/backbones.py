@@ -43,6 +43,7 @@ __all__ = [
     "FeatureExtractor",
     "EFFICIENTNET_LITE",
     "EfficientNetLite",
+    "LITE_EXTRA",
     "LiteSpec",
     "TIMM_PREFIX",
     "TimmBackbone",
