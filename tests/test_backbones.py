@@ -107,14 +107,15 @@ def test_lite1_and_lite2_classify_the_photo_like_lite0(name, lite0):
 
 @pytest.mark.parametrize("name", LITES)
 def test_lite_random_weights_do_not_classify(name, lite0):
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # random weights seeded: attire mass 0.001 to 0.013 and |correlation| below 0.08 over seeds 0-4
     with pytest.warns(UserWarning, match="RANDOM weights"):
         model = build_backbone(name, weights="random")
     with torch.no_grad():
         logits = model.classify(_grace_hopper(224))[0]
         reference = lite0.classify(_grace_hopper(224))[0]
-    probs = logits.softmax(-1)
-    assert float(probs.max()) < 0.05 and float(probs[ATTIRE].sum()) < 0.1
+    # no attire (trained weights: over 0.5), no agreement with Lite0 (trained: over 0.6); a random head can still put
+    # 0.2 on one arbitrary class (seeds 0-4: up to 0.196), so the top probability says little
+    assert float(logits.softmax(-1)[ATTIRE].sum()) < 0.05
     assert abs(float(torch.corrcoef(torch.stack([logits.log_softmax(-1), reference.log_softmax(-1)]))[0, 1])) < 0.2
 
 
