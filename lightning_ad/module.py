@@ -56,7 +56,8 @@ class Spade(pl.LightningModule):
     The flat signature repeats :class:`SpadeModel`'s on purpose: LightningCLI builds ``--model.*`` from it.
 
     Args:
-        backbone: ``efficientnet_lite0`` (offline default), ``resnet18``, ``resnet50``, ``wide_resnet50_2``
+        backbone: ``efficientnet_lite0`` (offline default), ``efficientnet_lite1``, ``efficientnet_lite2``
+            (offline with the extra ``efficientnet-lite``), ``resnet18``, ``resnet50``, ``wide_resnet50_2``
             (the paper's), ``wide_resnet101_2``, or ``timm/<name>`` (a timm model with stride 4/8/16 features).
         weights: ``imagenet``, a path to a state-dict file, or ``random`` (tests only).
         layers: pyramid levels for the maps: 1, 2, 3 = stride 4, 8, 16.

