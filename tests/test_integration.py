@@ -51,9 +51,11 @@ def test_mvtec_bottle_reproduces_the_method(tmp_path):
         ["--data.root", str(root), "--data.category", "bottle", "--model.image_k", "5", "--model.gallery_k", "5"],
         tmp_path,
     )
-    assert metrics["test/image_auroc"] >= 0.99
-    assert metrics["test/pixel_auroc"] >= 0.965
-    assert metrics["test/pro"] >= 0.92
+    # the position-aware search of the config (8 px) at K = 5, as benchmarks/accuracy.py measured it (docs/search.md);
+    # the global search gives 1.0000 / 0.9727 / 0.9357 (../shared/data/README.md)
+    assert metrics["test/image_auroc"] == pytest.approx(1.0, abs=1e-4)
+    assert metrics["test/pixel_auroc"] == pytest.approx(0.9745, abs=1.5e-4)
+    assert metrics["test/pro"] == pytest.approx(0.9402, abs=1.5e-4)
 
 
 def test_magnetic_tile_reference_split(tmp_path):
