@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
-from ..positions import interleaved_split
+from ..core.positions import interleaved_split
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .io import check_image, image_size, list_images, load_mask, safe_relpath
 from .mask_files import drop_conventional_masks
