@@ -36,15 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checks
-from .backbones import FeatureExtractor, LEVEL_STRIDES, backbone_channels, build_backbone, validate_levels
-from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, rename_legacy_keys
-from ..bank import finish_stream
+from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, finish_stream, rename_legacy_keys
 from ..distributed import world_size
-from .sharded import drain_sharded, sharded_grouped_knn
 from ..errors import ConfigurationError
+from . import checks
+from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build_backbone, validate_levels
 from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
+from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .windowed import gallery_search, min_window_candidates, window_cells
 

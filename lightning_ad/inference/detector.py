@@ -78,13 +78,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from . import checkpoint as ckpt
+from ..core.spade import SpadeModel
+from ..core.thresholds import decide, normalize_scores
 from ..data.io import array_to_rgb, decode_image_bytes, load_image, pil_to_rgb
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError, ConfigurationError, DataError
+from . import checkpoint as ckpt
 from .geometry import crop_offsets, map_resize_matrices, restore_map
-from ..core.spade import SpadeModel
-from ..core.thresholds import decide, normalize_scores
 
 __all__ = [
     "Detector",

@@ -75,15 +75,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.transforms import as_hw
-from .detector import saved_contract, load_model, scoring_facts
-from ..errors import ConfigurationError
-from ..files import atomic_path, plain_mode
 from ..core.filters import gaussian_blur
-from .geometry import PhotoPreprocess, restore_map
 from ..core.spade import SpadeModel, image_score_from_parts, map_part_of
 from ..core.thresholds import decide, normalize_scores
 from ..core.windowed import gallery_search
+from ..data.transforms import as_hw
+from ..errors import ConfigurationError
+from ..files import atomic_path, plain_mode
+from .detector import load_model, saved_contract, scoring_facts
+from .geometry import PhotoPreprocess, restore_map
 
 __all__ = [
     "FORMATS",

@@ -28,15 +28,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from ..inference import visualize as V
+from ..core.positions import spread_positions
+from ..core.thresholds import decide
 from ..data.io import image_size
+from ..errors import ConfigurationError
+from ..files import atomic_write
+from ..inference import visualize as V
 from ..inference.detector import Detection, overlay_for
 from ..inference.geometry import restore_map
-from ..errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
-from ..files import atomic_write
-from ..core.thresholds import decide
-from ..core.positions import spread_positions
 from .results import ImageResults
 
 __all__ = ["PredictionWriter", "TestReport", "sanitize_relpath", "atomic_write", "save_map_tiff", "save_png"]

@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..inference.checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
-from .console import quiet_lightning
 from ..data.datamodule import AnomalyDataModule
 from ..errors import LightningADError
+from ..inference.checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
+from .console import quiet_lightning
 from .module import Spade
 
 __all__ = ["SpadeCLI", "main"]

@@ -37,17 +37,17 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from ..core import checks
-from ..inference import checkpoint as ckpt
-from .calibration import learn_from_leave_one_out
-from .console import UntrainedModelSummary, bank_summary, partial_bank_warning
-from ..distributed import world_size
-from .collect import BankCollector
-from ..errors import ConfigurationError
-from .evaluation import Evaluation, evaluate
 from ..core.knn import DEFAULT_CHUNK_BYTES
-from .results import ImageResults, as_batch_dict
 from ..core.spade import SpadeModel
 from ..core.thresholds import calibration_overlap, f1_thresholds
+from ..distributed import world_size
+from ..errors import ConfigurationError
+from ..inference import checkpoint as ckpt
+from .calibration import learn_from_leave_one_out
+from .collect import BankCollector
+from .console import UntrainedModelSummary, bank_summary, partial_bank_warning
+from .evaluation import Evaluation, evaluate
+from .results import ImageResults, as_batch_dict
 
 __all__ = ["Spade"]
 

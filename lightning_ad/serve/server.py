@@ -78,8 +78,8 @@ def build_server(
     from fastapi import Response
     from fastapi.responses import JSONResponse
 
-    from ..inference.detector import Detector
     from ..errors import ConfigurationError
+    from ..inference.detector import Detector
     from .gate import PredictGate
 
     limits = limits or Limits()
