@@ -52,7 +52,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lightning_ad import Spade  # noqa: E402
-from lightning_ad.console import quiet_lightning  # noqa: E402
+from lightning_ad.lightning.console import quiet_lightning  # noqa: E402
 
 #: Columns of the table: (key in a result, header, decimals).
 COLUMNS = [

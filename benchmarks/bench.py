@@ -55,9 +55,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_ad.data import MVTecDataModule  # noqa: E402
-from lightning_ad.filters import gaussian_blur  # noqa: E402
-from lightning_ad.metrics import binary_auroc, per_region_overlap  # noqa: E402
-from lightning_ad.spade import SpadeModel  # noqa: E402
+from lightning_ad.core.filters import gaussian_blur  # noqa: E402
+from lightning_ad.core.metrics import binary_auroc, per_region_overlap  # noqa: E402
+from lightning_ad.core.spade import SpadeModel  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

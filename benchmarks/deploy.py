@@ -30,7 +30,7 @@ import pytorch_lightning as pl  # noqa: E402
 
 from lightning_ad import Detector, MVTecDataModule, Spade  # noqa: E402
 from lightning_ad.data.io import list_images, load_image  # noqa: E402
-from lightning_ad.export import export_detector  # noqa: E402
+from lightning_ad.inference.export import export_detector  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ the misses would cause:
 * ``bf16-f32out``: the same with a float32 product (a GPU with ``out_dtype``);
 * ``fp16-f32out``: float16 inputs, float32 product (GPU tensor cores).
 
-Queries and gallery are centred on the mean query of the image, as ``lightning_ad.knn``
+Queries and gallery are centred on the mean query of the image, as ``lightning_ad.core.knn``
 does. The gallery of a test image is every position of its ``gallery_k`` nearest training
 images, as in :class:`lightning_ad.SpadeModel`.
 """
@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_ad.detector import load_model  # noqa: E402
+from lightning_ad.inference.detector import load_model  # noqa: E402
 
 _QUERY_CHUNK = 128
 

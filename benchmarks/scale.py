@@ -13,7 +13,7 @@ Rows per size:
 * ``disk``: ``bank_storage: disk``, memory-mapped at test;
 * ``sharded x2``: ``bank_storage: disk, bank_sharding: sharded`` on 2 processes (torch.distributed,
   gloo, 1 thread each): each process writes only its share of the batches and, at test, searches
-  only its rows for the queries of both (:func:`~lightning_ad.distributed.sharded_grouped_knn`);
+  only its rows for the queries of both (:func:`~lightning_ad.core.sharded.sharded_grouped_knn`);
   bank MB and RSS are per process (the largest). Its scores are compared with the disk bank's.
 
 Each bank's files are deleted after its test unless ``--keep-banks`` (a 100,000-image bank is
@@ -62,7 +62,7 @@ def available_mb() -> float:
 
 def real_features(args):
     from lightning_ad import MVTecDataModule
-    from lightning_ad.spade import SpadeModel
+    from lightning_ad.core.spade import SpadeModel
 
     cache = Path(args.out) / "real.pt"
     if cache.exists():
@@ -92,7 +92,7 @@ def image_bytes(real) -> int:
 def synthetic_batch(real, first: int, size: int):
     """Ids ``[B]`` and Features of bank rows ``first .. first + 31`` (below ``size``): real rows times
     ``1 + 0.01 noise``, the noise seeded by ``first`` (the same rows whichever process writes them)."""
-    from lightning_ad.spade import Features
+    from lightning_ad.core.spade import Features
 
     ids = torch.arange(first, min(size, first + BATCH))
     src = ids % real["pooled"].shape[0]
@@ -105,7 +105,7 @@ def synthetic_batch(real, first: int, size: int):
 
 
 def model_for(args, storage, folder, sharding="replicated"):
-    from lightning_ad.spade import SpadeModel
+    from lightning_ad.core.spade import SpadeModel
 
     return SpadeModel(image_k=args.image_k, gallery_k=args.gallery_k, bank_dtype="float16", bank_storage=storage,
                       bank_sharding=sharding, bank_dir=str(folder)).eval()
@@ -117,7 +117,7 @@ def folder_of(args, size, storage) -> Path:
 
 def phase_fit(args, size, storage):
     """Write a bank of ``size`` images as fit does (batches of 32); save its state dict."""
-    from lightning_ad.distributed import BankCollector
+    from lightning_ad.lightning.collect import BankCollector
 
     real = real_features(args)
     folder = folder_of(args, size, storage)
@@ -176,7 +176,8 @@ def _shard_worker(rank: int, args, size: int, phase: str, store: str) -> None:
     state (each process keeps its own shard) and scores test images ``rank::2``. Writes its result JSON."""
     import torch.distributed as dist
 
-    from lightning_ad.distributed import finish_stream, gather_objects
+    from lightning_ad.bank import finish_stream
+    from lightning_ad.distributed import gather_objects
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)  # no server: any exit order

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
-from lightning_ad.detector import Detector  # noqa: E402
+from lightning_ad.inference.detector import Detector  # noqa: E402
 from lightning_ad.serve.client import Client, free_port, multipart, stop_server, wait_until_healthy  # noqa: E402
 
 

@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
-from lightning_ad.metrics import f1_optimal_threshold, precision_recall_f1  # noqa: E402
-from lightning_ad.positions import spread_positions  # noqa: E402
-from lightning_ad.spade import SpadeModel  # noqa: E402
-from lightning_ad.thresholds import quantile_threshold  # noqa: E402
+from lightning_ad.core.metrics import f1_optimal_threshold, precision_recall_f1  # noqa: E402
+from lightning_ad.core.positions import spread_positions  # noqa: E402
+from lightning_ad.core.spade import SpadeModel  # noqa: E402
+from lightning_ad.core.thresholds import quantile_threshold  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Griffe extension for the documentation site: the package's reST inline markup, read as Markdown.
 
 The docstrings are Google style with reStructuredText inline markup (``code``,
-:class:`~lightning_ad.detector.Detector`, ``text::`` before a literal block). mkdocstrings
+:class:`~lightning_ad.inference.detector.Detector`, ``text::`` before a literal block). mkdocstrings
 renders docstrings as Markdown, so this extension rewrites each docstring's text (for the
 site only; the package and its ``__doc__`` are untouched) once the package is loaded:
 

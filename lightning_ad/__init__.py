@@ -1,18 +1,18 @@
 """lightning_ad: training-free visual anomaly detection (SPADE) on PyTorch Lightning."""
 
-from .console import quiet_lightning
+from .lightning.console import quiet_lightning
 
 quiet_lightning()
 
-from .callbacks import PredictionWriter, TestReport  # noqa: E402
+from .lightning.callbacks import PredictionWriter, TestReport  # noqa: E402
 from .data import DemoDataModule, FolderDataModule, MVTecDataModule  # noqa: E402
-from .detector import Detection, Detector  # noqa: E402
-from .evaluation import Evaluation, evaluate  # noqa: E402
-from .module import Spade  # noqa: E402
-from .results import ImageResults  # noqa: E402
-from .spade import SpadeModel  # noqa: E402
+from .inference.detector import Detection, Detector  # noqa: E402
+from .lightning.evaluation import Evaluation, evaluate  # noqa: E402
+from .lightning.module import Spade  # noqa: E402
+from .lightning.results import ImageResults  # noqa: E402
+from .core.spade import SpadeModel  # noqa: E402
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "Spade",

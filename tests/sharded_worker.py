@@ -46,8 +46,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    from lightning_ad.distributed import finish_stream, gather_objects
-    from lightning_ad.spade import Features, SpadeModel
+    from lightning_ad.bank import finish_stream
+    from lightning_ad.distributed import gather_objects
+    from lightning_ad.core.spade import Features, SpadeModel
 
     model = SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
                        bank_dir=str(out / "bank"), search_radius=radius).eval()

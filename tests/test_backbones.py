@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from lightning_ad.backbones import (
+from lightning_ad.core.backbones import (
     BACKBONES,
     EFFICIENTNET_LITE,
     LITE_EXTRA,

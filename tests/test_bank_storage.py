@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import make_mvtec, require_real
 from lightning_ad.errors import CheckpointError
-from lightning_ad.spade import SpadeModel
+from lightning_ad.core.spade import SpadeModel
 from test_distributed import cli, write_config
 
 SETTINGS = [("disk", "replicated", "auto"), ("memory", "sharded", "auto"), ("disk", "sharded", "auto"),

@@ -1,4 +1,4 @@
-"""PredictionWriter and TestReport on a tiny generated data set, and the pictures of lightning_ad.visualize."""
+"""PredictionWriter and TestReport on a tiny generated data set, and the pictures of lightning_ad.inference.visualize."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import make_trainer
 from lightning_ad import MVTecDataModule, Spade
-from lightning_ad import visualize as V
-from lightning_ad.callbacks import CSV_COLUMNS, PredictionWriter, TestReport, sanitize_relpath
+from lightning_ad.inference import visualize as V
+from lightning_ad.lightning.callbacks import CSV_COLUMNS, PredictionWriter, TestReport, sanitize_relpath
 from lightning_ad.errors import ConfigurationError
-from lightning_ad.metrics import binary_auroc
-from lightning_ad.thresholds import normalize_scores
+from lightning_ad.core.metrics import binary_auroc
+from lightning_ad.core.thresholds import normalize_scores
 
 SIZE = 64
 CATEGORY = "widget"
@@ -351,7 +351,7 @@ _CHILD = """
 import sys
 import pytorch_lightning as pl
 from lightning_ad import MVTecDataModule, Spade
-from lightning_ad.callbacks import PredictionWriter, TestReport
+from lightning_ad.lightning.callbacks import PredictionWriter, TestReport
 
 ckpt, data, inputs, root = sys.argv[1:5]
 model = Spade.load_from_checkpoint(ckpt)

@@ -14,7 +14,7 @@ from typing import Dict, List
 import pytest
 
 from lightning_ad import DemoDataModule, FolderDataModule, MVTecDataModule, Spade
-from lightning_ad.cli import main
+from lightning_ad.lightning.cli import main
 from lightning_ad.data import AnomalyDataModule
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from lightning_ad.filters import gaussian_blur
+from lightning_ad.core.filters import gaussian_blur
 
 
 @pytest.mark.parametrize("shape,sigma", [((2, 224, 224), 4.0), ((1, 5, 7), 4.0), ((3, 30, 17), 1.5), ((1, 9, 9), 0.7)])

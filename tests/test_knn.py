@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_ad import knn as knn_module
-from lightning_ad.knn import brute_force_knn, grouped_knn, knn
+from lightning_ad.core import knn as knn_module
+from lightning_ad.core.knn import brute_force_knn, grouped_knn, knn
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Tests of ``lightning_ad.metrics`` against small, independent brute-force references."""
+"""Tests of ``lightning_ad.core.metrics`` against small, independent brute-force references."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 try:
-    import lightning_ad.metrics as M
+    import lightning_ad.core.metrics as M
 except Exception:  # the package __init__ may import modules that are still being written
-    _spec = importlib.util.spec_from_file_location("lightning_ad.metrics", ROOT / "lightning_ad" / "metrics.py")
+    _spec = importlib.util.spec_from_file_location("lightning_ad.core.metrics", ROOT / "lightning_ad" / "metrics.py")
     M = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = M
     _spec.loader.exec_module(M)

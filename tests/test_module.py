@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import make_trainer as trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.errors import ConfigurationError
-from lightning_ad.metrics import binary_auroc, per_region_overlap, precision_recall_f1
+from lightning_ad.core.metrics import binary_auroc, per_region_overlap, precision_recall_f1
 
 
 def datamodule(root: Path, **kwargs) -> MVTecDataModule:

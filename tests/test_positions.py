@@ -1,4 +1,4 @@
-"""Evenly spread positions (:mod:`lightning_ad.positions`): exact for any size, decimals read as written."""
+"""Evenly spread positions (:mod:`lightning_ad.core.positions`): exact for any size, decimals read as written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lightning_ad.errors import ConfigurationError
-from lightning_ad.positions import interleaved_split, spread_positions
+from lightning_ad.core.positions import interleaved_split, spread_positions
 
 
 def test_spread_positions_matches_the_formula_for_small_sizes():

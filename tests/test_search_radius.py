@@ -10,9 +10,9 @@ from test_thresholds import dm
 
 from conftest import make_trainer
 from lightning_ad import Detector, Spade
-from lightning_ad import checkpoint as ckpt
+from lightning_ad.inference import checkpoint as ckpt
 from lightning_ad.errors import ConfigurationError
-from lightning_ad.spade import SpadeModel
+from lightning_ad.core.spade import SpadeModel
 
 
 def test_checkpoints_record_it_and_older_ones_search_every_position(tiny_mvtec, tmp_path):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from lightning_ad.errors import ConfigurationError
-from lightning_ad.spade import Features, SpadeModel
+from lightning_ad.core.spade import Features, SpadeModel
 
 
 @pytest.fixture(scope="module")

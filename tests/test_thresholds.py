@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from conftest import make_trainer as trainer
 from lightning_ad import MVTecDataModule, Spade
-from lightning_ad.metrics import binary_auroc, f1_optimal_threshold
-from lightning_ad.positions import spread_positions
-from lightning_ad.thresholds import normalize_scores, quantile_threshold
+from lightning_ad.core.metrics import binary_auroc, f1_optimal_threshold
+from lightning_ad.core.positions import spread_positions
+from lightning_ad.core.thresholds import normalize_scores, quantile_threshold
 
 
 def dm(root, **kwargs):

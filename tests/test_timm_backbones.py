@@ -13,7 +13,7 @@ import timm
 import torch
 
 from conftest import REPO
-from lightning_ad.backbones import TimmBackbone, backbone_channels, build_backbone
+from lightning_ad.core.backbones import TimmBackbone, backbone_channels, build_backbone
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

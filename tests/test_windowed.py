@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_ad.windowed import gallery_search, min_window_candidates, window_cells, windowed_knn
+from lightning_ad.core.windowed import gallery_search, min_window_candidates, window_cells, windowed_knn
 
 from conftest import require_real
 
@@ -92,7 +92,7 @@ def bottle_features():
     import numpy as np
     from PIL import Image
 
-    from lightning_ad.backbones import build_backbone
+    from lightning_ad.core.backbones import build_backbone
 
     folder = require_real("mvtec_ad", "bottle", "train", "good")
     files = sorted(folder.glob("*.png"))[:4]

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..core.positions import interleaved_split
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
-from ..positions import interleaved_split
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .io import check_image, image_size, list_images, load_mask, safe_relpath
 from .mask_files import drop_conventional_masks

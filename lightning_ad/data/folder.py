@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from pytorch_lightning.utilities import rank_zero_info
 
+from ..core.positions import interleaved_split
 from ..errors import ConfigurationError, DataError, MaskError
-from ..positions import interleaved_split
 from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample
 from .io import list_images, safe_relpath

@@ -1,4 +1,4 @@
-"""Serving a fitted checkpoint: a LitServe API around :class:`~lightning_ad.detector.Detector` and an inspection page.
+"""Serving a fitted checkpoint: a LitServe API around :class:`~lightning_ad.inference.detector.Detector` and an inspection page.
 
 Needs the ``[serve]`` extra (``pip install -e ".[serve]"``). Start it with
 ``lightning-ad serve --ckpt_path C`` (or ``python -m lightning_ad.serve --ckpt_path C``); see

@@ -1,4 +1,4 @@
-"""The LitServe API around :class:`~lightning_ad.detector.Detector`: decode, score in batches, answer.
+"""The LitServe API around :class:`~lightning_ad.inference.detector.Detector`: decode, score in batches, answer.
 
 LitServe runs :class:`DetectorAPI` in its inference worker(s): ``setup`` loads the checkpoint
 once, ``decode_request`` turns one canonical request (see :mod:`lightning_ad.serve.gate`) into
@@ -60,7 +60,7 @@ class Refused:
 
 
 def result_dict(detection: Any, filename: Optional[str] = None, overlay: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """The JSON answer of one :class:`~lightning_ad.detector.Detection`.
+    """The JSON answer of one :class:`~lightning_ad.inference.detector.Detection`.
 
     ``score`` / ``normalized_score`` / ``decision`` / thresholds are the detection's own
     values; ``boxes`` are the 8-connected regions of its mask (:func:`~lightning_ad.serve.payload.regions`)
@@ -112,7 +112,7 @@ class DetectorAPI(_Base):
     # ------------------------------------------------------------------ LitServe hooks
 
     def setup(self, device: str) -> None:
-        from ..detector import Detector
+        from ..inference.detector import Detector
 
         self.detector = Detector.from_checkpoint(self.ckpt_path, device=device, batch_size=self.max_batch_size)
         log.info("lightning_ad serve: %r on %s", self.detector, device)

@@ -12,7 +12,7 @@ Bodies (``POST /predict``)
 
 Images
     Decoded in memory, never written to disk, by the library's rules (EXIF orientation,
-    16-bit scaling, grey -> RGB, alpha dropped: :func:`lightning_ad.detector.as_rgb_uint8`),
+    16-bit scaling, grey -> RGB, alpha dropped: :func:`lightning_ad.inference.detector.as_rgb_uint8`),
     after these checks, in this order:
 
     ============================  ======  ===========================================
@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .. import checks
+from ..core import checks
 from ..data.io import IMAGE_FORMATS
 from ..errors import DataError
 
@@ -354,7 +354,7 @@ def open_image(data: bytes, limits: Limits, filename: Optional[str] = None) -> I
 
 def decode_image(data: bytes, limits: Limits, filename: Optional[str] = None) -> np.ndarray:
     """``data`` -> ``[H, W, 3]`` uint8 RGB as displayed, or a :class:`RequestError` (4xx)."""
-    from ..detector import as_rgb_uint8
+    from ..inference.detector import as_rgb_uint8
 
     im = open_image(data, limits, filename)
     what = _named(filename)

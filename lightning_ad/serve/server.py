@@ -11,13 +11,13 @@ Endpoints
       4xx JSON ``{"error": code, "detail": message, "status": n}`` (:mod:`~lightning_ad.serve.payload`).
     * ``GET /health``: LitServe's readiness check (``ok`` once the inference workers loaded the
       checkpoint, else 503).
-    * ``GET /info``: the detector's :attr:`~lightning_ad.detector.Detector.info` (input contract,
+    * ``GET /info``: the detector's :attr:`~lightning_ad.inference.detector.Detector.info` (input contract,
       backbone, thresholds ...) and the server's settings (batching, limits).
     * ``GET /``: the inspection page (static files of this package, no external asset).
 
 Processes: LitServe's API server (uvicorn; the gate of :mod:`~lightning_ad.serve.gate` runs
 there) and one inference worker per device (``--devices``; on the CPU, the number of
-worker processes), each holding one :class:`~lightning_ad.detector.Detector`.
+worker processes), each holding one :class:`~lightning_ad.inference.detector.Detector`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .. import checks
+from ..core import checks
 from .payload import Limits
 
 __all__ = ["build_server", "serve_main", "STATIC_FILES"]
@@ -78,8 +78,8 @@ def build_server(
     from fastapi import Response
     from fastapi.responses import JSONResponse
 
-    from ..detector import Detector
     from ..errors import ConfigurationError
+    from ..inference.detector import Detector
     from .gate import PredictGate
 
     limits = limits or Limits()

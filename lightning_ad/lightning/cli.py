@@ -1,4 +1,4 @@
-"""``lightning-ad``: LightningCLI for :class:`~lightning_ad.module.Spade` and any LightningDataModule."""
+"""``lightning-ad``: LightningCLI for :class:`~lightning_ad.lightning.module.Spade` and any LightningDataModule."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
-from .checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
+from ..data.datamodule import AnomalyDataModule
+from ..errors import LightningADError
+from ..inference.checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
 from .console import quiet_lightning
-from .data.datamodule import AnomalyDataModule
-from .errors import LightningADError
 from .module import Spade
 
 __all__ = ["SpadeCLI", "main"]
@@ -203,7 +203,7 @@ def _normalise(value: Any) -> Any:
 
 
 #: Subcommands beside LightningCLI's: name -> (module, function taking the remaining arguments).
-_DEPLOY_COMMANDS = {"export": ("lightning_ad.export", "export_main"), "serve": ("lightning_ad.serve", "serve_main")}
+_DEPLOY_COMMANDS = {"export": ("lightning_ad.inference.export", "export_main"), "serve": ("lightning_ad.serve", "serve_main")}
 
 
 def main(args: Optional[List[str]] = None) -> None:

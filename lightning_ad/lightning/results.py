@@ -18,9 +18,9 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
-from .errors import ConfigurationError
-from .distributed import first_occurrences, gather_objects, gather_rows
-from .thresholds import decide, normalize_scores
+from ..core.thresholds import decide, normalize_scores
+from ..distributed import first_occurrences, gather_objects, gather_rows
+from ..errors import ConfigurationError
 
 __all__ = ["ImageResults", "UNLABELLED", "as_batch_dict"]
 

@@ -15,11 +15,12 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from ..core.positions import spread_positions
+from ..core.spade import LeaveOneOut, SpadeModel
+from ..core.thresholds import Thresholds, quantile_thresholds
+from ..distributed import gather_rows
+from .collect import scoring_rows
 from .console import leave_one_out_plan, leave_one_out_summary, progress_bar
-from .distributed import gather_rows, scoring_rows
-from .positions import spread_positions
-from .spade import LeaveOneOut, SpadeModel
-from .thresholds import Thresholds, quantile_thresholds
 
 __all__ = ["leave_one_out_selection", "learn_from_leave_one_out"]
 

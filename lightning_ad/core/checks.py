@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = [
     "threshold_settings",
@@ -123,7 +123,7 @@ def single_pass_trainer(trainer: Any) -> None:
 
 def threshold_settings(method: Any, image_quantile: Any, pixel_quantile: Any, samples: Any, image_threshold: Any,
                        pixel_threshold: Any, pro_max_fpr: Any, image_samples: Any = None) -> None:
-    """The threshold and evaluation settings of :class:`~lightning_ad.module.Spade`
+    """The threshold and evaluation settings of :class:`~lightning_ad.lightning.module.Spade`
     (``samples``: threshold_samples, ``image_samples``: image_threshold_samples)."""
     one_of("threshold_method", method, ("quantile", "f1"))
     fraction("image_quantile", image_quantile)

@@ -13,12 +13,12 @@ Cohen and Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences
   ``gallery_k`` nearest training images: with ``search_radius=None`` every position
   (the paper's search), else those within ``search_radius`` input pixels of the same
   place (``ceil(search_radius / stride)`` cells each way at each level; see
-  :mod:`lightning_ad.windowed`). The score of a position is the mean squared distance
+  :mod:`lightning_ad.core.windowed`). The score of a position is the mean squared distance
   to its ``kappa`` nearest gallery features at the same level.
   Each level's map is upsampled (bilinear) to the input size, the levels are
   averaged and the result is smoothed by a Gaussian of ``sigma`` pixels.
 
-The bank is a :class:`~lightning_ad.bank.MemoryBank` (registered buffers: part of
+The bank is a :class:`~lightning_ad.bank.memory_bank.MemoryBank` (registered buffers: part of
 ``state_dict`` and of every checkpoint), and so are the decision thresholds. This
 module is usable without a Trainer::
 
@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, finish_stream, rename_legacy_keys
+from ..distributed import world_size
+from ..errors import ConfigurationError
 from . import checks
-from .backbones import FeatureExtractor, LEVEL_STRIDES, backbone_channels, build_backbone, validate_levels
-from .bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, rename_legacy_keys
-from .distributed import drain_sharded, finish_stream, sharded_grouped_knn, world_size
-from .errors import ConfigurationError
+from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build_backbone, validate_levels
 from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
+from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .windowed import gallery_search, min_window_candidates, window_cells
 
@@ -141,7 +142,7 @@ class SpadeModel(nn.Module):
     """SPADE: frozen backbone, memory bank, kNN scoring. Arguments are keyword-only.
 
     Args:
-        backbone: name of the feature extractor (see :mod:`lightning_ad.backbones`).
+        backbone: name of the feature extractor (see :mod:`lightning_ad.core.backbones`).
         weights: ``"imagenet"``, a state-dict path, or ``"random"`` (tests only).
         layers: pyramid levels used for the maps, among 1, 2, 3 (stride 4, 8, 16).
         image_k: K of the image score (nearest training images averaged).
@@ -158,7 +159,7 @@ class SpadeModel(nn.Module):
             ``bfloat16`` (distances are always accumulated in float32).
         chunk_bytes: upper bound, in bytes, of one block of distances of the kNN search.
         bank_storage: ``memory`` or ``disk`` (pyramid rows in files, read by rows on
-            demand; see :mod:`lightning_ad.bank`).
+            demand; see :mod:`lightning_ad.bank.memory_bank`).
         bank_sharding: ``replicated`` or ``sharded`` (under several processes each keeps its
             share of the pyramid rows; scoring stays exact).
         bank_device: ``auto``, ``host`` or ``accelerator``: where in-memory pyramid rows live
@@ -220,7 +221,7 @@ class SpadeModel(nn.Module):
             sharding=checks.one_of("bank_sharding", bank_sharding, BANK_SHARDINGS),
             placement=checks.one_of("bank_device", bank_device, BANK_DEVICES), directory=bank_dir,
         )
-        # Decision thresholds on raw scores (NaN until set: see lightning_ad.thresholds).
+        # Decision thresholds on raw scores (NaN until set: see lightning_ad.core.thresholds).
         self.register_buffer("image_threshold", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan"), dtype=torch.float64))
         # Scales of the combined score's parts (medians of leave-one-out scores; NaN until learned).

@@ -6,7 +6,7 @@ backend state, no window), so they are safe in worker processes and tests.
 
 Heatmap scaling (fixed, the same for every image, so colours compare across images):
 a raw anomaly map (squared feature distances, ``>= 0``) goes through
-:func:`~lightning_ad.thresholds.normalize_scores` with the *pixel threshold*
+:func:`~lightning_ad.core.thresholds.normalize_scores` with the *pixel threshold*
 ``theta``: ``0`` stays ``0``, ``theta`` becomes ``0.5`` (the middle of the colour
 map), ``3 theta`` becomes ``0.83``, and the scale tends to ``1`` for large
 distances. So "warmer than the middle colour" means "above the pixel threshold",
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
 
-from .metrics import binary_auroc, binary_roc
+from ..core.metrics import binary_auroc, binary_roc
 
 __all__ = [
     "GT_COLOR",

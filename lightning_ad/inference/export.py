@@ -6,20 +6,20 @@
 
 The exported model takes the decoded photo as it is: ``uint8`` ``[B, H, W, 3]`` RGB
 (channels last, any batch size ``B``, any size ``H x W``: decoding is the only step outside),
-resizes and crops it inside exactly as :class:`~lightning_ad.detector.Detector` does, and
+resizes and crops it inside exactly as :class:`~lightning_ad.inference.detector.Detector` does, and
 returns, in this order:
 
 * ``score`` ``[B]`` float32: raw image score (squared feature distance);
 * ``normalized_score`` ``[B]`` float64: 0.5 at the image threshold (NaN when it is unknown);
 * ``decision`` ``[B]`` bool: ``score >= image_threshold`` (all False when it is unknown);
 * ``anomaly_map`` ``[B, H, W]`` float32: raw map at the photo's own size, NaN where the centre
-  crop removed the pixel (the rule of :mod:`lightning_ad.detector`);
+  crop removed the pixel (the rule of :mod:`lightning_ad.inference.detector`);
 * ``mask`` ``[B, H, W]`` bool: ``anomaly_map >= pixel_threshold`` (False where not inspected
   or when the threshold is unknown).
 
 Inside, in order:
 
-1. the input contract (:class:`~lightning_ad.geometry.PhotoPreprocess`): resize to ``image_size``
+1. the input contract (:class:`~lightning_ad.inference.geometry.PhotoPreprocess`): resize to ``image_size``
    with torch's ``uint8`` bilinear antialiased kernel reproduced bit for bit (its integer
    weights computed from the photo's size at run time, horizontal pass then vertical, each
    rounded to ``uint8``), with the centre crop folded in; then ``/ 255`` in float32: the model
@@ -27,13 +27,13 @@ Inside, in order:
 2. the backbone (its own input normalisation included);
 3. the kNN scoring: the image-level neighbours by exact squared distances (the matmul
    expansion ``|q|^2 - 2 q.g + |g|^2`` to choose, the chosen recomputed as ``sum((q - g)^2)``,
-   as :mod:`lightning_ad.knn` does), and the pixel search that eager scoring runs, traced:
-   :func:`~lightning_ad.windowed.gallery_search` (the position-aware window of the
+   as :mod:`lightning_ad.core.knn` does), and the pixel search that eager scoring runs, traced:
+   :func:`~lightning_ad.core.windowed.gallery_search` (the position-aware window of the
    checkpoint's ``search_radius``, or every position);
-4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.filters.gaussian_blur`,
-   as :class:`~lightning_ad.spade.SpadeModel` does, then brought to the photo's size by
-   :func:`~lightning_ad.geometry.restore_map`; the normalised score and the decisions by
-   :func:`~lightning_ad.thresholds.normalize_scores` and :func:`~lightning_ad.thresholds.decide`.
+4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.core.filters.gaussian_blur`,
+   as :class:`~lightning_ad.core.spade.SpadeModel` does, then brought to the photo's size by
+   :func:`~lightning_ad.inference.geometry.restore_map`; the normalised score and the decisions by
+   :func:`~lightning_ad.core.thresholds.normalize_scores` and :func:`~lightning_ad.core.thresholds.decide`.
 
 ``--input_size H W`` fixes the accepted size (the ONNX input is declared ``[B, H, W, 3]``);
 photos of another size must then be resized to it first, with the resampling the metadata
@@ -75,15 +75,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data.transforms import as_hw
-from .detector import saved_contract, load_model, scoring_facts
-from .errors import ConfigurationError
-from .files import atomic_path, plain_mode
-from .filters import gaussian_blur
+from ..core.filters import gaussian_blur
+from ..core.spade import SpadeModel, image_score_from_parts, map_part_of
+from ..core.thresholds import decide, normalize_scores
+from ..core.windowed import gallery_search
+from ..data.transforms import as_hw
+from ..errors import ConfigurationError
+from ..files import atomic_path, plain_mode
+from .detector import load_model, saved_contract, scoring_facts
 from .geometry import PhotoPreprocess, restore_map
-from .spade import SpadeModel, image_score_from_parts, map_part_of
-from .thresholds import decide, normalize_scores
-from .windowed import gallery_search
 
 __all__ = [
     "FORMATS",
@@ -114,7 +114,7 @@ class ExportableSpade(nn.Module):
     """A fitted :class:`SpadeModel` with the input contract and thresholds: decoded photos in, the five outputs out.
 
     ``forward(images uint8 [B, H, W, 3])`` returns the outputs of the module docstring, maps at
-    the photos' own size. The photos' size is read at run time (:mod:`lightning_ad.geometry`);
+    the photos' own size. The photos' size is read at run time (:mod:`lightning_ad.inference.geometry`);
     ``input_size`` only records a fixed size that :class:`_Checked` (TorchScript) and the ONNX
     input declaration enforce. Every other setting is fixed at construction, so the module traces
     into a graph without Python control flow on data.
@@ -178,7 +178,7 @@ class ExportableSpade(nn.Module):
 
     def level_map(self, position: int, fmap: Tensor, neighbours: Tensor) -> Tensor:
         """``[B, H_l, W_l]``: mean squared distance of each position to its kappa nearest gallery features,
-        by the search eager scoring runs (:func:`~lightning_ad.windowed.gallery_search`)."""
+        by the search eager scoring runs (:func:`~lightning_ad.core.windowed.gallery_search`)."""
         h_l, w_l, c_l = self.level_shapes[position]
         queries = fmap.float().permute(0, 2, 3, 1).reshape(-1, h_l * w_l, c_l)
         bank = getattr(self, f"level{position}")  # [N, P, C]

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 import torch
 from torch import Tensor, nn
 
-from .errors import MissingPackageError
+from ..errors import MissingPackageError
 
 __all__ = [
     "BACKBONES",

@@ -209,7 +209,7 @@ POOLED_SLAB = 4096
 
 def slab_knn(queries: Tensor, gallery: Tensor, k: int, chunk_bytes: int, exclude: Optional[Tensor] = None,
              slab: int = POOLED_SLAB) -> KnnResult:
-    """:func:`~lightning_ad.knn.knn` of queries ``[Q, D]`` over gallery ``[G, D]`` in balanced slabs of at most
+    """:func:`~lightning_ad.core.knn.knn` of queries ``[Q, D]`` over gallery ``[G, D]`` in balanced slabs of at most
     ``slab`` rows, merged: the k nearest of a union are among the k nearest of its parts. ``exclude``
     ``[Q]``: a gallery row per query left out. A gallery of at most ``slab`` rows is one :func:`knn` call."""
     count = gallery.shape[0]

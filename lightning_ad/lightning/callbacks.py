@@ -6,7 +6,7 @@ same file leave one complete copy. File names come from each sample's ``relpath`
 (its path relative to the data set's folder) made safe by :func:`sanitize_relpath`: they
 always stay inside the output folder.
 
-Pictures: see :mod:`lightning_ad.visualize` (heatmap scale: the pixel threshold is
+Pictures: see :mod:`lightning_ad.inference.visualize` (heatmap scale: the pixel threshold is
 the middle colour; outlines: ground truth magenta, prediction white).
 """
 
@@ -28,15 +28,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from . import visualize as V
-from .data.io import image_size
-from .detector import Detection, overlay_for
-from .geometry import restore_map
-from .errors import ConfigurationError
+from ..core.positions import spread_positions
+from ..core.thresholds import decide
+from ..data.io import image_size
+from ..errors import ConfigurationError
+from ..files import atomic_write
+from ..inference import visualize as V
+from ..inference.detector import Detection, overlay_for
+from ..inference.geometry import restore_map
 from .evaluation import Evaluation, evaluate
-from .files import atomic_write
-from .thresholds import decide
-from .positions import spread_positions
 from .results import ImageResults
 
 __all__ = ["PredictionWriter", "TestReport", "sanitize_relpath", "atomic_write", "save_map_tiff", "save_png"]
@@ -138,8 +138,8 @@ class _Names:
 
 
 def detection_at_original_size(results: ImageResults, i: int, contract: Optional[Dict[str, Any]]) -> Optional[Detection]:
-    """Image ``i`` of ``results`` as a :class:`~lightning_ad.detector.Detection` at its file's own size
-    (map NaN where the crop removed a border; see :mod:`lightning_ad.detector`), or None when it has
+    """Image ``i`` of ``results`` as a :class:`~lightning_ad.inference.detector.Detection` at its file's own size
+    (map NaN where the crop removed a border; see :mod:`lightning_ad.inference.detector`), or None when it has
     no file or the input contract is unknown."""
     path = results.path[i]
     if not contract or not path or not os.path.isfile(path):
@@ -181,7 +181,7 @@ class PredictionWriter(BasePredictionWriter):
                                   overlay_file; one row per image, sorted by path
         maps/<stem>.tiff          raw anomaly map, float32 TIFF (lossless), at the image
                                   file's own size; NaN where the centre crop removed a
-                                  border (not inspected; see :mod:`lightning_ad.detector`)
+                                  border (not inspected; see :mod:`lightning_ad.inference.detector`)
         overlays/<stem>.png       heatmap over the image at its own size, predicted mask
                                   outlined, uninspected borders greyed and hatched
 
@@ -193,7 +193,7 @@ class PredictionWriter(BasePredictionWriter):
     or lies inside, the folder of the input images; input images are never written.
     Each process writes its images and its own part of the CSV; after a barrier, rank 0
     merges the parts into ``predictions.csv``. It expects the
-    :class:`~lightning_ad.results.ImageResults` returned by :meth:`lightning_ad.Spade.predict_step`.
+    :class:`~lightning_ad.lightning.results.ImageResults` returned by :meth:`lightning_ad.Spade.predict_step`.
 
     With your own ``Trainer``: ``pl.Trainer(callbacks=[PredictionWriter("out")]).predict(model, datamodule=dm)``.
 

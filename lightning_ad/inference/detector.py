@@ -56,7 +56,7 @@ Maps at the original size (the rule)
       align_corners=False)``.
 
     The rule is two fixed matrices per image size (:func:`map_resize_matrices`); the
-    exported models (:mod:`lightning_ad.export`) bake the same matrices in.
+    exported models (:mod:`lightning_ad.inference.export`) bake the same matrices in.
 
 Thresholds are raw squared distances: the checkpoint's user overrides
 (``image_threshold`` / ``pixel_threshold`` hyper-parameters) when set, else the learned
@@ -78,13 +78,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..core.spade import SpadeModel
+from ..core.thresholds import decide, normalize_scores
+from ..data.io import array_to_rgb, decode_image_bytes, load_image, pil_to_rgb
+from ..data.transforms import Preprocess
+from ..errors import CheckpointError, ConfigurationError, DataError
 from . import checkpoint as ckpt
-from .data.io import array_to_rgb, decode_image_bytes, load_image, pil_to_rgb
-from .data.transforms import Preprocess
-from .errors import CheckpointError, ConfigurationError, DataError
 from .geometry import crop_offsets, map_resize_matrices, restore_map
-from .spade import SpadeModel
-from .thresholds import decide, normalize_scores
 
 __all__ = [
     "Detector",
@@ -236,7 +236,7 @@ class Detection:
 def overlay_for(detection: Detection, image: ImageInput, alpha: float = 0.5) -> np.ndarray:
     """The heatmap of ``detection`` over ``image`` (any input form, at its original size): ``[H0, W0, 3]`` uint8.
 
-    Colours follow :mod:`lightning_ad.visualize` (fixed scale, pixel threshold at the middle
+    Colours follow :mod:`lightning_ad.inference.visualize` (fixed scale, pixel threshold at the middle
     colour), with the predicted mask outlined. Pixels the model did not inspect (NaN in the
     map) are shown greyed out with diagonal hatching.
     """
@@ -314,7 +314,7 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
 
 def scoring_facts(model: SpadeModel, image_threshold: float, pixel_threshold: float) -> Dict[str, Any]:
     """JSON facts of what makes a score: version, backbone, levels, K values, image score, thresholds (None: unknown)."""
-    from . import __version__
+    from ..version import __version__
 
     def finite(value: float) -> Optional[float]:
         return value if math.isfinite(value) else None

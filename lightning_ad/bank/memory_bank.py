@@ -3,14 +3,14 @@
 :class:`MemoryBank` owns the bank (so it is part of ``state_dict`` and of every checkpoint),
 sizes it when a state dict is loaded (the size is unknown before fit), checks that an
 incoming bank fits the backbone and levels, and serves rows by training-image row. Its
-interface is small, so that storage changes behind it and :class:`~lightning_ad.spade.SpadeModel`
+interface is small, so that storage changes behind it and :class:`~lightning_ad.core.spade.SpadeModel`
 does not:
 
 * :meth:`add` (all rows at once) or :meth:`writer` (streamed batch by batch, then
   :meth:`attach`): rows of training images, with their ids;
 * :attr:`pooled`: ``[N, D]`` pooled vectors (always in memory, on every process);
 * :meth:`gallery`: the pyramid rows of given images, ready for
-  :func:`~lightning_ad.knn.grouped_knn` (only those rows are read or copied);
+  :func:`~lightning_ad.core.knn.grouped_knn` (only those rows are read or copied);
 * :meth:`level`, :meth:`pyramid_of`: pyramid rows (whole levels are for small banks and tests).
 
 Rows are ordered by image id (a dataset index), so the bank is a function of the set of
@@ -36,182 +36,20 @@ Storage (``storage``, ``sharding``, ``placement``):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConfigurationError, NumericalError
+from ..distributed import rank_and_world
+from ..errors import CheckpointError, ConfigurationError
+from .disk import BankWriter, LevelFile
+from .manifest import MANIFEST_FORMAT, decode_manifest, encode_manifest, file_sha256
+from .rows import check_finite
+from .settings import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, dtype_name
 
-__all__ = ["MemoryBank", "BankWriter", "BANK_DTYPES", "BANK_STORAGES", "BANK_SHARDINGS", "BANK_DEVICES", "check_finite"]
-
-#: Accepted names of the bank storage precision.
-BANK_DTYPES: Dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-BANK_STORAGES = ("memory", "disk")
-BANK_SHARDINGS = ("replicated", "sharded")
-BANK_DEVICES = ("auto", "host", "accelerator")
-
-#: Version of the file manifest held in the checkpoint.
-MANIFEST_FORMAT = 1
-_HASH_BLOCK = 16 * 2**20
-
-
-def check_finite(tensor: Tensor, what: str) -> Tensor:
-    """Raise :class:`~lightning_ad.errors.NumericalError` (a ``FloatingPointError``) on NaN or infinity."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise NumericalError(
-            f"{what} contain {bad} NaN or infinite values. Check the input images (all-constant or "
-            "corrupt files) and, with mixed precision, try precision=32 or bank_dtype='float32'."
-        )
-    return tensor
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in BANK_DTYPES.items() if value == dtype)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in blocks (never whole)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class _GrowingRows:
-    """Rows ``[n, *tail]`` appended batch by batch into one buffer that doubles when full.
-
-    Few, large allocations: small per-batch tensors kept alive between each batch's large
-    temporaries fragment glibc's heap, which then never shrinks (measured: 0.9 GB more peak RSS
-    writing 10,000 Lite0 images, 11 GB at 100,000).
-    """
-
-    def __init__(self, tail: Tuple[int, ...], dtype: torch.dtype) -> None:
-        self.data, self.count = torch.empty((0, *tail), dtype=dtype), 0
-
-    def append(self, rows: Tensor) -> None:
-        need = self.count + int(rows.shape[0])
-        if need > self.data.shape[0]:
-            grown = torch.empty((max(need, 2 * self.data.shape[0], 256), *self.data.shape[1:]), dtype=self.data.dtype)
-            grown[: self.count] = self.data[: self.count]
-            self.data = grown
-        self.data[self.count : need] = rows
-        self.count = need
-
-    def rows(self) -> Tensor:
-        return self.data[: self.count]
-
-
-class BankWriter:
-    """Streams one process's training features to raw files, batch by batch (see :meth:`MemoryBank.writer`).
-
-    Pooled vectors (in the bank dtype) and ids stay in memory (small); the pyramid goes to ``level<l>.rank<r>.bin``
-    in ``directory``, channels last, in the bank dtype, hashed as it is written. With
-    ``keep=True`` (a sharded in-memory bank) the rows are also kept in memory.
-    """
-
-    def __init__(self, bank: "MemoryBank", directory: Path, rank: int, keep: bool) -> None:
-        self.bank, self.directory, self.rank, self.keep = bank, Path(directory), int(rank), keep
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.ids = _GrowingRows((), torch.long)
-        self.pooled = _GrowingRows((bank.pooled_dim,), bank.dtype)
-        self.kept: List[List[Tensor]] = [[] for _ in bank.levels]
-        self.shapes: Optional[List[Tuple[int, int, int]]] = None
-        self.image_size: Optional[Tuple[int, int]] = None
-        self.paths = [self.directory / f"level{level}.rank{self.rank}.bin" for level in bank.levels]
-        self.handles = [open(path, "wb") for path in self.paths]
-        self.hashes = [hashlib.sha256() for _ in bank.levels]
-        self.bytes = [0 for _ in bank.levels]
-
-    def append(self, index: Tensor, pooled: Tensor, pyramid: Sequence[Tensor], image_size: Tuple[int, int]) -> None:
-        """One batch: ids ``[B]``, pooled ``[B, D]``, pyramid ``[B, C_l, H_l, W_l]`` per level."""
-        if self.image_size is not None and tuple(image_size) != self.image_size:
-            raise ValueError(f"training images of {tuple(image_size)} pixels cannot join a bank of {self.image_size}")
-        self.image_size = tuple(int(s) for s in image_size)
-        check_finite(pooled, "training features (pooled)")
-        self.ids.append(index.detach().to("cpu", torch.long))
-        self.pooled.append(pooled.detach().to("cpu", self.bank.dtype))  # what the bank keeps: the same values
-        shapes = []
-        for position, (level, fmap) in enumerate(zip(self.bank.levels, pyramid)):
-            check_finite(fmap, f"training features (level {level})")
-            rows = fmap.detach().permute(0, 2, 3, 1).to("cpu", self.bank.dtype).contiguous()
-            shapes.append(tuple(rows.shape[1:]))
-            data = rows.view(torch.uint8).numpy()
-            self.handles[position].write(memoryview(data).cast("B"))
-            self.hashes[position].update(memoryview(data).cast("B"))
-            self.bytes[position] += data.nbytes
-            if self.keep:
-                self.kept[position].append(rows)
-        self.shapes = shapes
-
-    def close(self) -> Dict[str, Any]:
-        """Close the files; this process's shard entry of the manifest."""
-        for handle in self.handles:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-        ids = self.ids.rows().clone()
-        return {
-            "index": ids,
-            "files": [{"name": path.name, "path": str(path.resolve()), "bytes": size, "sha256": digest.hexdigest()}
-                      for path, size, digest in zip(self.paths, self.bytes, self.hashes)],
-        }
-
-    def local_pooled(self, pooled_dim: int) -> Tensor:
-        """``[n, pooled_dim]`` this process's pooled vectors, float32."""
-        return self.pooled.rows().float() if self.pooled.count else torch.zeros(0, pooled_dim)
-
-    def kept_levels(self) -> Optional[List[Tensor]]:
-        if not self.keep or self.shapes is None:
-            return None
-        return [torch.cat(parts) for parts in self.kept]
-
-
-class LevelFile:
-    """One level file of a disk bank, rows ``[n, H, W, C]`` channels last; ``file[rows]`` reads rows ``[R]``.
-
-    Rows are read one by one after asking the kernel for all of them at once (``POSIX_FADV_WILLNEED``
-    where the platform has it, so a bank larger than the page cache is read with many requests in
-    flight). Not memory-mapped: mapped page-cache pages count in the process's resident memory, in whole large folios (measured:
-    indexing 400 rows, 57 MB, of a mapped file added 640 MB of resident memory).
-    """
-
-    def __init__(self, path: Path, count: int, shape: Sequence[int], dtype: torch.dtype) -> None:
-        self.path, self.count, self.shape, self.dtype = Path(path), int(count), tuple(int(s) for s in shape), dtype
-        self.row_bytes = self.shape[0] * self.shape[1] * self.shape[2] * torch.tensor([], dtype=dtype).element_size()
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, rows: Tensor) -> Tensor:
-        rows = torch.as_tensor(rows, dtype=torch.long).flatten().tolist()
-        out = torch.empty((len(rows), *self.shape), dtype=self.dtype)
-        if not rows:
-            return out
-        if min(rows) < 0 or max(rows) >= self.count:
-            raise IndexError(f"rows outside 0..{self.count - 1} of bank file {str(self.path)!r}")
-        buffer = out.view(torch.uint8).numpy().reshape(len(rows), self.row_bytes)
-        advise = getattr(os, "posix_fadvise", None)  # not on macOS or Windows: reads then go one by one
-        with open(self.path, "rb", buffering=0) as handle:
-            if advise is not None:
-                for row in sorted(set(rows)):
-                    advise(handle.fileno(), row * self.row_bytes, self.row_bytes, os.POSIX_FADV_WILLNEED)
-            for i, row in enumerate(rows):
-                handle.seek(row * self.row_bytes)
-                if handle.readinto(buffer[i]) != self.row_bytes:
-                    raise CheckpointError(f"bank file {str(self.path)!r} ended before row {row}: it was truncated. "
-                                          "Fit again, or restore the bank files.")
-        return out
+__all__ = ["MemoryBank", "BANK_DTYPES", "BANK_STORAGES", "BANK_SHARDINGS", "BANK_DEVICES"]
 
 
 class MemoryBank(nn.Module):
@@ -327,7 +165,7 @@ class MemoryBank(nn.Module):
         return bank.reshape(bank.shape[0], bank.shape[1] * bank.shape[2], bank.shape[3])
 
     def gallery(self, position: int, neighbours: Tensor, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
-        """What :func:`~lightning_ad.knn.grouped_knn` searches for ``neighbours`` ``[B, M]`` (bank rows).
+        """What :func:`~lightning_ad.core.knn.grouped_knn` searches for ``neighbours`` ``[B, M]`` (bank rows).
 
         Returns ``(bank [U, H*W, C], groups [B, M])``. For in-memory levels on ``device`` this is
         the whole level and ``neighbours`` unchanged; otherwise only the U distinct rows named
@@ -577,7 +415,6 @@ class MemoryBank(nn.Module):
         extra = decode_manifest(incoming["manifest"]) if incoming.get("manifest") is not None else None
         if extra is not None:
             self._check_manifest(extra, incoming)
-            from .distributed import rank_and_world  # noqa: PLC0415 - bank.py stays free of collectives otherwise
 
             rank, processes = rank_and_world()
             self.attach(incoming["index"], incoming["pooled"], tuple(incoming["image_size"].tolist()), extra,
@@ -605,8 +442,8 @@ class MemoryBank(nn.Module):
         shapes = manifest.get("shapes", [])
         if [int(s[-1]) for s in shapes] != list(self.channels):
             problems.append(f"channels {[s[-1] for s in shapes]} ({self.owner}: {list(self.channels)})")
-        if manifest.get("dtype") != _dtype_name(self.dtype):
-            problems.append(f"bank_dtype {manifest.get('dtype')!r} (configured: {_dtype_name(self.dtype)!r})")
+        if manifest.get("dtype") != dtype_name(self.dtype):
+            problems.append(f"bank_dtype {manifest.get('dtype')!r} (configured: {dtype_name(self.dtype)!r})")
         pooled = incoming.get("pooled")
         if pooled is None or pooled.ndim != 2 or pooled.shape[1] != self.pooled_dim:
             problems.append(f"pooled size {None if pooled is None else tuple(pooled.shape[1:])} ({self.owner}: {self.pooled_dim})")
@@ -640,38 +477,5 @@ class MemoryBank(nn.Module):
 
     def make_manifest(self, shards: List[Dict[str, Any]], shapes: List[Tuple[int, int, int]]) -> Dict[str, Any]:
         """The manifest of a bank made of ``shards`` (the :meth:`BankWriter.close` entries, in rank order)."""
-        return {"format": MANIFEST_FORMAT, "levels": list(self.levels), "dtype": _dtype_name(self.dtype),
+        return {"format": MANIFEST_FORMAT, "levels": list(self.levels), "dtype": dtype_name(self.dtype),
                 "shapes": [list(shape) for shape in shapes], "shards": shards}
-
-
-def encode_manifest(manifest: Dict[str, Any]) -> Tensor:
-    """A manifest (shards' ``index`` as tensors) as a uint8 tensor of JSON, for the state dict."""
-    plain = {**manifest, "shards": [{**shard, "index": [int(i) for i in shard["index"].tolist()]}
-                                    for shard in manifest["shards"]]}
-    return torch.tensor(list(json.dumps(plain).encode()), dtype=torch.uint8)
-
-
-def decode_manifest(value: Tensor) -> Optional[Dict[str, Any]]:
-    """The manifest held in a state dict's ``manifest`` tensor (None when empty)."""
-    if value.numel() == 0:
-        return None
-    try:
-        manifest = json.loads(value.cpu().numpy().tobytes().decode())
-        for shard in manifest["shards"]:
-            shard["index"] = torch.tensor(shard["index"], dtype=torch.long)
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"the bank file manifest in this checkpoint cannot be read ({err}).") from None
-    return manifest
-
-
-def rename_legacy_keys(state_dict: Dict[str, Tensor], prefix: str) -> None:
-    """Map a round-1 state dict (``bank_pooled``, ``bank_level1`` ...) onto :class:`MemoryBank`'s keys, in place."""
-    renames = {"bank_index": "bank.index", "bank_image_size": "bank.image_size", "bank_pooled": "bank.pooled"}
-    for key in list(state_dict):
-        if not key.startswith(prefix):
-            continue
-        local = key[len(prefix):]
-        if local in renames:
-            state_dict[prefix + renames[local]] = state_dict.pop(key)
-        elif local.startswith("bank_level"):
-            state_dict[prefix + "bank.level" + local[len("bank_level"):]] = state_dict.pop(key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import List
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["spread_positions", "interleaved_split"]
 

@@ -2,10 +2,10 @@
 
 * The way in (:class:`PhotoPreprocess`): torch's ``uint8`` antialiased bilinear resize to the
   contract's ``image_size`` (what :class:`~lightning_ad.data.transforms.Preprocess` and the
-  :class:`~lightning_ad.detector.Detector` run), reproduced bit for bit as two integer-weight
+  :class:`~lightning_ad.inference.detector.Detector` run), reproduced bit for bit as two integer-weight
   matrices, with the centre crop folded in, then ``/ 255``.
 * The way back (:func:`map_resize_matrices`): a map at the crop's size ``[h, w]`` to the photo's
-  size ``[H0, W0]``, NaN where the crop removed the pixel (the rule of :mod:`lightning_ad.detector`).
+  size ``[H0, W0]``, NaN where the crop removed the pixel (the rule of :mod:`lightning_ad.inference.detector`).
 
 Every matrix is computed from the photo's size with tensor operations (no Python branch on
 it), so an exported graph takes photos of any size: the size is read from the input at run
@@ -132,7 +132,7 @@ def _axis_matrix(out_len: Length, resized_len: int, crop_len: int, offset: int) 
 def map_resize_matrices(original: Sequence[Length], contract: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
     """``(rows [H0, h], cols [W0, w], valid [H0, W0] bool)``: ``rows @ map @ cols.T`` is the map at
     the original size ``(H0, W0)`` (ints, or 0-dim tensors read at run time), NaN (not inspected)
-    where ``valid`` is False. See the rule of :mod:`lightning_ad.detector`."""
+    where ``valid`` is False. See the rule of :mod:`lightning_ad.inference.detector`."""
     resized = contract["image_size"]
     crop = contract["crop_size"] or resized
     top, left = crop_offsets(resized, crop)

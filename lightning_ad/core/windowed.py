@@ -142,7 +142,7 @@ def gallery_search(
 ) -> Tensor:
     """The pixel search of one level: ``[B, Q, k]`` ascending squared distances of queries ``[B, Q, C]``
     to the rows of their ``groups`` ``[B, M]`` of ``bank`` ``[N, H W, C]``: every position
-    (:func:`~lightning_ad.knn.grouped_knn`, ``cells=None``, the paper's) or a window
+    (:func:`~lightning_ad.core.knn.grouped_knn`, ``cells=None``, the paper's) or a window
     (:func:`windowed_knn`). ``grid`` is ``(H, W)``."""
     if cells is None:
         return grouped_knn(queries, bank, groups, k, chunk_bytes=chunk_bytes)

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .metrics import binary_auroc, per_region_overlap, precision_recall_f1
+from ..core.metrics import binary_auroc, per_region_overlap, precision_recall_f1
 from .results import ImageResults
 
 __all__ = ["Evaluation", "evaluate"]

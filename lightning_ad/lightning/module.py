@@ -1,11 +1,11 @@
-"""The LightningModule shell around :class:`~lightning_ad.spade.SpadeModel`: hooks, gathering, logging.
+"""The LightningModule shell around :class:`~lightning_ad.core.spade.SpadeModel`: hooks, gathering, logging.
 
 ``fit`` runs one pass over the normal training images: features are extracted
 without gradients, gathered across processes by sample index (padding repeats of
 the distributed sampler dropped) and stored as the bank; thresholds are then set
-from leave-one-out scores of the training images (:mod:`lightning_ad.thresholds`).
-``test`` scores every test image as :class:`~lightning_ad.results.ImageResults`,
-gathers them and logs what :func:`~lightning_ad.evaluation.evaluate` finds defined
+from leave-one-out scores of the training images (:mod:`lightning_ad.core.thresholds`).
+``test`` scores every test image as :class:`~lightning_ad.lightning.results.ImageResults`,
+gathers them and logs what :func:`~lightning_ad.lightning.evaluation.evaluate` finds defined
 (``test/image_auroc``, ``test/pixel_auroc``, ``test/pro``, F1 at the thresholds);
 ``predict`` returns the records.
 
@@ -19,7 +19,7 @@ optimisation keeps Lightning from building any graph or calling ``backward``.
 
 The metrics are computed once per epoch on the gathered, de-duplicated records by
 the functional forms: torchmetrics' own synchronisation would count the distributed
-sampler's padding repeats twice (the ``Metric`` classes in :mod:`lightning_ad.metrics`
+sampler's padding repeats twice (the ``Metric`` classes in :mod:`lightning_ad.core.metrics`
 serve users who accumulate their own streams).
 """
 
@@ -36,16 +36,18 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from . import checks, checkpoint as ckpt
+from ..core import checks
+from ..core.knn import DEFAULT_CHUNK_BYTES
+from ..core.spade import SpadeModel
+from ..core.thresholds import calibration_overlap, f1_thresholds
+from ..distributed import world_size
+from ..errors import ConfigurationError
+from ..inference import checkpoint as ckpt
 from .calibration import learn_from_leave_one_out
+from .collect import BankCollector
 from .console import UntrainedModelSummary, bank_summary, partial_bank_warning
-from .distributed import BankCollector, world_size
-from .errors import ConfigurationError
 from .evaluation import Evaluation, evaluate
-from .knn import DEFAULT_CHUNK_BYTES
 from .results import ImageResults, as_batch_dict
-from .spade import SpadeModel
-from .thresholds import calibration_overlap, f1_thresholds
 
 __all__ = ["Spade"]
 
@@ -164,7 +166,7 @@ class Spade(pl.LightningModule):
         return [self.step_anchor]
 
     def configure_callbacks(self) -> List[pl.Callback]:
-        """Lightning's default model summary, as :class:`~lightning_ad.console.UntrainedModelSummary`: it leaves
+        """Lightning's default model summary, as :class:`~lightning_ad.lightning.console.UntrainedModelSummary`: it leaves
         ``step_anchor`` out, so fit does not claim a trainable parameter. A summary of your own (or none) is kept."""
         trainer = self._trainer
         defaults = [c for c in (trainer.callbacks if trainer is not None else []) if type(c) is ModelSummary]

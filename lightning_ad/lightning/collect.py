@@ -1,0 +1,96 @@
+"""Fit across processes: collecting the training features into the bank, and the rows each process scores leave-one-out."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..bank import finish_stream
+from ..core.spade import Features
+from ..distributed import first_occurrences, gather_objects, gather_rows, rank_and_world
+from ..errors import ConfigurationError
+
+__all__ = ["gather_features", "BankCollector", "scoring_rows"]
+
+
+def gather_features(
+    parts: Sequence[Tuple[Tensor, Tensor, Sequence[Tensor], Tuple[int, int]]], device: torch.device
+) -> Tuple[Tensor, Any, Tuple[int, int]]:
+    """Every process's training features, one row per distinct id, ordered by it.
+
+    Args:
+        parts: this process's batches as ``(ids [B], pooled [B, D], pyramid [B, C_l, H_l, W_l]
+            per level, (H, W) of the input images)``; may be empty.
+        device: where the result goes.
+
+    Returns:
+        ``(ids [N], Features, (H, W))``. Collective: every process calls it. A process
+        without batches joins with empty rows shaped after another process's.
+    """
+    shapes = (parts[0][3], [tuple(level.shape[1:]) for level in parts[0][2]], parts[0][1].shape[1]) if parts else None
+    known = next((s for s in gather_objects(shapes) if s is not None), None)
+    if known is None:
+        raise ConfigurationError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
+    image_size, level_shapes, pooled_dim = known
+    if parts:
+        index = torch.cat([p[0] for p in parts]).to(device)
+        pooled = torch.cat([p[1] for p in parts]).float()
+        pyramid = [torch.cat([p[2][i] for p in parts]).float() for i in range(len(level_shapes))]
+    else:
+        index = torch.zeros(0, dtype=torch.long, device=device)
+        pooled = torch.zeros(0, pooled_dim, device=device)
+        pyramid = [torch.zeros((0, *shape), device=device) for shape in level_shapes]
+    index, pooled, pyramid = gather_rows(index), gather_rows(pooled), [gather_rows(level) for level in pyramid]
+    keep = first_occurrences(index)
+    return index[keep], Features([level[keep] for level in pyramid], pooled[keep]), tuple(image_size)
+
+
+
+class BankCollector:
+    """One process's training features during fit, made into ``model``'s bank by :meth:`finish` (collective).
+
+    An in-memory replicated bank keeps the batches and gathers them (:func:`gather_features`);
+    a disk or sharded bank streams them to files (:func:`finish_stream`) in a new folder
+    ``bank-<id>`` of ``folder`` (default: the trainer's log folder), so that no fit overwrites
+    the files of an earlier checkpoint.
+    """
+
+    def __init__(self, model: Any, folder: Optional[str], trainer: Any = None) -> None:
+        self.model, self.writer = model, None
+        if trainer is not None:  # a collective (log_dir): every process gets rank 0's folder
+            folder = folder or trainer.log_dir or trainer.default_root_dir
+        if model.bank.streams:
+            name = "bank-" + uuid.uuid4().hex[:8]
+            name = trainer.strategy.broadcast(name) if trainer is not None else name
+            rank = trainer.global_rank if trainer is not None else 0
+            self.writer = model.bank.writer(os.path.join(folder or model.bank.directory or ".", name), rank)
+        self.parts: List[Any] = []
+
+    def append(self, index: Tensor, features: Any, image_size: Tuple[int, int]) -> None:
+        if self.writer is not None:
+            self.writer.append(index, features.pooled, features.pyramid, image_size)
+        else:
+            self.parts.append((index, features.pooled, features.pyramid, image_size))
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.model.reset_bank()
+            finish_stream(self.writer, self.model.bank)
+        else:
+            index, features, image_size = gather_features(self.parts, self.model.bank.index.device)
+            self.model.set_bank(features, image_size, index)
+        self.parts, self.writer = [], None
+
+
+
+def scoring_rows(model: Any, rank: int) -> Tensor:
+    """The training-image rows this process scores leave-one-out: every P-th row, or, with a sharded
+    bank, the rows it holds (only their pyramids are here)."""
+    _, processes = rank_and_world()
+    if model.bank.sharding == "sharded" and processes > 1:
+        return model.bank.held().cpu().nonzero().flatten()
+    return torch.arange(model.bank_size)[rank::processes]

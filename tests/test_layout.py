@@ -1,0 +1,121 @@
+"""The package's layout: its import graph has no cycle, and the lower layers never import the upper ones.
+
+Every module is parsed with :mod:`ast` (nothing is imported): module-level and function-level
+``import`` / ``from`` statements alike, relative ones resolved against the module's package.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Dict, List, Optional, Set
+
+PACKAGE = "lightning_ad"
+ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+
+# Subpackages that sit below the Lightning and inference layers, and what they must never import.
+LOWER = ("core", "bank")
+UPPER = ("lightning", "inference", "serve")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> Dict[str, Path]:
+    return {module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+def resolve(name: str, known: Set[str]) -> Optional[str]:
+    """``name`` itself if it is a module of the package, else its longest prefix that is (``pkg.mod.attr`` -> ``pkg.mod``)."""
+    parts = name.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in known:
+            return candidate
+        parts.pop()
+    return None
+
+
+def imports_of(name: str, path: Path, known: Set[str]) -> Set[str]:
+    """The package's modules that ``name`` imports, anywhere in its file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets: List[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            # ``from pkg import mod`` imports the module pkg.mod; ``from pkg.mod import name`` imports pkg.mod.
+            targets = [f"{stem}.{alias.name}" for alias in node.names if f"{stem}.{alias.name}" in known] or [stem]
+        for target in targets:
+            module = resolve(target, known)
+            if module is not None and module != name:
+                found.add(module)
+    return found
+
+
+def graph() -> Dict[str, Set[str]]:
+    found = modules()
+    known = set(found)
+    return {name: imports_of(name, path, known) for name, path in found.items()}
+
+
+def find_cycle(edges: Dict[str, Set[str]]) -> Optional[List[str]]:
+    """One cycle of ``edges`` as a list of modules (first == last), or ``None``."""
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(node: str) -> Optional[List[str]]:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_graph_sees_relative_and_function_level_imports():
+    edges = graph()
+    assert f"{PACKAGE}.errors" in edges[f"{PACKAGE}.data.io"]  # ``from ..errors import`` at module level
+    assert len(edges) > 30
+
+
+def test_import_graph_has_no_cycle():
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_lower_layers_never_import_upper_ones():
+    bad = []
+    for name, targets in graph().items():
+        if name.split(".")[1:2] and name.split(".")[1] in LOWER:
+            bad += [f"{name} -> {t}" for t in sorted(targets) if t.split(".")[1:2] and t.split(".")[1] in UPPER]
+    assert not bad, "upward imports: " + ", ".join(bad)
+
+
+def test_no_module_imports_the_package_root():
+    bad = [name for name, targets in graph().items() if PACKAGE in targets and name != f"{PACKAGE}.__main__"]
+    assert not bad, f"modules importing {PACKAGE}/__init__: {bad}"
