@@ -58,9 +58,9 @@ def resize_weights(n_in: Length, n_out: int) -> Tuple[Tensor, Tensor]:
 
     Example:
         >>> weights, scale = resize_weights(4, 2)
-        >>> weights / scale
-        tensor([[0.5000, 0.5000, 0.0000, 0.0000],
-                [0.0000, 0.0000, 0.5000, 0.5000]], dtype=torch.float64)
+        >>> weights / scale  # halving: a triangle two input pixels wide each side, as torch's antialiasing
+        tensor([[0.4286, 0.4286, 0.1429, 0.0000],
+                [0.0000, 0.1429, 0.4286, 0.4286]], dtype=torch.float64)
     """
     # no arithmetic between 0-dim tensors alone: an exported graph may compute it in float32
     size = _as_length(n_in).to(torch.float64).reshape(1)
