@@ -421,10 +421,10 @@ class SpadeModel(nn.Module):
                                            self.chunk_bytes, queries.device, cells)
             else:
                 gallery, groups = self.bank.gallery(position, neighbours, queries.device)
-                dist = torch.cat([
-                    gallery_search(q, gallery, g, self.kappa, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
-                    for q, g in zip(queries.split(self.search_batch(position)), groups.split(self.search_batch(position)))
-                ])
+                step = self.search_batch(position)
+                parts = [gallery_search(q, gallery, g, self.kappa, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
+                         for q, g in zip(queries.split(step), groups.split(step))]
+                dist = torch.cat(parts) if parts else queries.new_zeros((0, height * width, self.kappa))
             maps.append(dist.mean(dim=-1).reshape(batch, height, width))
         return maps
 
