@@ -45,7 +45,7 @@ from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
-from .windowed import gallery_search, min_window_candidates, window_cells
+from .windowed import gallery_search, image_block_bytes, min_window_candidates, window_cells
 
 __all__ = [
     "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
@@ -440,8 +440,7 @@ class SpadeModel(nn.Module):
         if cells is None:
             return 2**31
         height, width = self.bank.level_shape(position)
-        padded = (height + 2 * cells) * (width + 2 * cells) + 2 * cells
-        return max(1, self.chunk_bytes // (4 * self.channels[position] * padded))
+        return max(1, self.chunk_bytes // image_block_bytes(cells, height, width, self.channels[position]))
 
     def combine(self, level_maps: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
         """Upsample each level map to ``size`` (bilinear), average the levels, smooth: ``[B, H, W]``."""

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .knn import DEFAULT_CHUNK_BYTES, grouped_knn
 
-__all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates"]
+__all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates", "padded_length", "image_block_bytes"]
 
 
 def window_cells(radius: Optional[float], stride: int) -> Optional[int]:
@@ -51,9 +51,15 @@ def min_window_candidates(cells: int, height: int, width: int, images: int) -> i
     return images * (min(cells, height - 1) + 1) * (min(cells, width - 1) + 1)
 
 
-def _block_images(batch: int, channels: int, padded: int, images: int, chunk_bytes: int) -> int:
-    """Gallery images per block so that one float32 difference block ``[B, m, C, L]`` stays within ``chunk_bytes``."""
-    return max(1, min(images, chunk_bytes // max(1, 4 * batch * channels * padded)))
+def padded_length(cells: int, height: int, width: int) -> int:
+    """Positions of one image's flattened gallery grid: padded by ``cells`` on every side, plus ``2 cells`` at the end
+    (the last offset's slice runs past the last row)."""
+    return (height + 2 * cells) * (width + 2 * cells) + 2 * cells
+
+
+def image_block_bytes(cells: int, height: int, width: int, channels: int) -> int:
+    """Bytes of one gallery image's float32 difference block for one query image: the unit the blocks are sized in."""
+    return 4 * channels * padded_length(cells, height, width)
 
 
 def windowed_knn(
@@ -103,12 +109,11 @@ def windowed_knn(
         raise ValueError(f"windowed_knn: k={k!r} must lie in [1, {images * side * side}] (the candidates of a window)")
     row = width + 2 * cells  # padded row length
     span = height * row  # query slots on the padded grid (the last 2 cells of each row are unused)
-    padded = (height + 2 * cells) * row + 2 * cells
     # queries: [B, C, H, W] -> slots y * row + x of the padded grid
     grid = queries.float().reshape(batch, height, width, channels).permute(0, 3, 1, 2)
     flat_q = F.pad(grid, (0, 2 * cells)).reshape(batch, 1, channels, span)
     groups = groups.to(device=bank.device, dtype=torch.long)
-    step = _block_images(batch, channels, padded, images, chunk_bytes)
+    step = max(1, min(images, chunk_bytes // (batch * image_block_bytes(cells, height, width, channels))))
     best = None
     for m0 in range(0, images, step):
         rows = bank[groups[:, m0 : m0 + step]].to(device=queries.device, dtype=torch.float32)  # [B, m, H, W, C]
