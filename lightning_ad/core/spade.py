@@ -45,7 +45,7 @@ from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
-from .windowed import gallery_search, image_block_bytes, min_window_candidates, window_cells
+from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
 
 __all__ = [
     "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
@@ -434,13 +434,13 @@ class SpadeModel(nn.Module):
         return [window_cells(self.search_radius, LEVEL_STRIDES[level]) for level in self.layers]
 
     def search_batch(self, position: int) -> int:
-        """Batch items searched together at a level: as many as keep one windowed block (one gallery image
-        for all of them, padded grid, float32) within ``chunk_bytes``; the global search blocks itself."""
+        """Batch items searched together at a level: as many as keep their galleries laid out for the windowed
+        search within ``chunk_bytes`` (at least one); the global search blocks itself."""
         cells = self.level_cells[position]
         if cells is None:
             return 2**31
         height, width = self.bank.level_shape(position)
-        return max(1, self.chunk_bytes // image_block_bytes(cells, height, width, self.channels[position]))
+        return max(1, self.chunk_bytes // gallery_bytes(cells, height, width, self.channels[position], self.gallery_k))
 
     def combine(self, level_maps: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
         """Upsample each level map to ``size`` (bilinear), average the levels, smooth: ``[B, H, W]``."""

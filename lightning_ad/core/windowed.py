@@ -2,28 +2,38 @@
 
 For a query position ``(y, x)`` of a feature grid, the candidates are the positions
 ``(y + dy, x + dx)``, ``|dy|, |dx| <= cells``, of each gallery image (for SPADE: the K
-nearest training images at the same pyramid level). Positions outside the grid never match:
-the gallery is padded with ``+inf``. ``cells`` is :func:`window_cells` of a radius in input
-pixels and the level's stride.
+nearest training images at the same pyramid level). Positions outside the grid never match.
+``cells`` is :func:`window_cells` of a radius in input pixels and the level's stride.
 
-Per offset this is an elementwise squared difference summed over the channels and a
-minimum (or the k smallest) over the gallery images: fixed shapes and no data-dependent
-control flow, so eager scoring, a sharded bank (per-position minima, all-reduced) and an
-exported graph run this very function. Distances are computed directly as
-``sum((q - g)^2)`` (no expansion, no cancellation): equal to a brute-force computation to
-float32 rounding, and bitwise independent of which other images share a block.
+How (one function for eager scoring, a sharded bank and the exported graph; fixed shapes, no
+data-dependent control flow):
 
-Work per query position: ``M (2 cells + 1)^2 C`` against ``M H W C`` for the global search
-(at stride 4 on a 56 x 56 grid with ``cells = 2``: 1/125 of it).
+1. The gallery images are laid out cell-major, ``[cell, image, C + 1]`` on a padded grid, as
+   ``[g - c, ||g - c||^2]`` (``c``: the query image's mean feature, which makes the expansion
+   below lose less to cancellation); padded cells are ``[0, +inf]``, so they are never chosen.
+2. The queries of a row segment of ``tile`` positions share one window: the ``tile + 2 cells``
+   cells around it in one gallery row, of every image. Per row offset ``dy``, one batched
+   matrix product of ``[-2 (q - c), 1]`` with these windows gives ``||g||^2 - 2 q.g`` for
+   every pair; a position keeps its own ``2 cells + 1`` columns (a band of the product).
+3. The k smallest per position are chosen there, and their distances are recomputed
+   directly as ``sum((q - g)^2)``: equal to a brute-force computation to float32 rounding,
+   and bitwise independent of the blocks and of which other images are searched along.
 
-Layout trick: queries are laid on the gallery's padded grid (row length ``W + 2 cells``),
-flattened, so that every offset is one contiguous slice of the flattened gallery.
+The ``2 cells + 1`` query rows that reach a window share it too: one product per block of
+windows, ``[2 cells + 1 rows x tile positions]`` by ``[tile + 2 cells cells x M images]``.
+Work per query position: ``M (2 cells + 1)(tile + 2 cells)(C + 1)`` multiply-adds, against
+``M H W C`` for the global search. Memory: the gallery laid out once (:func:`gallery_bytes`)
+and one block of products at a time (at most ``chunk_bytes``).
+
+Eagerly the windows and bands are views of the product's operands (no copy); in a traced
+export the same operands are built with slices, pads and concatenations (ONNX has no strided
+views). The arithmetic is the same.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +41,12 @@ from torch import Tensor
 
 from .knn import DEFAULT_CHUNK_BYTES, grouped_knn
 
-__all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates", "padded_length", "image_block_bytes"]
+__all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates", "gallery_bytes"]
+
+#: Query positions of a row segment that share one window (at least ``2 cells``).
+_TILE = 4
+#: Largest block of products: small enough to stay in cache (measured fastest on a 2-core CPU: 1-2 MiB).
+_PRODUCT_BYTES = 2**21
 
 
 def window_cells(radius: Optional[float], stride: int) -> Optional[int]:
@@ -51,15 +66,113 @@ def min_window_candidates(cells: int, height: int, width: int, images: int) -> i
     return images * (min(cells, height - 1) + 1) * (min(cells, width - 1) + 1)
 
 
-def padded_length(cells: int, height: int, width: int) -> int:
-    """Positions of one image's flattened gallery grid: padded by ``cells`` on every side, plus ``2 cells`` at the end
-    (the last offset's slice runs past the last row)."""
-    return (height + 2 * cells) * (width + 2 * cells) + 2 * cells
+class _Layout(NamedTuple):
+    """One batch item's padded grid: ``rows`` x ``row`` cells; a window of ``span`` cells every ``tile`` cells."""
+
+    cells: int
+    tile: int
+    span: int
+    row: int
+    rows: int
+
+    @property
+    def side(self) -> int:
+        return 2 * self.cells + 1
+
+    @property
+    def cells_per_item(self) -> int:
+        return self.rows * self.row
+
+    @property
+    def gallery_tail(self) -> int:
+        """Padding cells after the last item's gallery (the last windows' reach)."""
+        return self.span + self.tile
+
+    @property
+    def query_tail(self) -> int:
+        """Padding cells after the last item's queries (the last rows' reach)."""
+        return 2 * self.cells * self.row
 
 
-def image_block_bytes(cells: int, height: int, width: int, channels: int) -> int:
-    """Bytes of one gallery image's float32 difference block for one query image: the unit the blocks are sized in."""
-    return 4 * channels * padded_length(cells, height, width)
+def _layout(cells: int, height: int, width: int) -> _Layout:
+    tile = max(_TILE, 2 * cells)
+    return _Layout(cells, tile, tile + 2 * cells, tile * math.ceil((width + 2 * cells) / tile), height + 2 * cells)
+
+
+def gallery_bytes(cells: int, height: int, width: int, channels: int, images: int) -> int:
+    """Bytes of the gallery laid out for one query image (``images`` images on the padded grid, float32, ``C + 1``
+    channels): the unit callers size their batches in."""
+    return 4 * _layout(cells, height, width).cells_per_item * images * (channels + 1)
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _query_rows(queries: Tensor, lay: _Layout, height: int, width: int) -> Tensor:
+    """``[count, side * tile, C + 1]``: for the window of each gallery row segment, the ``tile`` query positions of
+    each of the ``side`` query rows that reach it, as ``[-2 q, 1]`` (``queries``: centred, ``[B, Q, C]``)."""
+    batch, _, channels = queries.shape
+    grid = F.pad((queries * -2.0).reshape(batch, height, width, channels), (0, 0, 0, lay.row - width, 2 * lay.cells, 0))
+    flat = torch.cat([grid, grid.new_ones(grid.shape[:-1] + (1,))], dim=-1).reshape(-1, channels + 1)
+    flat = F.pad(flat, (0, 0, 0, lay.query_tail))  # rows below the last item: [0, 0] (their products are dropped)
+    if _exporting():
+        end = flat.shape[0] - lay.query_tail  # = B * cells_per_item, kept symbolic in the batch
+        parts = [flat[dy * lay.row : end + dy * lay.row].reshape(-1, 1, lay.tile, channels + 1) for dy in range(lay.side)]
+        return torch.cat(parts, dim=1).reshape(-1, lay.side * lay.tile, channels + 1)
+    count = batch * lay.cells_per_item // lay.tile
+    depth = channels + 1
+    return flat.as_strided((count, lay.side, lay.tile, depth), (lay.tile * depth, lay.row * depth, depth, 1)).reshape(
+        count, lay.side * lay.tile, depth)
+
+
+def _gallery_block(rows: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
+    """``[B * cells_per_item + gallery_tail, m, C + 1]``: images ``rows`` ``[B, m, H, W, C]`` laid out cell-major on the
+    padded grid as ``[g - centre, ||g - centre||^2]``; padding ``[0, +inf]``."""
+    batch, m, height, width, channels = rows.shape
+    c = lay.cells
+    if _exporting():  # functional form (traceable)
+        feat = rows.float().permute(0, 2, 3, 1, 4) - centre.view(batch, 1, 1, 1, channels)
+        norm = (feat * feat).sum(dim=-1)
+        feat = F.pad(feat, (0, 0, 0, 0, c, lay.row - width - c, c, c))
+        norm = F.pad(norm, (0, 0, c, lay.row - width - c, c, c), value=float("inf"))
+        block = torch.cat([feat, norm.unsqueeze(-1)], dim=-1).reshape(-1, m, channels + 1)
+        tail = torch.cat([block.new_zeros(lay.gallery_tail, m, channels),
+                          block.new_full((lay.gallery_tail, m, 1), float("inf"))], dim=-1)
+        return torch.cat([block, tail])
+    block = rows.new_empty((batch * lay.cells_per_item + lay.gallery_tail, m, channels + 1), dtype=torch.float32)
+    grid = block[: batch * lay.cells_per_item].view(batch, lay.rows, lay.row, m, channels + 1)
+    for pad in (grid[:, :c], grid[:, c + height :], grid[:, c : c + height, :c], grid[:, c : c + height, c + width :],
+                block[batch * lay.cells_per_item :]):
+        pad[..., :channels].zero_()
+        pad[..., channels].fill_(float("inf"))
+    inner = grid[:, c : c + height, c : c + width]  # [B, H, W, m, C + 1]
+    torch.sub(rows.permute(0, 2, 3, 1, 4), centre.view(batch, 1, 1, 1, channels), out=inner[..., :channels])
+    torch.linalg.vector_norm(inner[..., :channels], dim=-1, out=inner[..., channels])
+    inner[..., channels].square_()
+    return block
+
+
+def _windows(block: Tensor, lay: _Layout, count: int) -> Tensor:
+    """``[count, span * m, C + 1]``: windows of ``span`` cells every ``tile`` cells of ``block``."""
+    _, m, depth = block.shape
+    if _exporting():
+        pieces = math.ceil(lay.span / lay.tile)
+        end = block.shape[0] - lay.gallery_tail  # = count * tile, kept symbolic in the batch
+        parts = [block[i * lay.tile : end + i * lay.tile].reshape(-1, lay.tile, m, depth) for i in range(pieces)]
+        return torch.cat(parts, dim=1)[:, : lay.span].reshape(-1, lay.span * m, depth)
+    return block.as_strided((count, lay.span * m, depth), (lay.tile * m * depth, depth, 1), block.storage_offset())
+
+
+def _band(product: Tensor, lay: _Layout, m: int) -> Tensor:
+    """``[n, tile, side * m]``: each query position's own columns of ``product`` ``[n, tile, span * m]`` (position j
+    of a segment keeps window cells ``j .. j + 2 cells``)."""
+    n = product.shape[0]
+    if _exporting():  # a shear: pad by m columns per row, so that row j starts j cells later
+        flat = F.pad(product.reshape(n, -1), (0, lay.tile * m))
+        return flat.reshape(n, lay.tile, (lay.span + 1) * m)[:, :, : lay.side * m]
+    return product.as_strided((n, lay.tile, lay.side * m), (lay.tile * lay.span * m, (lay.span + 1) * m, 1),
+                              product.storage_offset())
 
 
 def windowed_knn(
@@ -80,8 +193,9 @@ def windowed_knn(
         cells: window half-width in grid cells (``0``: the same position only).
         k: neighbours, at most ``M (2 cells + 1)^2``; a position with fewer candidates (near a
             border: at least :func:`min_window_candidates`) gets ``+inf`` in its last slots.
-        chunk_bytes: upper bound of one float32 difference block (at least one gallery image
-            for the whole batch: callers split large batches).
+        chunk_bytes: bound of one block of products (at most 2 MiB are used, which stays in
+            cache); the gallery laid out for the search (:func:`gallery_bytes` per batch item)
+            is held once besides.
 
     Returns:
         ``[B, Q, k]`` float32 squared distances, ascending.
@@ -107,32 +221,50 @@ def windowed_knn(
     side = 2 * cells + 1
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= images * side * side:
         raise ValueError(f"windowed_knn: k={k!r} must lie in [1, {images * side * side}] (the candidates of a window)")
-    row = width + 2 * cells  # padded row length
-    span = height * row  # query slots on the padded grid (the last 2 cells of each row are unused)
-    # queries: [B, C, H, W] -> slots y * row + x of the padded grid
-    grid = queries.float().reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-    flat_q = F.pad(grid, (0, 2 * cells)).reshape(batch, 1, channels, span)
+    lay = _layout(cells, height, width)
+    per_row = lay.row // lay.tile
+    queries = queries.float()
+    centre = queries.mean(dim=1, keepdim=True)  # [B, 1, C]
+    lhs = _query_rows(queries - centre, lay, height, width)  # [count, side * tile, C + 1]
+    count = lhs.shape[0]
     groups = groups.to(device=bank.device, dtype=torch.long)
-    step = max(1, min(images, chunk_bytes // (batch * image_block_bytes(cells, height, width, channels))))
-    best = None
-    for m0 in range(0, images, step):
-        rows = bank[groups[:, m0 : m0 + step]].to(device=queries.device, dtype=torch.float32)  # [B, m, H, W, C]
-        m = rows.shape[1]
-        gallery = F.pad(rows.permute(0, 1, 4, 2, 3), (cells, cells, cells, cells), value=float("inf"))
-        gallery = F.pad(gallery.reshape(batch, m, channels, -1), (0, 2 * cells), value=float("inf"))  # [B, m, C, padded]
-        for dy in range(side):
-            for dx in range(side):
-                start = dy * row + dx
-                found = (gallery[..., start : start + span] - flat_q).square_().sum(dim=2)  # [B, m, span]
-                if k == 1:
-                    found = found.amin(dim=1, keepdim=True)
-                    best = found if best is None else torch.minimum(best, found)
-                else:
-                    pool = found if best is None else torch.cat([best, found], dim=1)
-                    best = pool.topk(min(k, pool.shape[1]), dim=1, largest=False, sorted=False).values
-    assert best is not None
-    best = best.reshape(batch, -1, height, row)[..., :width].reshape(batch, -1, positions)  # [B, k, Q]
-    return best.transpose(1, 2).sort(dim=-1).values
+    block = _gallery_block(bank[groups].to(queries.device), centre, lay)  # [B * cells_per_item + tail, M, C + 1]
+    windows = _windows(block, lay, count)  # [count, span * M, C + 1]
+    # blocks of windows whose product [n, side * tile, span * M] stays in cache and within chunk_bytes (one when traced)
+    step = count if _exporting() else max(1, min(chunk_bytes, _PRODUCT_BYTES) // (4 * side * lay.tile * lay.span * images))
+    kk = min(k, side * images)  # per query row offset; side * kk >= k candidates in all
+    values, codes = [], []
+    for w0 in range(0, count, step):
+        product = torch.bmm(lhs[w0 : w0 + step], windows[w0 : w0 + step].transpose(1, 2))
+        band = _band(product.view(-1, lay.tile, lay.span * images), lay, images)  # [n * side, tile, side * M]
+        value, where = (band.min(dim=-1, keepdim=True) if k == 1 else
+                        band.topk(kk, dim=-1, largest=False, sorted=False))
+        values.append(value)
+        codes.append(where)  # dx * M + image; the query row offset is added below
+    value = torch.cat(values).view(count, side, lay.tile, kk)
+    code = torch.cat(codes).view(count, side, lay.tile, kk)
+    # the query row y at row offset j of a window (gallery padded row r) is r - 2 cells + j: collect each position's
+    # candidates over j, whose gallery row is y + cells - j
+    value = value.view(batch, lay.rows, per_row, side, lay.tile, -1)
+    code = code.view(batch, lay.rows, per_row, side, lay.tile, -1)
+    pick = [slice(2 * cells - j, 2 * cells - j + height) for j in range(side)]
+    value = torch.cat([value[:, pick[j], :, j] for j in range(side)], dim=-1)  # [B, H, per_row, tile, side * L]
+    code = torch.cat([code[:, pick[j], :, j] + j * side * images for j in range(side)], dim=-1)
+    value, best = value.topk(k, dim=-1, largest=False, sorted=False)
+    code = code.gather(-1, best)
+    value = value.reshape(batch, height, lay.row, k)[:, :, :width].reshape(batch, positions, k)
+    code = code.reshape(batch, height, lay.row, k)[:, :, :width]
+    slot = code % images
+    offset = torch.div(code, images, rounding_mode="floor")  # j * side + dx
+    ys = torch.arange(height, device=code.device).view(1, height, 1, 1) + cells - torch.div(offset, side, rounding_mode="floor")
+    xs = torch.arange(width, device=code.device).view(1, 1, width, 1) + offset % side - cells
+    image = groups.to(code.device).gather(1, slot.reshape(batch, -1)).view_as(slot)
+    flat = ((image * height + ys.clamp(0, height - 1)) * width + xs.clamp(0, width - 1)).reshape(-1)
+    chosen = bank.reshape(-1, channels).index_select(0, flat.to(bank.device)).to(queries.device).float()
+    diff = chosen.view(batch, positions, k, channels) - queries.unsqueeze(2)
+    exact = (diff * diff).sum(dim=-1)
+    exact = torch.where(torch.isfinite(value), exact, torch.full_like(exact, float("inf")))
+    return exact.sort(dim=-1).values
 
 
 def gallery_search(
