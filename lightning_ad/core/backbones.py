@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MissingPackageError
+from .folding import fold_batchnorm
 
 __all__ = [
     "BACKBONES",
@@ -88,6 +89,9 @@ class FeatureExtractor(nn.Module):
     name: str = ""
     channels: Dict[int, int] = {}
     pooled_dim: int = 0
+    #: Whether ``net`` may run with its BatchNorm folded into its convolutions (:mod:`lightning_ad.core.folding`):
+    #: only for networks whose registration order is their data flow.
+    folds_batchnorm: bool = False
 
     def __init__(self, levels: Sequence[int] = (1, 2, 3)) -> None:
         super().__init__()
@@ -106,14 +110,28 @@ class FeatureExtractor(nn.Module):
     def normalize(self, images: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _features(self, x: Tensor) -> Tuple[Dict[int, Tensor], Tensor]:  # pragma: no cover
+    def _features(self, x: Tensor, net: nn.Module) -> Tuple[Dict[int, Tensor], Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def inference_net(self) -> nn.Module:
+        """``net`` as it runs: with its BatchNorm folded where the class allows (a derived copy, rebuilt whenever a
+        weight is replaced, moved or changed in place; never part of the state dict). Traced into a graph, the
+        network as loaded (a folded copy built inside a trace gave wrong ONNX outputs)."""
+        if not self.folds_batchnorm or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.net  # a graph holds the network as loaded (ONNX Runtime folds it itself)
+        tensors = [*self.net.parameters(), *self.net.buffers()]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            cached = (key, fold_batchnorm(self.net))
+            self.__dict__["_folded"] = cached  # a plain attribute: not a registered submodule
+        return cached[1]
 
     def forward(self, images: Tensor) -> Tuple[List[Tensor], Tensor]:
         """Images ``[B, 3, H, W]`` in [0, 1] -> (pyramid list in level order, pooled ``[B, D]``)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
-        taps, pooled = self._features(self.normalize(images))
+        taps, pooled = self._features(self.normalize(images), self.inference_net())
         return [taps[level] for level in self.levels], pooled
 
     def level_channels(self) -> List[int]:
@@ -278,8 +296,8 @@ class TimmBackbone(FeatureExtractor):
     def normalize(self, images: Tensor) -> Tensor:
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def _features(self, x: Tensor) -> Tuple[Dict[int, Tensor], Tensor]:
-        outputs = list(self.net(x))
+    def _features(self, x: Tensor, net: nn.Module) -> Tuple[Dict[int, Tensor], Tensor]:
+        outputs = list(net(x))
         if self._nhwc:
             outputs = [o.permute(0, 3, 1, 2) for o in outputs]
         taps = {level: outputs[position] for level, position in self._positions.items()}
@@ -357,6 +375,8 @@ class EfficientNetLite(FeatureExtractor):
     ...; same tensors in the same order).
     """
 
+    folds_batchnorm = True  # every BatchNormAct2d is registered right after the convolution it reads
+
     def __init__(self, name: str = "efficientnet_lite0", levels: Sequence[int] = (1, 2, 3)) -> None:
         super().__init__(levels)
         if name not in EFFICIENTNET_LITE:
@@ -371,13 +391,13 @@ class EfficientNetLite(FeatureExtractor):
     def normalize(self, images: Tensor) -> Tensor:
         return (images - 0.5) / 0.5
 
-    def _features(self, x: Tensor) -> Tuple[Dict[int, Tensor], Tensor]:
-        head, taps = self.net.forward_intermediates(x, indices=self._indices)
+    def _features(self, x: Tensor, net: nn.Module) -> Tuple[Dict[int, Tensor], Tensor]:
+        head, taps = net.forward_intermediates(x, indices=self._indices)
         return dict(zip(sorted(LEVEL_STRIDES), taps)), head.mean(dim=(2, 3))
 
     def classify(self, images: Tensor) -> Tensor:
         """ImageNet logits ``[B, 1000]`` for images in [0, 1] (to check the weights)."""
-        _, pooled = self._features(self.normalize(images))
+        _, pooled = self._features(self.normalize(images), self.net)
         return self.net.classifier(pooled)
 
     def timm_state(self, state: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
@@ -416,6 +436,8 @@ class TorchvisionResNet(FeatureExtractor):
         "wide_resnet101_2": ({1: 256, 2: 512, 3: 1024}, 2048),
     }
 
+    folds_batchnorm = True  # conv -> bn pairs in registration order, the downsample's too
+
     def __init__(self, arch: str, levels: Sequence[int] = (1, 2, 3)) -> None:
         import torchvision
 
@@ -431,8 +453,7 @@ class TorchvisionResNet(FeatureExtractor):
     def normalize(self, images: Tensor) -> Tensor:
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def _features(self, x: Tensor) -> Tuple[Dict[int, Tensor], Tensor]:
-        net = self.net
+    def _features(self, x: Tensor, net: nn.Module) -> Tuple[Dict[int, Tensor], Tensor]:
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         f1 = net.layer1(x)
         f2 = net.layer2(f1)
@@ -442,7 +463,7 @@ class TorchvisionResNet(FeatureExtractor):
 
     def classify(self, images: Tensor) -> Tensor:
         """ImageNet logits ``[B, 1000]`` for images in [0, 1] (to check the weights)."""
-        _, pooled = self._features(self.normalize(images))
+        _, pooled = self._features(self.normalize(images), self.net)
         return self.net.fc(pooled)
 
 
