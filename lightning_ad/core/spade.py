@@ -55,6 +55,9 @@ __all__ = [
 IMAGE_SCORES = ("dn2", "max", "topq", "combined")
 
 
+#: Images per backbone call on a CPU (see :meth:`SpadeModel.extract`).
+_CPU_SLICE = 8
+
 class Features(NamedTuple):
     """Backbone output: ``pyramid`` (one ``[B, C_l, H_l, W_l]`` per level) and ``pooled`` ``[B, D]``."""
 
@@ -275,10 +278,15 @@ class SpadeModel(nn.Module):
     def extract(self, images: Tensor) -> Features:
         """Images ``[B, 3, H, W]`` in [0, 1] -> :class:`Features` (no gradient)."""
         check_image_range(images)
+        images = images.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout; the bank's too
+        # on a CPU in slices of a few images, whose activations stay in cache (Lite0, 2 cores: 14.1 ms per image
+        # in batches of 32, 10.4 in slices of 8)
+        step = _CPU_SLICE if images.device.type == "cpu" else max(1, images.shape[0])
         with torch.no_grad():
-            # channels last: about twice as fast on CPUs (oneDNN), and the pyramid comes in the bank's layout
-            pyramid, pooled = self.backbone(images.contiguous(memory_format=torch.channels_last))
-        return Features(list(pyramid), pooled)
+            parts = [self.backbone(part) for part in images.split(step)]
+        if len(parts) == 1:
+            return Features(list(parts[0][0]), parts[0][1])
+        return Features([torch.cat(level) for level in zip(*(p for p, _ in parts))], torch.cat([q for _, q in parts]))
 
     def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32) -> None:
         """Build the bank from normal images (a tensor ``[N, 3, H, W]`` or an iterable of batches)."""
