@@ -102,7 +102,7 @@ def assert_matches(outputs, expected, rtol=1e-4):
 
 def test_uint8_preprocessing_is_torchs_kernel_bit_for_bit():
     rng = np.random.default_rng(0)
-    cases = [((900, 900), 256, 224), ((37, 100), 64, 48), ((64, 64), 80, None), ((64, 50), 64, 48), ((48, 64), 64, 33)]
+    cases = [((900, 900), 256, 224), ((2000, 3000), 256, 224), ((37, 100), 64, 48), ((64, 64), 80, None), ((64, 50), 64, 48), ((48, 64), 64, 33)]
     for (height, width), size, crop in cases:
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         contract = {"image_size": [size, size], "crop_size": [crop, crop] if crop else None}
