@@ -94,3 +94,26 @@ def test_knn_argument_errors():
         knn(torch.zeros(2, 3), torch.zeros(2, 3), 1, chunk_bytes=10)
     with pytest.raises(ValueError, match="group indices"):
         grouped_knn(torch.zeros(1, 2, 3), torch.zeros(4, 5, 3), torch.tensor([[4]]), 1)
+
+
+def test_traced_grouped_search_follows_the_batch_of_its_input():
+    # traced at batch 1, run at batch 3, with several gallery blocks: the block bounds are constants of the
+    # graph (a bound read from the traced input's size once moved the slices and skipped most of the gallery)
+    import warnings
+
+    gen = torch.Generator().manual_seed(7)
+    bank = torch.rand(6, 300, 8, generator=gen)
+    queries = torch.rand(3, 300, 8, generator=gen)
+    groups = torch.tensor([[0, 2, 4], [1, 3, 5], [5, 0, 1]])
+
+    class Search(torch.nn.Module):
+        def forward(self, q, g):
+            return grouped_knn(q, bank, g, 2, chunk_bytes=4096 * 4)  # blocks of 64 gallery rows for one item
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(Search(), (queries[:1], groups[:1]), check_trace=False)
+    expected = grouped_knn(queries, bank, groups, 2, chunk_bytes=4096 * 4)
+    # other blocks round the expansion differently (float32 rounding); a skipped block would be far off
+    assert torch.allclose(traced(queries, groups), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(expected, grouped_knn(queries, bank, groups, 2, chunk_bytes=2**30), rtol=1e-5, atol=1e-6)

@@ -126,3 +126,25 @@ def test_window_cells_and_argument_checks():
     assert torch.isinf(far[0, 0, 8]) and torch.isfinite(far[0, 4]).all()
     with pytest.raises(ValueError, match="do not match"):
         windowed_knn(torch.zeros(1, 8, 4), bank, groups, 1, 1)
+
+
+def test_traced_search_follows_the_batch_of_its_input():
+    # the exported form (slices and pads instead of strided views), traced at batch 1 and run at batch 3,
+    # equals the eager search
+    import warnings
+
+    gen = torch.Generator().manual_seed(8)
+    bank = torch.randn(5, 7, 9, 6, generator=gen)
+    queries = torch.randn(3, 63, 6, generator=gen)
+    groups = torch.tensor([[0, 1, 2], [3, 4, 0], [2, 2, 1]])
+    for cells, k in ((1, 1), (2, 3)):
+        class Search(torch.nn.Module):
+            def forward(self, q, g):
+                return windowed_knn(q, bank, g, cells, k)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(Search(), (queries[:1], groups[:1]), check_trace=False)
+        expected = windowed_knn(queries, bank, groups, cells, k)
+        assert torch.allclose(traced(queries, groups), expected, rtol=1e-6, atol=1e-6)
+        _close(expected, brute_force_windowed(queries, bank, groups, cells, k), queries, bank)

@@ -81,7 +81,9 @@ def _search(
     query of each batch item first (distances do not change; the expansion then
     loses less to cancellation).
     """
-    batch, num_q, _ = queries.shape
+    # block bounds from Python ints: in a traced graph they stay constants (sizes read from a traced input would
+    # become run-time values there, moving the slices of a loop whose length was fixed at trace time)
+    batch, num_q = int(queries.shape[0]), int(queries.shape[1])
     # One memory layout for every caller, channels outermost (as a backbone's [B, C, Q] comes; no copy then):
     # the reductions below (the mean, the norms) round by layout, and so would every distance.
     queries = queries.float().transpose(1, 2).contiguous().transpose(1, 2)
@@ -91,13 +93,16 @@ def _search(
     q_norm = (qc * qc).sum(dim=-1, keepdim=True)  # [B, Q, 1]
     q_block = min(num_q, _QUERY_BLOCK)
     g_block = max(1, min(num_gallery, chunk_bytes // (4 * batch * q_block)))
-    best_d = qc.new_full((batch, num_q, k), float("inf"))
-    best_i = torch.zeros((batch, num_q, k), dtype=torch.long, device=queries.device) if with_indices else None
+    # the running k smallest of each query block, replaced (never written in place): a traced graph then follows
+    # the batch size of its input, not of the example it was traced with
+    starts = list(range(0, num_q, q_block))
+    best_d = [torch.full_like(q_norm[:, q0 : q0 + q_block], float("inf")).expand(-1, -1, k) for q0 in starts]
+    best_i = [torch.zeros_like(d, dtype=torch.long) for d in best_d] if with_indices else None
     fast_min = k == 1 and not with_indices
     for g0 in range(0, num_gallery, g_block):
         g1 = min(num_gallery, g0 + g_block)
         ga_t = _augment_gallery(fetch(g0, g1).float() - centre).transpose(1, 2)  # [B, C + 1, Gc]
-        for q0 in range(0, num_q, q_block):
+        for block_no, q0 in enumerate(starts):
             q1 = min(num_q, q0 + q_block)
             block = torch.bmm(qa[:, q0:q1], ga_t)  # ||g||^2 - 2 q.g, [B, Qc, Gc]
             if exclude is not None:
@@ -108,17 +113,16 @@ def _search(
                     block[rows[0], rows[1], ex[rows]] = float("inf")
             if fast_min:
                 # amin is an order of magnitude faster than min-with-indices on the CPU
-                best_d[:, q0:q1] = torch.minimum(best_d[:, q0:q1], block.amin(dim=-1, keepdim=True))
+                best_d[block_no] = torch.minimum(best_d[block_no], block.amin(dim=-1, keepdim=True))
                 continue
             kk = min(k, g1 - g0)
             value, index = block.topk(kk, dim=-1, largest=False, sorted=False)
-            cand_d = torch.cat([best_d[:, q0:q1], value], dim=-1)
-            top_d, pos = cand_d.topk(k, dim=-1, largest=False, sorted=False)
-            best_d[:, q0:q1] = top_d
+            cand_d = torch.cat([best_d[block_no], value], dim=-1)
+            best_d[block_no], pos = cand_d.topk(k, dim=-1, largest=False, sorted=False)
             if best_i is not None:
-                cand_i = torch.cat([best_i[:, q0:q1], index + g0], dim=-1)
-                best_i[:, q0:q1] = cand_i.gather(-1, pos)
-    return (best_d + q_norm).clamp_min_(0.0), best_i
+                best_i[block_no] = torch.cat([best_i[block_no], index + g0], dim=-1).gather(-1, pos)
+    distances = torch.cat(best_d, dim=1)
+    return (distances + q_norm).clamp_min_(0.0), None if best_i is None else torch.cat(best_i, dim=1)
 
 
 def _exact(queries: Tensor, neighbours: Tensor) -> Tensor:
@@ -128,7 +132,10 @@ def _exact(queries: Tensor, neighbours: Tensor) -> Tensor:
 
 
 def _sorted(distances: Tensor, indices: Tensor) -> KnnResult:
-    distances, order = distances.sort(dim=-1, stable=True)
+    if torch.onnx.is_in_onnx_export():  # ONNX has no stable sort; its TopK keeps ties in index order
+        distances, order = distances.topk(distances.shape[-1], dim=-1, largest=False, sorted=True)
+    else:
+        distances, order = distances.sort(dim=-1, stable=True)
     return KnnResult(distances, indices.gather(-1, order))
 
 
@@ -268,11 +275,11 @@ def grouped_knn(
             "grouped_knn: expected queries [B, Q, C], bank [N, P, C], groups [B, M]; got "
             f"{tuple(queries.shape)}, {tuple(bank.shape)}, {tuple(groups.shape)}"
         )
-    num_groups, per_group, channels = bank.shape
+    num_groups, per_group, channels = (int(v) for v in bank.shape)
     groups = groups.to(device=bank.device, dtype=torch.long)
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
         raise ValueError(f"grouped_knn: group indices must lie in [0, {num_groups})")
-    num_gallery = groups.shape[1] * per_group
+    num_gallery = int(groups.shape[1]) * per_group
     _validate(queries, channels, k, num_gallery, "grouped_knn")
 
     def fetch(start: int, stop: int) -> Tensor:

@@ -25,9 +25,8 @@ Inside, in order:
    rounded to ``uint8``), with the centre crop folded in; then ``/ 255`` in float32: the model
    sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess` gives;
 2. the backbone (its own input normalisation included);
-3. the kNN scoring: the image-level neighbours by exact squared distances (the matmul
-   expansion ``|q|^2 - 2 q.g + |g|^2`` to choose, the chosen recomputed as ``sum((q - g)^2)``,
-   as :mod:`lightning_ad.core.knn` does), and the pixel search that eager scoring runs, traced:
+3. the kNN scoring, the library's functions traced: the image-level neighbours by
+   :func:`~lightning_ad.core.knn.knn` (exact squared distances), and the pixel search that eager scoring runs:
    :func:`~lightning_ad.core.windowed.gallery_search` (the position-aware window of the
    checkpoint's ``search_radius``, or every position);
 4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.core.filters.gaussian_blur`,
@@ -78,6 +77,7 @@ from torch import Tensor, nn
 from ..core.filters import gaussian_blur
 from ..core.spade import SpadeModel, image_score_from_parts, map_part_of
 from ..core.thresholds import decide, normalize_scores
+from ..core.knn import knn
 from ..core.windowed import gallery_search
 from ..data.transforms import as_hw
 from ..errors import ConfigurationError
@@ -136,7 +136,6 @@ class ExportableSpade(nn.Module):
         # 3. bank and kNN settings
         bank = model.bank
         self.register_buffer("bank_pooled", bank.pooled.float().contiguous())
-        self.register_buffer("bank_pooled_sq", (bank.pooled.float() ** 2).sum(dim=1))
         self.image_k, self.gallery_k, self.kappa = model.image_k, model.gallery_k, model.kappa
         self.k_images = max(model.image_k, model.gallery_k)
         self.level_shapes: List[Tuple[int, int, int]] = []
@@ -144,8 +143,6 @@ class ExportableSpade(nn.Module):
             rows = level.float()  # [N, H_l, W_l, C_l]
             n, h_l, w_l, c_l = rows.shape
             self.register_buffer(f"level{position}", rows.reshape(n, h_l * w_l, c_l).contiguous())
-            if model.level_cells[position] is None:  # the global search's squared norms
-                self.register_buffer(f"level{position}_sq", (rows.reshape(n, h_l * w_l, c_l) ** 2).sum(dim=-1))
             self.level_shapes.append((int(h_l), int(w_l), int(c_l)))
         self.level_cells, self.chunk_bytes = model.level_cells, model.chunk_bytes
         if max(model.image_k, model.gallery_k) > model.bank_size:
@@ -167,59 +164,22 @@ class ExportableSpade(nn.Module):
         return image_score_from_parts(self.image_score, dn2, part, self.dn2_scale, self.map_scale)
 
     def nearest_images(self, pooled: Tensor) -> Tuple[Tensor, Tensor]:
-        """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``."""
-        pooled = pooled.float()
-        approx = (pooled * pooled).sum(dim=1, keepdim=True) - 2.0 * pooled @ self.bank_pooled.T + self.bank_pooled_sq
-        _, index = approx.topk(self.k_images, dim=1, largest=False, sorted=True)  # [B, k]
-        chosen = F.embedding(index, self.bank_pooled)  # [B, k, D]
-        diff = chosen - pooled.unsqueeze(1)
-        exact = (diff * diff).sum(dim=-1)
-        exact, order = exact.topk(self.k_images, dim=1, largest=False, sorted=True)
-        index = index.gather(1, order)
-        return exact[:, : self.image_k].mean(dim=1), index[:, : self.gallery_k]
+        """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``, by the library's exact
+        kNN (each photo a batch item of one query, so that the graph follows the batch of its input)."""
+        found = knn(pooled.float().unsqueeze(1), self.bank_pooled, self.k_images, chunk_bytes=self.chunk_bytes)
+        distances, index = found.distances[:, 0], found.indices[:, 0]
+        return distances[:, : self.image_k].mean(dim=1), index[:, : self.gallery_k]
 
     def level_map(self, position: int, fmap: Tensor, neighbours: Tensor) -> Tensor:
         """``[B, H_l, W_l]``: mean squared distance of each position to its kappa nearest gallery features,
-        by the search eager scoring runs (:func:`~lightning_ad.core.windowed.gallery_search`)."""
+        by the search eager scoring runs (:func:`~lightning_ad.core.windowed.gallery_search`: a window, or
+        every position)."""
         h_l, w_l, c_l = self.level_shapes[position]
         queries = fmap.float().permute(0, 2, 3, 1).reshape(-1, h_l * w_l, c_l)
         bank = getattr(self, f"level{position}")  # [N, P, C]
-        if self.level_cells[position] is None:
-            return self.global_level_map(position, queries, neighbours)
         distance = gallery_search(queries, bank, neighbours, self.kappa, cells=self.level_cells[position], grid=(h_l, w_l),
                                   chunk_bytes=self.chunk_bytes)
         return distance.mean(dim=-1).reshape(-1, h_l, w_l)
-
-    def global_level_map(self, position: int, queries: Tensor, neighbours: Tensor) -> Tensor:
-        """The paper's search (``search_radius=None``) in the graph: one ``[B, P, P]`` product per gallery image,
-        the kappa nearest recomputed as ``sum((q - g)^2)``. Traced, the blocked :func:`~lightning_ad.core.knn.grouped_knn`
-        drifts from eager scoring on real data (measured: 9e-3 relative on bottle's maps), so the graph keeps
-        this exact form until that is understood."""
-        h_l, w_l, c_l = self.level_shapes[position]
-        positions = h_l * w_l
-        bank = getattr(self, f"level{position}").reshape(-1, positions * c_l)  # [N, P * C]
-        bank_sq = getattr(self, f"level{position}_sq")  # [N, P]
-        q_sq = (queries * queries).sum(dim=-1, keepdim=True)  # [B, P, 1]
-        values, where = [], []
-        for j in range(self.gallery_k):
-            rows = neighbours[:, j]  # [B]
-            gallery = F.embedding(rows, bank).reshape(-1, positions, c_l)  # [B, P, C]
-            g_sq = F.embedding(rows, bank_sq).unsqueeze(1)  # [B, 1, P]
-            block = q_sq - 2.0 * torch.matmul(queries, gallery.transpose(1, 2)) + g_sq  # [B, P, P]
-            value, pos = block.topk(self.kappa, dim=-1, largest=False, sorted=False)
-            values.append(value)
-            where.append(pos + j * positions)
-        value = torch.cat(values, dim=-1)
-        index = torch.cat(where, dim=-1)
-        _, best = value.topk(self.kappa, dim=-1, largest=False, sorted=False)
-        index = index.gather(-1, best)  # [B, P, kappa]: gallery_slot * P + position
-        slot = torch.div(index, positions, rounding_mode="floor")
-        image_row = neighbours.gather(1, slot.flatten(1)).view_as(slot)
-        flat = image_row * positions + (index - slot * positions)  # row of bank.reshape(N * P, C)
-        chosen = F.embedding(flat, bank.reshape(-1, c_l))  # [B, P, kappa, C]
-        diff = chosen - queries.unsqueeze(2)
-        distance = (diff * diff).sum(dim=-1).mean(dim=-1)  # [B, P]
-        return distance.reshape(-1, h_l, w_l)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         shape = torch._shape_as_tensor(images)  # [B, H, W, 3], read at run time
