@@ -58,6 +58,7 @@ IMAGE_SCORES = ("dn2", "max", "topq", "combined")
 #: Images per backbone call on a CPU (see :meth:`SpadeModel.extract`).
 _CPU_SLICE = 8
 
+
 class Features(NamedTuple):
     """Backbone output: ``pyramid`` (one ``[B, C_l, H_l, W_l]`` per level) and ``pooled`` ``[B, D]``."""
 
