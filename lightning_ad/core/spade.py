@@ -48,7 +48,7 @@ from .thresholds import Thresholds
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
 
 __all__ = [
-    "SpadeModel", "SpadeOutput", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
+    "SpadeModel", "SpadeOutput", "combine_levels", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
     "check_image_range"]
 
 #: Accepted values of ``image_score`` (see the module docstring).
@@ -57,6 +57,15 @@ IMAGE_SCORES = ("dn2", "max", "topq", "combined")
 
 #: Images per backbone call on a CPU (see :meth:`SpadeModel.extract`).
 _CPU_SLICE = 8
+
+
+def combine_levels(level_maps: Sequence[Tensor], size: Tuple[int, int], sigma: float) -> Tensor:
+    """The anomaly map from per-level maps ``[B, H_l, W_l]``: each upsampled to ``size`` (bilinear), their mean,
+    smoothed by a Gaussian of ``sigma`` pixels (none for 0): ``[B, H, W]``. Eager scoring and the exported graph
+    both call it."""
+    up = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in level_maps]
+    combined = torch.stack(up).mean(dim=0).squeeze(1)
+    return gaussian_blur(combined, sigma) if sigma > 0 else combined
 
 
 class Features(NamedTuple):
@@ -452,10 +461,9 @@ class SpadeModel(nn.Module):
         return max(1, self.chunk_bytes // gallery_bytes(cells, height, width, self.channels[position], self.gallery_k))
 
     def combine(self, level_maps: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
-        """Upsample each level map to ``size`` (bilinear), average the levels, smooth: ``[B, H, W]``."""
-        up = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in level_maps]
-        combined = torch.stack(up).mean(dim=0).squeeze(1)
-        return gaussian_blur(combined, self.sigma) if self.sigma > 0 else combined
+        """Upsample each level map to ``size`` (bilinear), average the levels, smooth: ``[B, H, W]``
+        (:func:`combine_levels` with this model's sigma)."""
+        return combine_levels(level_maps, size, self.sigma)
 
     def score_features(self, features: Features, size: Tuple[int, int], exclude: Optional[Tensor] = None) -> SpadeOutput:
         """Scores and maps from extracted features (``exclude``: leave-one-out bank rows)."""

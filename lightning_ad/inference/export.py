@@ -29,7 +29,7 @@ Inside, in order:
    :func:`~lightning_ad.core.knn.knn` (exact squared distances), and the pixel search that eager scoring runs:
    :func:`~lightning_ad.core.windowed.gallery_search` (the position-aware window of the
    checkpoint's ``search_radius``, or every position);
-4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.core.filters.gaussian_blur`,
+4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.core.spade.combine_levels`,
    as :class:`~lightning_ad.core.spade.SpadeModel` does, then brought to the photo's size by
    :func:`~lightning_ad.inference.geometry.restore_map`; the normalised score and the decisions by
    :func:`~lightning_ad.core.thresholds.normalize_scores` and :func:`~lightning_ad.core.thresholds.decide`.
@@ -71,11 +71,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.filters import gaussian_blur
-from ..core.spade import SpadeModel, image_score_from_parts, map_part_of
+from ..core.spade import SpadeModel, combine_levels, image_score_from_parts, map_part_of
 from ..core.thresholds import decide, normalize_scores
 from ..core.knn import knn
 from ..core.windowed import gallery_search
@@ -185,10 +183,8 @@ class ExportableSpade(nn.Module):
         shape = torch._shape_as_tensor(images)  # [B, H, W, 3], read at run time
         pyramid, pooled = self.backbone(self.preprocess(images))
         scores, neighbours = self.nearest_images(pooled)
-        up = [F.interpolate(self.level_map(i, fmap, neighbours).unsqueeze(1), size=self.crop, mode="bilinear",
-                            align_corners=False) for i, fmap in enumerate(pyramid)]
-        maps = torch.stack(up).mean(dim=0).squeeze(1)  # [B, h, w]
-        maps = gaussian_blur(maps, self.sigma) if self.sigma > 0 else maps
+        maps = combine_levels([self.level_map(i, fmap, neighbours) for i, fmap in enumerate(pyramid)], self.crop,
+                              self.sigma)  # [B, h, w]
         scores = self.image_scores(scores, maps)
         full = restore_map(maps, (shape[1], shape[2]), self.contract)  # [B, H, W], NaN outside the crop
         normalized = normalize_scores(scores, self.image_threshold)

@@ -84,26 +84,43 @@ def resize_weights(n_in: Length, n_out: int) -> Tuple[Tensor, Tensor]:
     return (weights * factor + 0.5).floor(), factor
 
 
-def _resample(x: Tensor, weights_t: Tensor, factor: Tensor) -> Tensor:
-    """One uint8 pass along the last axis: ``x`` ``[..., n_in]`` (float32 holding 0..255) -> ``[..., n_out]``.
+def _band(weights: Tensor) -> Tuple[Tensor, Tensor]:
+    """The taps of integer weights ``[n_out, n_in]``: ``(index [n_out, T] long, weight [n_out, T] float64)``, ``T``
+    the most taps of an output (read at run time); an output's taps are contiguous (a triangle filter), and
+    the slots past its last tap weigh 0."""
+    inside = weights > 0
+    first = inside.to(torch.float32).argmax(dim=1)  # [n_out]: the first tap
+    count = inside.sum(dim=1)  # [n_out]
+    taps = torch.arange(count.max(), device=weights.device)[None, :]  # [1, T]
+    index = first[:, None] + torch.minimum(taps, count[:, None] - 1)  # past the last tap: the last tap again
+    return index, torch.where(taps < count[:, None], weights.gather(1, index), torch.zeros_like(weights[:, :1]))
 
-    Exact in float32 (a float64 product is several times slower): each integer weight (below
-    ``2^15``) is split into ``256 hi + lo``, so that every partial sum of ``w x`` is an integer
-    below ``2^24`` (for up to 258 taps: photos up to about 128 times the contract's size); the
-    rounding ``floor((256 H + L + d / 2) / d)``, ``d = 2^p >= 2^13``, is taken as
-    ``floor(H / e) + floor((256 (H mod e) + L + d / 2) / d)`` with ``e = d / 256``: every term
-    an integer below ``2^24``, every division by a power of two.
+
+def _resample(x: Tensor, weights: Tensor, factor: Tensor) -> Tensor:
+    """One uint8 pass along the first axis: ``x`` ``[n_in, ...]`` (float32 holding 0..255) -> ``[n_out, ...]``,
+    with integer ``weights`` ``[n_out, n_in]`` of scale ``factor`` (``2^p``).
+
+    Only each output's taps are read (whole rows gathered, then one small product per output),
+    and the sums are exact in float32: each weight (below ``2^15``) is split into ``256 hi + lo``,
+    so that every partial sum of ``w x`` is an integer below ``2^24`` (for up to 258 taps, i.e.
+    photos up to about 128 times the contract's size); the rounding ``floor((256 H + L + d / 2) / d)``,
+    ``d = 2^p >= 2^13``, is taken as ``floor(H / e) + floor((256 (H mod e) + L + d / 2) / d)`` with
+    ``e = d / 256``: every term an integer below ``2^24``, every division by a power of two.
     """
-    high = torch.floor(weights_t / 256.0)
-    both = torch.cat([high, weights_t - high * 256.0], dim=-1).to(torch.float32)  # [n_in, 2 n_out]
-    acc = torch.matmul(x, both)
-    half = weights_t.shape[-1]
-    sums_high, sums_low = acc[..., :half], acc[..., half:]
+    index, tap_weights = _band(weights)  # [n_out, T]
+    n_out = int(weights.shape[0])
+    rows = x.reshape(x.shape[0], -1)  # [n_in, R]
+    taps = rows.index_select(0, index.reshape(-1)).reshape(n_out, -1, rows.shape[1])  # [n_out, T, R]
+    high = torch.floor(tap_weights / 256.0)
+    split = torch.stack([high, tap_weights - high * 256.0], dim=1).to(torch.float32)  # [n_out, 2, T]
+    sums = torch.bmm(split, taps)  # [n_out, 2, R]
+    sums_high, sums_low = sums[:, 0], sums[:, 1]
     d = factor.to(torch.float32)
     e = d / 256.0
     quotient = torch.floor(sums_high / e)
     rest = (sums_high - quotient * e) * 256.0 + sums_low + d * 0.5
-    return (quotient + torch.floor(rest / d)).clamp(0.0, 255.0)
+    out = (quotient + torch.floor(rest / d)).clamp(0.0, 255.0)  # [n_out, R]
+    return out.reshape((n_out,) + tuple(x.shape[1:]))
 
 
 class PhotoPreprocess(nn.Module):
@@ -121,12 +138,12 @@ class PhotoPreprocess(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         shape = torch._shape_as_tensor(images)  # read at run time, also inside a traced graph
-        x = images.permute(0, 3, 1, 2).to(torch.float32)  # [B, 3, H, W], integers 0..255
         qw, fw = resize_weights(shape[2], self.resized[1])
-        x = _resample(x, qw[self.left : self.left + self.crop[1]].T, fw)  # [B, 3, H, w]
         qh, fh = resize_weights(shape[1], self.resized[0])
-        x = _resample(x.transpose(2, 3), qh[self.top : self.top + self.crop[0]].T, fh).transpose(2, 3)  # [B, 3, h, w]
-        return x / 255.0
+        x = images.permute(2, 0, 1, 3).to(torch.float32)  # [W, B, H, 3], integers 0..255: resampled axis first
+        x = _resample(x, qw[self.left : self.left + self.crop[1]], fw)  # [w, B, H, 3]
+        x = _resample(x.permute(2, 0, 1, 3), qh[self.top : self.top + self.crop[0]], fh)  # [h, w, B, 3]
+        return x.permute(2, 3, 0, 1).contiguous() / 255.0  # [B, 3, h, w]
 
 
 def _axis_matrix(out_len: Length, resized_len: int, crop_len: int, offset: int) -> Tuple[Tensor, Tensor]:
