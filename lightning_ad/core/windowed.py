@@ -12,15 +12,15 @@ data-dependent control flow):
    ``[g - c, ||g - c||^2]`` (``c``: the query image's mean feature, which makes the expansion
    below lose less to cancellation); padded cells are ``[0, +inf]``, so they are never chosen.
 2. The queries of a row segment of ``tile`` positions share one window: the ``tile + 2 cells``
-   cells around it in one gallery row, of every image. Per row offset ``dy``, one batched
-   matrix product of ``[-2 (q - c), 1]`` with these windows gives ``||g||^2 - 2 q.g`` for
-   every pair; a position keeps its own ``2 cells + 1`` columns (a band of the product).
+   cells around it in one gallery row, of every image; the ``2 cells + 1`` query rows that reach
+   that gallery row share it too. One batched matrix product per block of windows,
+   ``[2 cells + 1 rows x tile positions, C + 1]`` (as ``[-2 (q - c), 1]``) by ``[C + 1, tile +
+   2 cells cells x M images]``, gives ``||g||^2 - 2 q.g`` for every pair; a position keeps its
+   own ``2 cells + 1`` columns of it (a band of the product).
 3. The k smallest per position are chosen there, and their distances are recomputed
    directly as ``sum((q - g)^2)``: equal to a brute-force computation to float32 rounding,
    and bitwise independent of the blocks and of which other images are searched along.
 
-The ``2 cells + 1`` query rows that reach a window share it too: one product per block of
-windows, ``[2 cells + 1 rows x tile positions]`` by ``[tile + 2 cells cells x M images]``.
 Work per query position: ``M (2 cells + 1)(tile + 2 cells)(C + 1)`` multiply-adds, against
 ``M H W C`` for the global search. Memory: the gallery laid out once (:func:`gallery_bytes`)
 and one block of products at a time (at most ``chunk_bytes``).
