@@ -160,7 +160,9 @@ def _windows(block: Tensor, lay: _Layout, count: int) -> Tensor:
         pieces = math.ceil(lay.span / lay.tile)
         end = block.shape[0] - lay.gallery_tail  # = count * tile, kept symbolic in the batch
         parts = [block[i * lay.tile : end + i * lay.tile].reshape(-1, lay.tile, m, depth) for i in range(pieces)]
-        return torch.cat(parts, dim=1)[:, : lay.span].reshape(-1, lay.span * m, depth)
+        windows = torch.cat(parts, dim=1)
+        windows = windows if pieces * lay.tile == lay.span else windows[:, : lay.span]  # ONNX copies at every Slice
+        return windows.reshape(-1, lay.span * m, depth)
     return block.as_strided((count, lay.span * m, depth), (lay.tile * m * depth, depth, 1), block.storage_offset())
 
 
@@ -235,7 +237,10 @@ def windowed_knn(
     kk = min(k, side * images)  # per query row offset; side * kk >= k candidates in all
     values, codes = [], []
     for w0 in range(0, count, step):
-        product = torch.bmm(lhs[w0 : w0 + step], windows[w0 : w0 + step].transpose(1, 2))
+        if _exporting():  # one block, unsliced
+            product = torch.bmm(lhs, windows.transpose(1, 2))
+        else:
+            product = torch.bmm(lhs[w0 : w0 + step], windows[w0 : w0 + step].transpose(1, 2))
         band = _band(product.view(-1, lay.tile, lay.span * images), lay, images)  # [n * side, tile, side * M]
         value, where = (band.min(dim=-1, keepdim=True) if k == 1 else
                         band.topk(kk, dim=-1, largest=False, sorted=False))
