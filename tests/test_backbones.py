@@ -339,3 +339,16 @@ def test_resnet_runs_with_batchnorm_folded_and_follows_its_weights():
         assert model.inference_net() is not folded
         assert not torch.allclose(check(), first)
     assert set(model.state_dict()) == keys
+
+
+def test_backbone_built_under_inference_mode_runs():
+    # weights made under torch.inference_mode (a Detector built inside it) have no version counter: the folded
+    # copy is still made, and gives the network's features
+    with torch.inference_mode():
+        model = build_backbone("resnet18", (1, 2, 3), weights="random")
+        x = torch.rand(1, 3, 64, 64)
+        pyramid, pooled = model(x)
+        taps, exact = model._features(model.normalize(x), model.net)
+    assert model.inference_net() is not model.net
+    assert torch.allclose(pooled, exact, rtol=0, atol=2e-5 * float(exact.abs().max()))
+    assert [tuple(p.shape) for p in pyramid] == [tuple(taps[level].shape) for level in (1, 2, 3)]

@@ -120,7 +120,8 @@ class FeatureExtractor(nn.Module):
         if not self.folds_batchnorm or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return self.net  # a graph holds the network as loaded (ONNX Runtime folds it itself)
         tensors = [*self.net.parameters(), *self.net.buffers()]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        # an inference tensor (made under torch.inference_mode) has no version counter and cannot change in place
+        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype) for t in tensors)
         cached = self.__dict__.get("_folded")
         if cached is None or cached[0] != key:
             cached = (key, fold_batchnorm(self.net))
