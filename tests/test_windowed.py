@@ -148,3 +148,11 @@ def test_traced_search_follows_the_batch_of_its_input():
         expected = windowed_knn(queries, bank, groups, cells, k)
         assert torch.allclose(traced(queries, groups), expected, rtol=1e-6, atol=1e-6)
         _close(expected, brute_force_windowed(queries, bank, groups, cells, k), queries, bank)
+
+
+def test_an_empty_batch_gives_empty_distances():
+    bank = torch.rand(3, 3, 4, 4)
+    none = torch.zeros(0, 2, dtype=torch.long)
+    for cells in (None, 1):
+        found = gallery_search(torch.zeros(0, 12, 4), bank.reshape(3, 12, 4), none, 2, cells=cells, grid=(3, 4))
+        assert found.shape == (0, 12, 2) and found.dtype == torch.float32

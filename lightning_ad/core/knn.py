@@ -281,6 +281,8 @@ def grouped_knn(
         raise ValueError(f"grouped_knn: group indices must lie in [0, {num_groups})")
     num_gallery = int(groups.shape[1]) * per_group
     _validate(queries, channels, k, num_gallery, "grouped_knn")
+    if int(queries.shape[0]) == 0:  # nothing to search (a process with no images left, an empty split)
+        return queries.new_zeros((0, queries.shape[1], k), dtype=torch.float32)
 
     def fetch(start: int, stop: int) -> Tensor:
         # gallery rows [start, stop) of every item: whole groups sliced by position

@@ -223,6 +223,8 @@ def windowed_knn(
     side = 2 * cells + 1
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= images * side * side:
         raise ValueError(f"windowed_knn: k={k!r} must lie in [1, {images * side * side}] (the candidates of a window)")
+    if batch == 0:  # nothing to search (a process with no images left, an empty split)
+        return queries.new_zeros((0, positions, k), dtype=torch.float32)
     lay = _layout(cells, height, width)
     per_row = lay.row // lay.tile
     queries = queries.float()
