@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..errors import MissingPackageError
 from .folding import fold_batchnorm
+from .tracing import exporting
 
 __all__ = [
     "BACKBONES",
@@ -117,7 +118,7 @@ class FeatureExtractor(nn.Module):
         """``net`` as it runs: with its BatchNorm folded where the class allows (a derived copy, rebuilt whenever a
         weight is replaced, moved or changed in place; never part of the state dict). Traced into a graph, the
         network as loaded (a folded copy built inside a trace gave wrong ONNX outputs)."""
-        if not self.folds_batchnorm or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if not self.folds_batchnorm or exporting():
             return self.net  # a graph holds the network as loaded (ONNX Runtime folds it itself)
         tensors = [*self.net.parameters(), *self.net.buffers()]
         # an inference tensor (made under torch.inference_mode) has no version counter and cannot change in place

@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "POOLED_SLAB", "KnnResult", "knn", "slab_knn", "grouped_knn", "brute_force_knn"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "POOLED_SLAB", "KnnResult", "exact_distances", "knn", "slab_knn", "grouped_knn", "brute_force_knn"]
 
 #: Default upper bound, in bytes, of one block of float32 distances.
 DEFAULT_CHUNK_BYTES = 4 * 2**20
@@ -125,7 +125,7 @@ def _search(
     return (distances + q_norm).clamp_min_(0.0), None if best_i is None else torch.cat(best_i, dim=1)
 
 
-def _exact(queries: Tensor, neighbours: Tensor) -> Tensor:
+def exact_distances(queries: Tensor, neighbours: Tensor) -> Tensor:
     """Squared distances ``[B, Q, k]`` between queries ``[B, Q, C]`` and their rows ``[B, Q, k, C]``."""
     diff = neighbours.float() - queries.float().unsqueeze(2)
     return (diff * diff).sum(dim=-1)
@@ -203,7 +203,7 @@ def knn(
     _, index = _search(queries, lambda a, b: gallery[:, a:b], num_gallery, k, chunk_bytes, exclude)
     assert index is not None
     batch = torch.arange(queries.shape[0], device=queries.device).view(-1, 1, 1)
-    result = _sorted(_exact(queries, gallery[batch, index]), index)
+    result = _sorted(exact_distances(queries, gallery[batch, index]), index)
     if squeeze:
         result = KnnResult(result.distances[0], result.indices[0])
     return result

@@ -442,7 +442,7 @@ class SpadeModel(nn.Module):
                 step = self.search_batch(position)
                 parts = [gallery_search(q, gallery, g, self.kappa, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
                          for q, g in zip(queries.split(step), groups.split(step))]
-                dist = torch.cat(parts) if parts else queries.new_zeros((0, height * width, self.kappa))
+                dist = torch.cat(parts)  # an empty batch is one empty part (the searches return empty distances)
             maps.append(dist.mean(dim=-1).reshape(batch, height, width))
         return maps
 

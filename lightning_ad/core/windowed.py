@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .knn import DEFAULT_CHUNK_BYTES, grouped_knn
+from .knn import DEFAULT_CHUNK_BYTES, exact_distances, grouped_knn
+from .tracing import exporting
 
 __all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates", "gallery_bytes"]
 
@@ -105,10 +106,6 @@ def gallery_bytes(cells: int, height: int, width: int, channels: int, images: in
     return 4 * _layout(cells, height, width).cells_per_item * images * (channels + 1)
 
 
-def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 def _query_rows(queries: Tensor, lay: _Layout, height: int, width: int) -> Tensor:
     """``[count, side * tile, C + 1]``: for the window of each gallery row segment, the ``tile`` query positions of
     each of the ``side`` query rows that reach it, as ``[-2 q, 1]`` (``queries``: centred, ``[B, Q, C]``)."""
@@ -116,7 +113,7 @@ def _query_rows(queries: Tensor, lay: _Layout, height: int, width: int) -> Tenso
     grid = F.pad((queries * -2.0).reshape(batch, height, width, channels), (0, 0, 0, lay.row - width, 2 * lay.cells, 0))
     flat = torch.cat([grid, grid.new_ones(grid.shape[:-1] + (1,))], dim=-1).reshape(-1, channels + 1)
     flat = F.pad(flat, (0, 0, 0, lay.query_tail))  # rows below the last item: [0, 0] (their products are dropped)
-    if _exporting():
+    if exporting():
         end = flat.shape[0] - lay.query_tail  # = B * cells_per_item, kept symbolic in the batch
         parts = [flat[dy * lay.row : end + dy * lay.row].reshape(-1, 1, lay.tile, channels + 1) for dy in range(lay.side)]
         return torch.cat(parts, dim=1).reshape(-1, lay.side * lay.tile, channels + 1)
@@ -131,7 +128,7 @@ def _gallery_block(rows: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
     padded grid as ``[g - centre, ||g - centre||^2]``; padding ``[0, +inf]``."""
     batch, m, height, width, channels = rows.shape
     c = lay.cells
-    if _exporting():  # functional form (traceable)
+    if exporting():  # functional form (traceable)
         feat = rows.float().permute(0, 2, 3, 1, 4) - centre.view(batch, 1, 1, 1, channels)
         norm = (feat * feat).sum(dim=-1)
         feat = F.pad(feat, (0, 0, 0, 0, c, lay.row - width - c, c, c))
@@ -156,7 +153,7 @@ def _gallery_block(rows: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
 def _windows(block: Tensor, lay: _Layout, count: int) -> Tensor:
     """``[count, span * m, C + 1]``: windows of ``span`` cells every ``tile`` cells of ``block``."""
     _, m, depth = block.shape
-    if _exporting():
+    if exporting():
         pieces = math.ceil(lay.span / lay.tile)
         end = block.shape[0] - lay.gallery_tail  # = count * tile, kept symbolic in the batch
         parts = [block[i * lay.tile : end + i * lay.tile].reshape(-1, lay.tile, m, depth) for i in range(pieces)]
@@ -170,7 +167,7 @@ def _band(product: Tensor, lay: _Layout, m: int) -> Tensor:
     """``[n, tile, side * m]``: each query position's own columns of ``product`` ``[n, tile, span * m]`` (position j
     of a segment keeps window cells ``j .. j + 2 cells``)."""
     n = product.shape[0]
-    if _exporting():  # a shear: pad by m columns per row, so that row j starts j cells later
+    if exporting():  # a shear: pad by m columns per row, so that row j starts j cells later
         flat = F.pad(product.reshape(n, -1), (0, lay.tile * m))
         return flat.reshape(n, lay.tile, (lay.span + 1) * m)[:, :, : lay.side * m]
     return product.as_strided((n, lay.tile, lay.side * m), (lay.tile * lay.span * m, (lay.span + 1) * m, 1),
@@ -235,14 +232,15 @@ def windowed_knn(
     block = _gallery_block(bank[groups].to(queries.device), centre, lay)  # [B * cells_per_item + tail, M, C + 1]
     windows = _windows(block, lay, count)  # [count, span * M, C + 1]
     # blocks of windows whose product [n, side * tile, span * M] stays in cache and within chunk_bytes (one when traced)
-    step = count if _exporting() else max(1, min(chunk_bytes, _PRODUCT_BYTES) // (4 * side * lay.tile * lay.span * images))
+    if exporting():  # one block, unsliced (ONNX copies at every Slice)
+        blocks = [(lhs, windows)]
+    else:
+        step = max(1, min(chunk_bytes, _PRODUCT_BYTES) // (4 * side * lay.tile * lay.span * images))
+        blocks = [(lhs[w0 : w0 + step], windows[w0 : w0 + step]) for w0 in range(0, count, step)]
     kk = min(k, side * images)  # per query row offset; side * kk >= k candidates in all
     values, codes = [], []
-    for w0 in range(0, count, step):
-        if _exporting():  # one block, unsliced
-            product = torch.bmm(lhs, windows.transpose(1, 2))
-        else:
-            product = torch.bmm(lhs[w0 : w0 + step], windows[w0 : w0 + step].transpose(1, 2))
+    for lhs_block, windows_block in blocks:
+        product = torch.bmm(lhs_block, windows_block.transpose(1, 2))
         band = _band(product.view(-1, lay.tile, lay.span * images), lay, images)  # [n * side, tile, side * M]
         value, where = (band.min(dim=-1, keepdim=True) if k == 1 else
                         band.topk(kk, dim=-1, largest=False, sorted=False))
@@ -268,8 +266,7 @@ def windowed_knn(
     image = groups.to(code.device).gather(1, slot.reshape(batch, -1)).view_as(slot)
     flat = ((image * height + ys.clamp(0, height - 1)) * width + xs.clamp(0, width - 1)).reshape(-1)
     chosen = bank.reshape(-1, channels).index_select(0, flat.to(bank.device)).to(queries.device).float()
-    diff = chosen.view(batch, positions, k, channels) - queries.unsqueeze(2)
-    exact = (diff * diff).sum(dim=-1)
+    exact = exact_distances(queries, chosen.view(batch, positions, k, channels))
     exact = torch.where(torch.isfinite(value), exact, torch.full_like(exact, float("inf")))
     return exact.sort(dim=-1).values
 
