@@ -413,3 +413,26 @@ def test_readme_resize_snippet_is_the_contracts_resampling(tiny, tmp_path):
     outputs = run_onnx(tmp_path / "fixed.onnx", resized)
     expected = tiny["detector"](list(photos))
     np.testing.assert_allclose(outputs[0], [d.score for d in expected], rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregated, distance, weights, scales", [
+    ([False, False, False], "squared", None, None),  # the paper's levels
+    ([True, True, False], "euclidean", [1.0, 0.5, 2.0], [0.5, 2.0, 3.0]),  # aggregated, weighted, balanced
+])
+def test_onnx_combines_the_levels_as_the_model_does(tiny, tmp_path, aggregated, distance, weights, scales):
+    """Local aggregation, the pixel distance and the level factors of the checkpoint are in the graph."""
+    detector = Detector.from_checkpoint(tiny["ckpt"])
+    model = detector.model
+    model.aggregated, model.pixel_distance, model.level_weights = aggregated, distance, weights
+    if scales is not None:
+        model.level_balance = "mean"
+        model.level_scales.copy_(torch.tensor(scales, dtype=torch.float64))
+    expected = detector(list(tiny["images"]))
+    module = ExportableSpade(model, detector.contract, tuple(tiny["images"].shape[1:3]),
+                             expected[0].image_threshold, expected[0].pixel_threshold).eval()
+    export_module._write_onnx(module, {}, tmp_path / "m.onnx")
+    outputs = run_onnx(tmp_path / "m.onnx", tiny["images"])
+    score_rel, map_rel = assert_matches(outputs, expected, rtol=1e-5)
+    assert score_rel < 1e-5 and map_rel < 1e-5
+    default = tiny["expected"]  # the checkpoint's own settings give other maps
+    assert not np.allclose(np.nan_to_num(outputs[3]), np.nan_to_num(np.stack([d.anomaly_map for d in default])), rtol=1e-3)

@@ -4,7 +4,7 @@ naming the setting, its value and what is accepted."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Tuple
 
 from ..errors import ConfigurationError
 
@@ -12,7 +12,8 @@ __all__ = [
     "threshold_settings",
     "single_pass_trainer",
     "ks_fit_training_set",
-    "positive_int", "non_negative_int", "fraction", "positive_number", "non_negative_number", "one_of", "k_at_most"]
+    "positive_int", "non_negative_int", "fraction", "positive_number", "non_negative_number", "one_of", "k_at_most",
+    "levels", "level_weights"]
 
 
 def _is_int(value: Any) -> bool:
@@ -133,3 +134,33 @@ def threshold_settings(method: Any, image_quantile: Any, pixel_quantile: Any, sa
     positive_number("image_threshold", image_threshold, optional=True, unit="a raw squared distance")
     positive_number("pixel_threshold", pixel_threshold, optional=True, unit="a raw squared distance")
     fraction("pro_max_fpr", pro_max_fpr)
+
+
+def levels(name: str, value: Any, known: Iterable[int]) -> Tuple[int, ...]:
+    """``value`` as a sorted tuple of distinct pyramid levels among ``known`` (may be empty).
+
+    >>> levels("aggregate_levels", [2, 1], (1, 2, 3))
+    (1, 2)
+    """
+    known = sorted(known)
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if items is None or not all(_is_int(v) and v in known for v in items) or len(set(items)) != len(items):
+        raise ConfigurationError(f"{name}={value!r} must be a list of distinct pyramid levels among {known} (or [])")
+    return tuple(sorted(items))
+
+
+def level_weights(name: str, value: Any, count: int) -> Optional[Tuple[float, ...]]:
+    """``value`` as ``count`` finite weights >= 0 with a positive sum, one per level (None: equal weights).
+
+    >>> level_weights("level_weights", [1, 2, 1], 3)
+    (1.0, 2.0, 1.0)
+    """
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else []
+    ok = len(items) == count and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                                     for v in items)
+    if not ok or sum(items) <= 0:
+        raise ConfigurationError(f"{name}={value!r} must be {count} numbers >= 0 (one per entry of layers) with a positive "
+                                 "sum, or null for equal weights")
+    return tuple(float(v) for v in items)

@@ -13,10 +13,12 @@ Cohen and Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences
   ``gallery_k`` nearest training images: with ``search_radius=None`` every position
   (the paper's search), else those within ``search_radius`` input pixels of the same
   place (``ceil(search_radius / stride)`` cells each way at each level; see
-  :mod:`lightning_ad.core.windowed`). The score of a position is the mean squared distance
-  to its ``kappa`` nearest gallery features at the same level.
-  Each level's map is upsampled (bilinear) to the input size, the levels are
-  averaged and the result is smoothed by a Gaussian of ``sigma`` pixels.
+  :mod:`lightning_ad.core.windowed`). The features of the ``aggregate_levels`` are 3x3 means
+  (bank and queries alike). The score of a position is the mean distance (``pixel_distance``:
+  ``euclidean``, or ``squared`` as in the paper) to its ``kappa`` nearest gallery features at
+  the same level. Each level's map is upsampled (bilinear) to the input size, the levels are
+  averaged (weighted by ``level_weights`` and over the scales of ``level_balance``: see
+  :mod:`lightning_ad.core.levels`) and the result is smoothed by a Gaussian of ``sigma`` pixels.
 
 The bank is a :class:`~lightning_ad.bank.memory_bank.MemoryBank` (registered buffers: part of
 ``state_dict`` and of every checkpoint), and so are the decision thresholds. This
@@ -43,6 +45,8 @@ from . import checks
 from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build_backbone, validate_levels
 from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
+from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, balance_scales, level_factors, level_moments, position_scores
+from .positions import spread_positions
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
@@ -57,14 +61,21 @@ IMAGE_SCORES = ("dn2", "max", "topq", "combined")
 
 #: Images per backbone call on a CPU (see :meth:`SpadeModel.extract`).
 _CPU_SLICE = 8
+#: Training images (evenly spread over the bank) whose leave-one-out maps set the level scales of ``level_balance``.
+LEVEL_BALANCE_IMAGES = 32
 
 
-def combine_levels(level_maps: Sequence[Tensor], size: Tuple[int, int], sigma: float) -> Tensor:
-    """The anomaly map from per-level maps ``[B, H_l, W_l]``: each upsampled to ``size`` (bilinear), their mean,
+def combine_levels(level_maps: Sequence[Tensor], size: Tuple[int, int], sigma: float,
+                   factors: Optional[Sequence[float]] = None) -> Tensor:
+    """The anomaly map from per-level maps ``[B, H_l, W_l]``: each upsampled to ``size`` (bilinear), their mean
+    (or their sum weighted by ``factors``, one per level: :func:`~lightning_ad.core.levels.level_factors`),
     smoothed by a Gaussian of ``sigma`` pixels (none for 0): ``[B, H, W]``. Eager scoring and the exported graph
     both call it."""
     up = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in level_maps]
-    combined = torch.stack(up).mean(dim=0).squeeze(1)
+    if factors is None:
+        combined = torch.stack(up).mean(dim=0).squeeze(1)
+    else:
+        combined = sum(float(f) * m for f, m in zip(factors, up)).squeeze(1)
     return gaussian_blur(combined, sigma) if sigma > 0 else combined
 
 
@@ -158,12 +169,19 @@ class SpadeModel(nn.Module):
         backbone: name of the feature extractor (see :mod:`lightning_ad.core.backbones`).
         weights: ``"imagenet"``, a state-dict path, or ``"random"`` (tests only).
         layers: pyramid levels used for the maps, among 1, 2, 3 (stride 4, 8, 16).
+        aggregate_levels: levels whose features are replaced by the mean of their 3x3 neighbourhood
+            (in the bank and the queries); those not in ``layers`` are ignored. ``[]``: none (the paper).
         image_k: K of the image score (nearest training images averaged).
         gallery_k: nearest training images whose positions form a pixel gallery.
         kappa: nearest gallery features averaged per position.
         sigma: Gaussian smoothing of the maps, in pixels of the input (0: none).
         image_score: ``topq`` (default), ``dn2`` (the paper's), ``max`` or ``combined`` (see the module docstring).
         image_score_q: fraction of the map's pixels averaged by ``topq``, in (0, 1].
+        pixel_distance: ``euclidean`` (default) or ``squared`` (the paper's): the distance a position
+            scores (mean over its ``kappa`` nearest gallery features).
+        level_balance: ``none``, ``mean`` or ``std``: each level's map divided by that statistic of
+            leave-one-out maps of training images, learned at fit (``level_scales``).
+        level_weights: one non-negative weight per entry of ``layers`` in the mean of the levels (None: equal).
         search_radius: the pixel search looks for each position's nearest features within this
             many input pixels of the same place in the ``gallery_k`` nearest training images
             (``ceil(search_radius / stride)`` cells at each level); ``None``: every position of
@@ -196,8 +214,12 @@ class SpadeModel(nn.Module):
         kappa: int = 1,
         sigma: float = 4.0,
         image_score: str = "topq",
-        image_score_q: float = 0.01,
+        image_score_q: float = 0.05,
         search_radius: Optional[float] = 8.0,
+        aggregate_levels: Sequence[int] = (1, 2),
+        pixel_distance: str = "euclidean",
+        level_balance: str = "none",
+        level_weights: Optional[Sequence[float]] = None,
         bank_dtype: str = "float32",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         bank_storage: str = "memory",
@@ -220,6 +242,11 @@ class SpadeModel(nn.Module):
         self.image_score_q = checks.fraction("image_score_q", image_score_q)
         self.search_radius = None if search_radius is None else checks.non_negative_number(
             "search_radius", search_radius, unit="pixels")
+        self.aggregate_levels = checks.levels("aggregate_levels", aggregate_levels, LEVEL_STRIDES)
+        self.aggregated = [level in self.aggregate_levels for level in self.layers]
+        self.pixel_distance = checks.one_of("pixel_distance", pixel_distance, PIXEL_DISTANCES)
+        self.level_balance = checks.one_of("level_balance", level_balance, LEVEL_BALANCES)
+        self.level_weights = checks.level_weights("level_weights", level_weights, len(self.layers))
         self.bank_dtype = BANK_DTYPES[checks.one_of("bank_dtype", bank_dtype, BANK_DTYPES)]
         self.chunk_bytes = checks.positive_int("chunk_bytes", chunk_bytes)
         if self.chunk_bytes < 4096:
@@ -240,6 +267,8 @@ class SpadeModel(nn.Module):
         # Scales of the combined score's parts (medians of leave-one-out scores; NaN until learned).
         self.register_buffer("dn2_scale", torch.tensor(float("nan"), dtype=torch.float64))
         self.register_buffer("map_scale", torch.tensor(float("nan"), dtype=torch.float64))
+        # Scales of the levels' maps for level_balance (NaN until learned; unused with none).
+        self.register_buffer("level_scales", torch.full((len(self.layers),), float("nan"), dtype=torch.float64))
 
     # ------------------------------------------------------------------ bank
 
@@ -260,7 +289,7 @@ class SpadeModel(nn.Module):
     def reset_bank(self) -> None:
         """Empty the bank and forget the thresholds (back to the unfitted state)."""
         self.bank.reset()
-        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale):
+        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale, self.level_scales):
             buffer.fill_(float("nan"))
 
     def set_bank(self, features: Features, image_size: Tuple[int, int], index: Optional[Tensor] = None) -> None:
@@ -281,6 +310,8 @@ class SpadeModel(nn.Module):
         rename_legacy_keys(state_dict, prefix)  # round-1 checkpoints (bank_pooled ...) load too
         for name in ("dn2_scale", "map_scale"):  # checkpoints from before image_score: not learned
             state_dict.setdefault(prefix + name, torch.tensor(float("nan"), dtype=torch.float64))
+        # checkpoints from before level_balance: not learned
+        state_dict.setdefault(prefix + "level_scales", torch.full((len(self.layers),), float("nan"), dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ features
@@ -294,9 +325,12 @@ class SpadeModel(nn.Module):
         step = _CPU_SLICE if images.device.type == "cpu" else max(1, images.shape[0])
         with torch.no_grad():
             parts = [self.backbone(part) for part in images.split(step)]
-        if len(parts) == 1:
-            return Features(list(parts[0][0]), parts[0][1])
-        return Features([torch.cat(level) for level in zip(*(p for p, _ in parts))], torch.cat([q for _, q in parts]))
+            if len(parts) == 1:
+                pyramid, pooled = list(parts[0][0]), parts[0][1]
+            else:
+                pyramid = [torch.cat(level) for level in zip(*(p for p, _ in parts))]
+                pooled = torch.cat([q for _, q in parts])
+            return Features(aggregate_pyramid(pyramid, self.aggregated), pooled)
 
     def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32) -> None:
         """Build the bank from normal images (a tensor ``[N, 3, H, W]`` or an iterable of batches)."""
@@ -325,6 +359,8 @@ class SpadeModel(nn.Module):
             ),
             image_size=size,
         )
+        if self.level_balance != "none":
+            self.set_level_scales(self.level_moments(self.balance_rows()))
         if self.image_score == "combined":
             self.learn_scales(self.leave_one_out())
 
@@ -379,6 +415,37 @@ class SpadeModel(nn.Module):
             median = float(values.double().quantile(0.5))
             buffer.fill_(median if median > 0 else 1.0)
 
+    def balance_rows(self) -> Tensor:
+        """``[n]`` bank rows whose leave-one-out maps set the level scales: ``LEVEL_BALANCE_IMAGES`` evenly spread."""
+        return torch.tensor(spread_positions(self.bank_size, LEVEL_BALANCE_IMAGES), dtype=torch.long,
+                            device=self.bank.index.device)
+
+    def level_moments(self, rows: Tensor, batch_size: int = 8) -> Tensor:
+        """``[L, 3]`` moments (:func:`~lightning_ad.core.levels.level_moments`) of the leave-one-out level maps of
+        bank ``rows``; those of several processes add up."""
+        self.require_fitted()
+        moments = torch.zeros(len(self.layers), 3, dtype=torch.float64, device=self.bank.index.device)
+        for chunk in rows.to(self.bank.index.device).split(batch_size):
+            _, neighbours = self.nearest_images(self.bank.pooled[chunk].float(), exclude=chunk)
+            moments += level_moments(self.level_maps(self.bank.pyramid_of(chunk), neighbours)).to(moments.device)
+        return moments
+
+    def set_level_scales(self, moments: Tensor) -> None:
+        """Set ``level_scales`` from the summed :meth:`level_moments` of the training images (``level_balance``)."""
+        self.level_scales.copy_(balance_scales(moments, self.level_balance).to(self.level_scales))
+
+    def level_factors(self) -> Optional[Tensor]:
+        """``[L]`` factors of the levels in the combined map (None: the plain mean)."""
+        if self.level_balance == "none" and self.level_weights is None:
+            return None
+        scales = torch.ones_like(self.level_scales) if self.level_balance == "none" else self.level_scales
+        if not bool(torch.isfinite(scales).all()):
+            raise ConfigurationError(
+                f"level_balance={self.level_balance!r} needs the scales of the levels, learned from leave-one-out maps "
+                f"of the training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
+            )
+        return level_factors(self.level_weights, scales.cpu())
+
     def leave_one_out(self, rows: Optional[Tensor] = None, keep: Optional[Tensor] = None, batch_size: int = 8,
                       progress: Optional[Callable[[int], None]] = None) -> LeaveOneOut:
         """Leave-one-out scores of bank ``rows`` (default: all) against the rest of the bank.
@@ -416,7 +483,7 @@ class SpadeModel(nn.Module):
         return self.image_scores(loo.dn2, loo.map_part)
 
     def level_maps(self, pyramid: Sequence[Tensor], neighbours: Tensor) -> List[Tensor]:
-        """Per-level maps ``[B, H_l, W_l]``: mean squared distance to the kappa nearest gallery features."""
+        """Per-level maps ``[B, H_l, W_l]``: mean distance (``pixel_distance``) to the kappa nearest gallery features."""
         self.require_fitted()
         maps = []
         for position, (level, fmap) in enumerate(zip(self.layers, pyramid)):
@@ -443,7 +510,7 @@ class SpadeModel(nn.Module):
                 parts = [gallery_search(q, gallery, g, self.kappa, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
                          for q, g in zip(queries.split(step), groups.split(step))]
                 dist = torch.cat(parts)  # an empty batch is one empty part (the searches return empty distances)
-            maps.append(dist.mean(dim=-1).reshape(batch, height, width))
+            maps.append(position_scores(dist, self.pixel_distance).reshape(batch, height, width))
         return maps
 
     @property
@@ -461,9 +528,9 @@ class SpadeModel(nn.Module):
         return max(1, self.chunk_bytes // gallery_bytes(cells, height, width, self.channels[position], self.gallery_k))
 
     def combine(self, level_maps: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
-        """Upsample each level map to ``size`` (bilinear), average the levels, smooth: ``[B, H, W]``
-        (:func:`combine_levels` with this model's sigma)."""
-        return combine_levels(level_maps, size, self.sigma)
+        """Upsample each level map to ``size`` (bilinear), average the levels (:meth:`level_factors`), smooth:
+        ``[B, H, W]`` (:func:`combine_levels` with this model's sigma)."""
+        return combine_levels(level_maps, size, self.sigma, self.level_factors())
 
     def score_features(self, features: Features, size: Tuple[int, int], exclude: Optional[Tensor] = None) -> SpadeOutput:
         """Scores and maps from extracted features (``exclude``: leave-one-out bank rows)."""

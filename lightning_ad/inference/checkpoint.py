@@ -19,7 +19,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "META_KEY", "FORMAT", "section", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
-    "contract_mismatch", "scoring_changes", "saved_settings", "LEGACY_SCORING",
+    "contract_mismatch", "scoring_changes", "saved_settings", "fitted_scoring", "LEGACY_SCORING",
 ]
 
 #: Key of the lightning_ad section of a checkpoint.
@@ -29,10 +29,13 @@ FORMAT = 2
 
 
 def meta_section(model: Any, thresholds: Dict[str, Any], contract: Optional[Dict[str, Any]],
-                 datamodule: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The lightning_ad section of a checkpoint of ``model`` (a SpadeModel)."""
-    return {
-        "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers), "bank_size": model.bank_size,
+                 datamodule: Optional[Dict[str, Any]], scoring: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The lightning_ad section of a checkpoint of ``model`` (a SpadeModel). ``scoring``: the values of the
+    :data:`SCORING_SETTINGS` its thresholds were made with (Lightning's ``load_from_checkpoint(**overrides)``
+    rewrites the checkpoint's hyper-parameters before the module sees them; this copy it leaves alone)."""
+    return {"scoring": dict(scoring or {}),
+        "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers),
+        "aggregate_levels": list(model.aggregate_levels), "bank_size": model.bank_size,
         "image_size": list(model.image_size), "thresholds": dict(thresholds), "input": contract, "datamodule": datamodule,
         "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding,
     }
@@ -69,17 +72,22 @@ def section(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
     return meta
 
 
-def check_compatible(meta: Dict[str, Any], backbone: str, layers: Sequence[int], source: str = "the checkpoint") -> None:
-    """Refuse a bank fitted with another backbone or other levels than the configured ones."""
+def check_compatible(meta: Dict[str, Any], backbone: str, layers: Sequence[int], aggregate_levels: Sequence[int],
+                     source: str = "the checkpoint") -> None:
+    """Refuse a bank fitted with another backbone, other levels or other aggregated levels than the configured
+    ones (a checkpoint without ``aggregate_levels`` predates the option: none)."""
     problems = []
     if meta.get("backbone") != backbone:
         problems.append(f"backbone {meta.get('backbone')!r} (configured: {backbone!r})")
     if list(meta.get("layers", [])) != list(layers):
         problems.append(f"layers {list(meta.get('layers', []))} (configured: {list(layers)})")
+    aggregated = sorted(meta.get("aggregate_levels", []))
+    if aggregated != sorted(aggregate_levels):
+        problems.append(f"aggregate_levels {aggregated} (configured: {sorted(aggregate_levels)})")
     if problems:
         raise CheckpointError(
             f"{source}'s bank was fitted with " + " and ".join(problems)
-            + ". Configure the model the same way (--model.backbone / --model.layers) or fit again."
+            + ". Configure the model the same way (--model.backbone / --model.layers / --model.aggregate_levels) or fit again."
         )
 
 
@@ -101,14 +109,23 @@ def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
 #: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
 #: (``image_threshold_samples`` sets the image threshold and, for ``combined``, the scales of its parts.)
 SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q", "image_threshold_samples",
-                    "search_radius")
-#: Scoring settings that older checkpoints do not name, with the value they were fitted with.
-LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01, "image_threshold_samples": None, "search_radius": None}
+                    "search_radius", "pixel_distance", "level_balance", "level_weights")
+#: Settings that older checkpoints do not name, with the value they were fitted with (``aggregate_levels`` is the
+#: bank's: checked by :func:`check_compatible`).
+LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01, "image_threshold_samples": None, "search_radius": None,
+                  "pixel_distance": "squared", "level_balance": "none", "level_weights": None, "aggregate_levels": []}
 
 
 def saved_settings(hyper_parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """A checkpoint's ``hyper_parameters``, with the scoring settings it predates at the values it used."""
     return {**LEGACY_SCORING, **(hyper_parameters or {})}
+
+
+def fitted_scoring(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """The scoring settings a checkpoint's thresholds were made with: its lightning_ad section's record, else
+    (checkpoints before the record) its hyper-parameters, with the settings it predates at the values it used."""
+    recorded = section(checkpoint).get("scoring")
+    return saved_settings(recorded if recorded else checkpoint.get("hyper_parameters"))
 
 
 def input_contract(datamodule: Any) -> Optional[Dict[str, Any]]:

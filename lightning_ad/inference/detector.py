@@ -300,7 +300,7 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
         raise
     except Exception as err:  # noqa: BLE001 - hyper-parameters this version cannot build
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot build its model ({type(err).__name__}: {err}).") from None
-    ckpt.check_compatible(meta, model.backbone_name, model.layers, source=f"checkpoint {str(path)!r}")
+    ckpt.check_compatible(meta, model.backbone_name, model.layers, model.aggregate_levels, source=f"checkpoint {str(path)!r}")
     own = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
     try:
         model.load_state_dict(own)
@@ -322,7 +322,10 @@ def scoring_facts(model: SpadeModel, image_threshold: float, pixel_threshold: fl
     return {
         "lightning_ad_version": __version__, "backbone": model.backbone_name, "layers": list(model.layers),
         "image_k": model.image_k, "gallery_k": model.gallery_k, "image_score": model.image_score,
-        "image_score_q": model.image_score_q, "search_radius": model.search_radius, "kappa": model.kappa, "sigma": model.sigma, "bank_size": model.bank_size,
+        "image_score_q": model.image_score_q, "search_radius": model.search_radius, "kappa": model.kappa, "sigma": model.sigma,
+        "aggregate_levels": list(model.aggregate_levels), "pixel_distance": model.pixel_distance,
+        "level_balance": model.level_balance, "level_weights": None if model.level_weights is None else list(model.level_weights),
+        "level_scales": [float(v) for v in model.level_scales] if model.level_balance != "none" else None, "bank_size": model.bank_size,
         "thresholds": {"image": finite(image_threshold), "pixel": finite(pixel_threshold)},
     }
 

@@ -9,7 +9,7 @@ The exported model takes the decoded photo as it is: ``uint8`` ``[B, H, W, 3]`` 
 resizes and crops it inside exactly as :class:`~lightning_ad.inference.detector.Detector` does, and
 returns, in this order:
 
-* ``score`` ``[B]`` float32: raw image score (squared feature distance);
+* ``score`` ``[B]`` float32: raw image score (feature distance: the checkpoint's image score);
 * ``normalized_score`` ``[B]`` float64: 0.5 at the image threshold (NaN when it is unknown);
 * ``decision`` ``[B]`` bool: ``score >= image_threshold`` (all False when it is unknown);
 * ``anomaly_map`` ``[B, H, W]`` float32: raw map at the photo's own size, NaN where the centre
@@ -24,12 +24,14 @@ Inside, in order:
    weights computed from the photo's size at run time, horizontal pass then vertical, each
    rounded to ``uint8``), with the centre crop folded in; then ``/ 255`` in float32: the model
    sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess` gives;
-2. the backbone (its own input normalisation included);
+2. the backbone (its own input normalisation included), with the 3x3 means of the checkpoint's
+   ``aggregate_levels`` (:func:`~lightning_ad.core.levels.aggregate_pyramid`);
 3. the kNN scoring, the library's functions traced: the image-level neighbours by
    :func:`~lightning_ad.core.knn.knn` (exact squared distances), and the pixel search that eager scoring runs:
    :func:`~lightning_ad.core.windowed.gallery_search` (the position-aware window of the
-   checkpoint's ``search_radius``, or every position);
-4. level maps upsampled, averaged and smoothed by :func:`~lightning_ad.core.spade.combine_levels`,
+   checkpoint's ``search_radius``, or every position), scored as ``pixel_distance`` says
+   (:func:`~lightning_ad.core.levels.position_scores`);
+4. level maps upsampled, averaged (with the checkpoint's level factors) and smoothed by :func:`~lightning_ad.core.spade.combine_levels`,
    as :class:`~lightning_ad.core.spade.SpadeModel` does, then brought to the photo's size by
    :func:`~lightning_ad.inference.geometry.restore_map`; the normalised score and the decisions by
    :func:`~lightning_ad.core.thresholds.normalize_scores` and :func:`~lightning_ad.core.thresholds.decide`.
@@ -73,6 +75,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..core.levels import aggregate_pyramid, position_scores
 from ..core.spade import SpadeModel, combine_levels, image_score_from_parts, map_part_of
 from ..core.thresholds import decide, normalize_scores
 from ..core.knn import knn
@@ -129,8 +132,9 @@ class ExportableSpade(nn.Module):
         self.crop = (crop[0], crop[1])
         # 1. preprocessing: the photo's resize and crop, bit for bit the Detector's
         self.preprocess = PhotoPreprocess(self.contract)
-        # 2. backbone
+        # 2. backbone, and the levels averaged over 3x3 neighbourhoods
         self.backbone = model.backbone
+        self.aggregated = list(model.aggregated)
         # 3. bank and kNN settings
         bank = model.bank
         self.register_buffer("bank_pooled", bank.pooled.float().contiguous())
@@ -145,7 +149,10 @@ class ExportableSpade(nn.Module):
         self.level_cells, self.chunk_bytes = model.level_cells, model.chunk_bytes
         if max(model.image_k, model.gallery_k) > model.bank_size:
             raise ConfigurationError(f"image_k/gallery_k exceed the {model.bank_size} training images of the bank")
-        # 4. smoothing, thresholds
+        self.pixel_distance = model.pixel_distance
+        # 4. the mean of the levels, smoothing, thresholds
+        factors = model.level_factors()
+        self.level_factors = None if factors is None else [float(f) for f in factors]
         self.sigma = float(model.sigma)
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
@@ -169,7 +176,7 @@ class ExportableSpade(nn.Module):
         return distances[:, : self.image_k].mean(dim=1), index[:, : self.gallery_k]
 
     def level_map(self, position: int, fmap: Tensor, neighbours: Tensor) -> Tensor:
-        """``[B, H_l, W_l]``: mean squared distance of each position to its kappa nearest gallery features,
+        """``[B, H_l, W_l]``: mean distance (``pixel_distance``) of each position to its kappa nearest gallery features,
         by the search eager scoring runs (:func:`~lightning_ad.core.windowed.gallery_search`: a window, or
         every position)."""
         h_l, w_l, c_l = self.level_shapes[position]
@@ -177,14 +184,15 @@ class ExportableSpade(nn.Module):
         bank = getattr(self, f"level{position}")  # [N, P, C]
         distance = gallery_search(queries, bank, neighbours, self.kappa, cells=self.level_cells[position], grid=(h_l, w_l),
                                   chunk_bytes=self.chunk_bytes)
-        return distance.mean(dim=-1).reshape(-1, h_l, w_l)
+        return position_scores(distance, self.pixel_distance).reshape(-1, h_l, w_l)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         shape = torch._shape_as_tensor(images)  # [B, H, W, 3], read at run time
         pyramid, pooled = self.backbone(self.preprocess(images))
+        pyramid = aggregate_pyramid(pyramid, self.aggregated)
         scores, neighbours = self.nearest_images(pooled)
         maps = combine_levels([self.level_map(i, fmap, neighbours) for i, fmap in enumerate(pyramid)], self.crop,
-                              self.sigma)  # [B, h, w]
+                              self.sigma, self.level_factors)  # [B, h, w]
         scores = self.image_scores(scores, maps)
         full = restore_map(maps, (shape[1], shape[2]), self.contract)  # [B, H, W], NaN outside the crop
         normalized = normalize_scores(scores, self.image_threshold)

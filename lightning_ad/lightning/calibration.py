@@ -3,7 +3,8 @@
 Each training image is scored against the rest of the bank (a normal image the bank has not
 seen). Which rows are scored, and which get maps, is :func:`leave_one_out_selection`;
 :func:`learn_from_leave_one_out` scores them (split over processes, gathered in rank order)
-and sets the combined score's scales and the quantile thresholds on the model.
+and sets the level scales (``level_balance``, from :meth:`SpadeModel.balance_rows` first, since
+the maps depend on them), the combined score's scales and the quantile thresholds on the model.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, p
     mapped = int(scored.sum()) if model.uses_maps else samples
     rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count, image_samples))
     mine = scoring_rows(model, rank)
+    if model.level_balance != "none":
+        balance = torch.zeros(count, dtype=torch.bool)
+        balance[model.balance_rows().cpu()] = True
+        moments = model.level_moments(mine[balance[mine]].to(model.bank.index.device))
+        model.end_scoring()
+        model.set_level_scales(gather_rows(moments.unsqueeze(0)).sum(dim=0))
     mine = mine[scored[mine]]
     with progress_bar(len(mine) if model.uses_maps else int(keep[mine].sum()), "leave-one-out maps", bar) as update:
         loo = model.leave_one_out(mine.to(model.bank.index.device), keep, progress=update)
@@ -68,5 +75,7 @@ def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, p
                                   hp.pixel_quantile) if quantile else None
     model.set_thresholds(learned or Thresholds())
     scales = f"scales {float(model.dn2_scale):.6g}, {float(model.map_scale):.6g}" if model.image_score == "combined" else ""
+    if model.level_balance != "none":
+        scales = ", ".join(filter(None, [scales, "level scales " + ", ".join(f"{v:.4g}" for v in model.level_scales.tolist())]))
     rank_zero_info(leave_one_out_summary(learned, hp.image_quantile if quantile else None, hp.pixel_quantile,
                    image_samples, samples, mapped, time.perf_counter() - started, partial, scales))

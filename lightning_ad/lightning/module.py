@@ -75,6 +75,12 @@ class Spade(pl.LightningModule):
         search_radius: the pixel search looks within this many input pixels of the same place in the gallery_k
             nearest training images (ceil(search_radius / stride) cells per level); ``null``: every position of
             them (the paper's search, about 100 times the work at K=50). Aligned parts: 8; textures: 16 (README).
+        aggregate_levels: levels whose features are 3x3 means (PatchCore's local aggregation), bank and queries
+            alike; ``[]``: none (the paper). Part of the bank: a checkpoint is used with its own.
+        pixel_distance: ``euclidean`` (default) or ``squared`` (the paper's): the distance a position scores.
+        level_balance: ``none``, ``mean`` or ``std``: each level's map over that statistic of leave-one-out maps
+            of 32 training images, learned at fit, so that no level dominates the mean by its units.
+        level_weights: one weight per entry of layers in the mean of the levels (null: equal).
         bank_dtype: storage precision of the bank: float32, float16 or bfloat16.
         knn_chunk_bytes: working memory bound of one block of kNN distances, in bytes.
         bank_storage: ``memory``, or ``disk``: pyramid rows streamed to files at fit, read on demand (docs: Large banks).
@@ -106,8 +112,12 @@ class Spade(pl.LightningModule):
         kappa: int = 1,
         sigma: float = 4.0,
         image_score: str = "topq",
-        image_score_q: float = 0.01,
+        image_score_q: float = 0.05,
         search_radius: Optional[float] = 8.0,
+        aggregate_levels: Sequence[int] = (1, 2),
+        pixel_distance: str = "euclidean",
+        level_balance: str = "none",
+        level_weights: Optional[Sequence[float]] = None,
         bank_dtype: str = "float32",
         knn_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         bank_storage: str = "memory", bank_sharding: str = "replicated", bank_device: str = "auto",
@@ -125,7 +135,8 @@ class Spade(pl.LightningModule):
         self.save_hyperparameters()
         self.model = SpadeModel(backbone=backbone, weights=weights, layers=layers, image_k=image_k, gallery_k=gallery_k, kappa=kappa,
                                 sigma=sigma, image_score=image_score, image_score_q=image_score_q, search_radius=search_radius,
-                                bank_dtype=bank_dtype,
+                                aggregate_levels=aggregate_levels, pixel_distance=pixel_distance, level_balance=level_balance,
+                                level_weights=level_weights, bank_dtype=bank_dtype,
                                 chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage, bank_sharding=bank_sharding,
                                 bank_device=bank_device, bank_dir=bank_dir)
         checks.threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
@@ -186,7 +197,8 @@ class Spade(pl.LightningModule):
         self._train_count = len(dataset) if hasattr(dataset, "__len__") else None
         if self._train_count is not None:
             hp = self.hparams
-            loo = (hp.threshold_method == "quantile" and hp.image_threshold is None) or hp.image_score == "combined"
+            loo = (hp.threshold_method == "quantile" and hp.image_threshold is None) or hp.image_score == "combined" \
+                or hp.level_balance != "none"
             checks.ks_fit_training_set(hp.image_k, hp.gallery_k, self._train_count, leave_one_out=loo)
 
     def on_train_epoch_start(self) -> None:
@@ -224,11 +236,13 @@ class Spade(pl.LightningModule):
         self.threshold_source = ckpt.threshold_source(self.hparams.threshold_method, self.model.bank_size, self._train_count)
         if self.threshold_source["partial_bank"]:
             rank_zero_warn(partial_bank_warning(self.model.bank_size, self._train_count))
-        if self.hparams.threshold_method == "quantile" or self.model.image_score == "combined":
+        if self.hparams.threshold_method == "quantile" or self.model.image_score == "combined" \
+                or self.model.level_balance != "none":
             self._fit_leave_one_out()
 
     def _fit_leave_one_out(self, quantile: bool = False) -> None:
-        """Combined-score scales and (method quantile, or ``quantile``) thresholds from leave-one-out scores."""
+        """Level scales, combined-score scales and (method quantile, or ``quantile``) thresholds from leave-one-out
+        scores."""
         if max(self.model.image_k, self.model.gallery_k) > self.model.bank_size - 1:
             return rank_zero_warn("too few training images for leave-one-out thresholds: thresholds stay unset.")
         bar = self.global_rank == 0 and self._trainer is not None and self.trainer.progress_bar_callback is not None
@@ -236,18 +250,18 @@ class Spade(pl.LightningModule):
         learn_from_leave_one_out(self.model, self.hparams, self.global_rank, bar, bool(self.threshold_source.get("partial_bank")), quantile)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        scoring = {name: self.hparams[name] for name in ckpt.SCORING_SETTINGS}
         checkpoint[ckpt.META_KEY] = ckpt.meta_section(self.model, self.threshold_source, self.input_contract,
-                                                      self.datamodule_config)
+                                                      self.datamodule_config, scoring)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         meta = ckpt.section(checkpoint)
-        ckpt.check_compatible(meta, self.model.backbone_name, self.model.layers)
+        ckpt.check_compatible(meta, self.model.backbone_name, self.model.layers, self.model.aggregate_levels)
         ckpt.check_usable(meta, fitting=self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING)
         self.threshold_source = dict(meta.get("thresholds") or {})
         self.input_contract, self.datamodule_config = meta.get("input"), meta.get("datamodule")
         checks.ks_fit_training_set(self.hparams.image_k, self.hparams.gallery_k, int(meta["bank_size"]), False, "in the checkpoint's bank")
-        self._stale_thresholds = ckpt.scoring_changes(ckpt.saved_settings(checkpoint.get("hyper_parameters")), dict(self.hparams),
-                                                        int(meta["bank_size"]))
+        self._stale_thresholds = ckpt.scoring_changes(ckpt.fitted_scoring(checkpoint), dict(self.hparams), int(meta["bank_size"]))
 
     def _check_serving(self) -> None:
         """Before test/predict: the data is prepared as at fit, and thresholds match the scoring settings."""
