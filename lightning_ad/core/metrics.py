@@ -1,6 +1,6 @@
 """Exact anomaly-detection metrics for raw (unbounded) anomaly scores.
 
-Anomaly scores produced by SPADE are squared feature distances: non-negative
+Anomaly scores produced by SPADE are feature distances (squared or not): non-negative
 numbers of arbitrary magnitude (``0.001`` as well as ``5000``).  The binary
 metrics of torchmetrics squash any input outside ``[0, 1]`` with a sigmoid,
 which maps all large distances to ``1.0`` and turns them into ties.  The

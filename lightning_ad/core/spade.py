@@ -87,7 +87,7 @@ class Features(NamedTuple):
 
 
 class SpadeOutput(NamedTuple):
-    """``image_scores`` ``[B]`` and ``anomaly_maps`` ``[B, H, W]``: raw squared distances."""
+    """``image_scores`` ``[B]`` and ``anomaly_maps`` ``[B, H, W]``: raw feature distances."""
 
     image_scores: Tensor
     anomaly_maps: Tensor
@@ -374,7 +374,7 @@ class SpadeModel(nn.Module):
             )
 
     def set_thresholds(self, thresholds: Thresholds) -> None:
-        """Store the finite ones of ``thresholds`` (raw squared distances); NaN leaves a threshold as it is."""
+        """Store the finite ones of ``thresholds`` (raw feature distances); NaN leaves a threshold as it is."""
         for buffer, value in ((self.image_threshold, thresholds.image), (self.pixel_threshold, thresholds.pixel)):
             if math.isfinite(value):
                 buffer.fill_(value)

@@ -9,7 +9,7 @@
 * :func:`normalize_scores`: a strictly increasing map of raw distances (>= 0) into
   [0, 1) that sends the threshold to 0.5, so rankings (and AUROC) are unchanged.
 
-Thresholds are raw squared distances; NaN stands for "unknown".
+Thresholds are raw feature distances; NaN stands for "unknown".
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["Thresholds", "calibration_overlap", "quantile_threshold", "quantile_
 
 
 class Thresholds(NamedTuple):
-    """``image`` and ``pixel`` thresholds (raw squared distances; NaN: unknown)."""
+    """``image`` and ``pixel`` thresholds (raw feature distances; NaN: unknown)."""
 
     image: float = math.nan
     pixel: float = math.nan

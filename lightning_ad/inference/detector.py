@@ -58,7 +58,7 @@ Maps at the original size (the rule)
     The rule is two fixed matrices per image size (:func:`map_resize_matrices`); the
     exported models (:mod:`lightning_ad.inference.export`) bake the same matrices in.
 
-Thresholds are raw squared distances: the checkpoint's user overrides
+Thresholds are raw feature distances: the checkpoint's user overrides
 (``image_threshold`` / ``pixel_threshold`` hyper-parameters) when set, else the learned
 ones; NaN when unknown (then ``decision`` and ``mask`` are None and ``normalized_score``
 is NaN).
@@ -196,7 +196,7 @@ class Detection:
     """The result of one image.
 
     Attributes:
-        score: raw image score (mean squared distance to the ``image_k`` nearest training images).
+        score: raw image score (the checkpoint's ``image_score``: a statistic of the map, or DN2).
         normalized_score: ``score`` mapped to [0, 1) with the image threshold at 0.5 (NaN when unknown).
         decision: ``score >= image_threshold`` (None when the threshold is unknown).
         anomaly_map: float32 ``[H0, W0]`` raw map at the image's original size; NaN where the
@@ -394,7 +394,7 @@ class Detector:
             "input": dict(self.contract),
             "model_input_size": list(self.model.image_size),
             **scoring_facts(self.model, self.image_threshold, self.pixel_threshold),
-            "scores": "raw squared feature distances; normalized = score / (2 t) below the image threshold t, "
+            "scores": "raw feature distances; normalized = score / (2 t) below the image threshold t, "
                       "1 - t / (2 score) above (0.5 at t)",
             **{k: v for k, v in self._meta.items() if k in ("threshold_source",)},
         }

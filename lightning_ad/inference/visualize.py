@@ -5,7 +5,7 @@ are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global
 backend state, no window), so they are safe in worker processes and tests.
 
 Heatmap scaling (fixed, the same for every image, so colours compare across images):
-a raw anomaly map (squared feature distances, ``>= 0``) goes through
+a raw anomaly map (feature distances, ``>= 0``) goes through
 :func:`~lightning_ad.core.thresholds.normalize_scores` with the *pixel threshold*
 ``theta``: ``0`` stays ``0``, ``theta`` becomes ``0.5`` (the middle of the colour
 map), ``3 theta`` becomes ``0.83``, and the scale tends to ``1`` for large
@@ -92,7 +92,7 @@ def image_to_uint8(image: Any) -> np.ndarray:
 
 
 def scale_map(anomaly_map: Any, pixel_threshold: float) -> np.ndarray:
-    """Raw map ``[H, W]`` (squared distances) -> ``[H, W]`` float64 in [0, 1], threshold at 0.5.
+    """Raw map ``[H, W]`` (feature distances) -> ``[H, W]`` float64 in [0, 1], threshold at 0.5.
 
     See the module docstring: ``normalize_scores(map, pixel_threshold)``; when the
     threshold is unknown, ``map / max(map)`` (all zeros for an all-zero map).
@@ -275,7 +275,7 @@ def score_histogram_figure(
             ax.hist(chosen, bins=edges, alpha=0.55, color=color, label=f"{name} ({chosen.size})")
     if math.isfinite(tau):
         ax.axvline(tau, color="black", lw=2, ls="--", label=f"threshold tau = {tau:.4g}")
-    ax.set_xlabel("image score (raw squared feature distance)")
+    ax.set_xlabel("image score (raw feature distance)")
     ax.set_ylabel("images")
     ax.set_title(title)
     ax.legend(fontsize=8)

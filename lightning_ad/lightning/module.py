@@ -71,10 +71,10 @@ class Spade(pl.LightningModule):
             distance to the image_k nearest), ``max`` (of the map), ``combined`` (DN2 and map max, each over its median
             leave-one-out score of the training images, summed). All but dn2 map training images at fit
             (image_threshold_samples of them).
-        image_score_q: fraction of the map's pixels averaged by ``topq`` (0.01: the top 1 %).
+        image_score_q: fraction of the map's pixels averaged by ``topq`` (0.05: the top 5 %).
         search_radius: the pixel search looks within this many input pixels of the same place in the gallery_k
             nearest training images (ceil(search_radius / stride) cells per level); ``null``: every position of
-            them (the paper's search, about 100 times the work at K=50). Aligned parts: 8; textures: 16 (README).
+            them (the paper's search, about 100 times the work at K=50). Default 8; parts that move more: larger (docs: search).
         aggregate_levels: levels whose features are 3x3 means (PatchCore's local aggregation), bank and queries
             alike; ``[]``: none (the paper). Part of the bank: a checkpoint is used with its own.
         pixel_distance: ``euclidean`` (default) or ``squared`` (the paper's): the distance a position scores.

@@ -30,7 +30,7 @@ UNLABELLED = -1
 
 @dataclass
 class ImageResults:
-    """Scores, maps and decisions of ``N`` images (thresholds: raw squared distances).
+    """Scores, maps and decisions of ``N`` images (thresholds: raw feature distances).
 
     Attributes:
         index: ``[N]`` int64, the image's position in its data set (orders and
