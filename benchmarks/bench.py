@@ -120,7 +120,8 @@ def matmul_gflops(device: torch.device) -> float:
 
 def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.Tensor, size) -> tuple:
     """The straightforward method: full cdist matrices (image level, then per image and level); with a
-    search radius, gallery positions outside each position's window are masked out of the full matrix."""
+    search radius, gallery positions outside each position's window are masked out of the full matrix. The
+    model's pixel distance and level factors are applied to the result."""
     bank_pooled = model.bank.pooled.float()
     dist = torch.cdist(pooled.float(), bank_pooled) ** 2
     topk = dist.topk(max(model.image_k, model.gallery_k), dim=1, largest=False)
@@ -140,9 +141,14 @@ def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.T
                 ys, xs = ys.flatten().to(d.device), xs.flatten().to(d.device)
                 near = ((ys[:, None] - ys[None, :]).abs() <= cells) & ((xs[:, None] - xs[None, :]).abs() <= cells)
                 d = d.masked_fill(~near.repeat(1, model.gallery_k), float("inf"))
-            level = d.topk(model.kappa, dim=1, largest=False).values.mean(dim=1).reshape(1, 1, h, w)
+            nearest = d.topk(model.kappa, dim=1, largest=False).values
+            if model.pixel_distance == "euclidean":  # the model's pixel distance (its features are already aggregated)
+                nearest = nearest.clamp_min(0).sqrt()
+            level = nearest.mean(dim=1).reshape(1, 1, h, w)
             levels.append(F.interpolate(level, size=size, mode="bilinear", align_corners=False))
-        maps.append(gaussian_blur(torch.cat(levels).mean(0), model.sigma)[0])
+        factors = model.level_factors()
+        combined = torch.cat(levels).mean(0) if factors is None else sum(float(f) * m for f, m in zip(factors, levels))[0]
+        maps.append(gaussian_blur(combined, model.sigma)[0])
     return scores, torch.stack(maps)
 
 
