@@ -21,13 +21,27 @@ def images():
     return train, test
 
 
+def neighbourhood_mean(fmap: torch.Tensor) -> torch.Tensor:
+    """``[N, C, H, W]`` float64 mean of each position's 3x3 neighbours inside the map, from shifted copies."""
+    fmap = fmap.double()
+    padded = F.pad(fmap, (1, 1, 1, 1))
+    inside = F.pad(torch.ones_like(fmap[:, :1]), (1, 1, 1, 1))
+    h, w = fmap.shape[-2:]
+    total = sum(padded[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+    count = sum(inside[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
+    return total / count
+
+
 def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, image_k: int, gallery_k: int, kappa: int, sigma: float,
                     radius=None):
     """The method written out plainly: full float64 distance matrices, scipy smoothing; with ``radius``
-    (input pixels) the gallery positions farther than ``ceil(radius / stride)`` cells in y or x are left out."""
+    (input pixels) the gallery positions farther than ``ceil(radius / stride)`` cells in y or x are left out.
+    The model's ``aggregate_levels`` (3x3 means), ``pixel_distance`` and level factors are followed."""
     with torch.no_grad():
         train_pyr, train_pool = model.backbone(train)
         test_pyr, test_pool = model.backbone(test)
+    train_pyr = [neighbourhood_mean(f) if flag else f for f, flag in zip(train_pyr, model.aggregated)]
+    test_pyr = [neighbourhood_mean(f) if flag else f for f, flag in zip(test_pyr, model.aggregated)]
     d_img = torch.cdist(test_pool.double(), train_pool.double()) ** 2
     sorted_d, order = d_img.sort(dim=1)
     scores = sorted_d[:, :image_k].mean(dim=1)
@@ -46,20 +60,32 @@ def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, 
                 ys, xs = ys.flatten(), xs.flatten()
                 near = ((ys[:, None] - ys[None, :]).abs() <= cells) & ((xs[:, None] - xs[None, :]).abs() <= cells)
                 dist = dist.masked_fill(~near.repeat(1, gallery_k), float("inf"))
-            level = dist.topk(kappa, dim=1, largest=False).values.mean(dim=1).reshape(1, 1, h, w)
+            nearest = dist.topk(kappa, dim=1, largest=False).values
+            if model.pixel_distance == "euclidean":
+                nearest = nearest.sqrt()
+            level = nearest.mean(dim=1).reshape(1, 1, h, w)
             level_maps.append(F.interpolate(level, size=test.shape[-2:], mode="bilinear", align_corners=False)[0, 0])
-        combined = torch.stack(level_maps).mean(0).numpy()
+        factors = model.level_factors()
+        combined = (torch.stack(level_maps).mean(0) if factors is None else
+                    sum(float(f) * m for f, m in zip(factors, level_maps))).numpy()
         maps.append(ndimage.gaussian_filter(combined, sigma) if sigma > 0 else combined)
     return scores, torch.from_numpy(np.stack(maps))
 
 
-@pytest.mark.parametrize("image_k,gallery_k,kappa,sigma,radius", [
-    (5, 5, 1, 4.0, None), (3, 7, 3, 2.0, None), (12, 1, 1, 0.0, None), (5, 5, 1, 4.0, 8), (3, 7, 3, 2.0, 12), (12, 1, 1, 0.0, 4),
+#: The paper's levels (no aggregation, squared distances), and today's defaults with a weighted, balanced mean.
+PAPER = {"aggregate_levels": [], "pixel_distance": "squared"}
+BALANCED = {"level_balance": "std", "level_weights": [1.0, 2.0, 0.5]}
+
+
+@pytest.mark.parametrize("image_k,gallery_k,kappa,sigma,radius,levels", [
+    (5, 5, 1, 4.0, None, PAPER), (3, 7, 3, 2.0, None, PAPER), (12, 1, 1, 0.0, None, PAPER), (5, 5, 1, 4.0, 8, PAPER),
+    (3, 7, 3, 2.0, 12, PAPER), (12, 1, 1, 0.0, 4, PAPER), (5, 5, 1, 4.0, 8, {}), (3, 7, 3, 2.0, None, {}),
+    (5, 5, 2, 4.0, 8, BALANCED),
 ])
-def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigma, radius):
+def test_scores_and_maps_match_reference(images, image_k, gallery_k, kappa, sigma, radius, levels):
     train, test = images
     model = SpadeModel(backbone="efficientnet_lite0", image_k=image_k, gallery_k=gallery_k, kappa=kappa, sigma=sigma,
-                       image_score="dn2", search_radius=radius)
+                       image_score="dn2", search_radius=radius, **levels)
     model.fit_bank(train, batch_size=5)
     out = model(test)
     ref_scores, ref_maps = reference_spade(model, train, test, image_k, gallery_k, kappa, sigma, radius)
