@@ -131,8 +131,8 @@ def threshold_settings(method: Any, image_quantile: Any, pixel_quantile: Any, sa
     fraction("pixel_quantile", pixel_quantile)
     positive_int("threshold_samples", samples, optional=True)
     positive_int("image_threshold_samples", image_samples, optional=True)
-    positive_number("image_threshold", image_threshold, optional=True, unit="a raw squared distance")
-    positive_number("pixel_threshold", pixel_threshold, optional=True, unit="a raw squared distance")
+    positive_number("image_threshold", image_threshold, optional=True, unit="a raw score")
+    positive_number("pixel_threshold", pixel_threshold, optional=True, unit="a raw map value")
     fraction("pro_max_fpr", pro_max_fpr)
 
 

@@ -33,11 +33,11 @@ def meta_section(model: Any, thresholds: Dict[str, Any], contract: Optional[Dict
     """The lightning_ad section of a checkpoint of ``model`` (a SpadeModel). ``scoring``: the values of the
     :data:`SCORING_SETTINGS` its thresholds were made with (Lightning's ``load_from_checkpoint(**overrides)``
     rewrites the checkpoint's hyper-parameters before the module sees them; this copy it leaves alone)."""
-    return {"scoring": dict(scoring or {}),
+    return {
         "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers),
         "aggregate_levels": list(model.aggregate_levels), "bank_size": model.bank_size,
         "image_size": list(model.image_size), "thresholds": dict(thresholds), "input": contract, "datamodule": datamodule,
-        "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding,
+        "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding, "scoring": dict(scoring or {}),
     }
 
 
