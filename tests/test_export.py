@@ -423,7 +423,8 @@ def test_onnx_combines_the_levels_as_the_model_does(tiny, tmp_path, aggregated, 
     """Local aggregation, the pixel distance and the level factors of the checkpoint are in the graph."""
     detector = Detector.from_checkpoint(tiny["ckpt"])
     model = detector.model
-    model.aggregated, model.pixel_distance, model.level_weights = aggregated, distance, weights
+    model.aggregate_levels = tuple(level for level, flag in zip(model.layers, aggregated) if flag)
+    model.pixel_distance, model.level_weights = distance, weights
     if scales is not None:
         model.level_balance = "mean"
         model.level_scales.copy_(torch.tensor(scales, dtype=torch.float64))

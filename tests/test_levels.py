@@ -10,6 +10,7 @@ from test_thresholds import dm
 
 from conftest import make_trainer
 from lightning_ad import Detector, Spade
+from lightning_ad.core.filters import gaussian_blur
 from lightning_ad.core.levels import aggregate_pyramid, balance_scales, level_factors, level_moments, local_mean, position_scores
 from lightning_ad.core.spade import LEVEL_BALANCE_IMAGES, SpadeModel
 from lightning_ad.errors import CheckpointError, ConfigurationError
@@ -105,7 +106,6 @@ def test_level_balance_divides_each_level_by_its_leave_one_out_statistic():
           for m in plain.level_maps(features.pyramid, neighbours)]
     weights = [1.0, 0.0, 2.0]
     combined = sum(w / (3.0 * float(s)) * m for w, s, m in zip(weights, expected, up))
-    from lightning_ad.core.filters import gaussian_blur
     torch.testing.assert_close(balanced(queries).anomaly_maps, gaussian_blur(combined, 4.0), rtol=1e-5, atol=1e-6)
 
 
@@ -170,3 +170,13 @@ def test_a_balance_chosen_at_test_time_is_learned_with_the_thresholds(tiny_mvtec
     assert torch.isfinite(loaded.model.level_scales).all() and loaded.threshold_source["method"] == "quantile"
     expected = balance_scales(loaded.model.level_moments(loaded.model.balance_rows()), "std")
     torch.testing.assert_close(loaded.model.level_scales, expected)
+
+
+def test_f1_thresholds_with_a_level_balance_learn_the_scales_at_fit(tiny_mvtec, tmp_path):
+    """With thresholds from a validation split, fit still learns the level scales (the maps need them), from the
+    balance rows alone, before validating."""
+    model = Spade(image_k=3, gallery_k=3, threshold_method="f1", level_balance="mean")
+    make_trainer(tmp_path).fit(model, datamodule=dm(tiny_mvtec, val_split=0.5))
+    expected = balance_scales(model.model.level_moments(model.model.balance_rows()), "mean")
+    torch.testing.assert_close(model.model.level_scales, expected)
+    assert model.threshold_source["method"] == "f1" and model.val_results is not None

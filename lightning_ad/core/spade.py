@@ -243,7 +243,6 @@ class SpadeModel(nn.Module):
         self.search_radius = None if search_radius is None else checks.non_negative_number(
             "search_radius", search_radius, unit="pixels")
         self.aggregate_levels = checks.levels("aggregate_levels", aggregate_levels, LEVEL_STRIDES)
-        self.aggregated = [level in self.aggregate_levels for level in self.layers]
         self.pixel_distance = checks.one_of("pixel_distance", pixel_distance, PIXEL_DISTANCES)
         self.level_balance = checks.one_of("level_balance", level_balance, LEVEL_BALANCES)
         self.level_weights = checks.level_weights("level_weights", level_weights, len(self.layers))
@@ -269,6 +268,17 @@ class SpadeModel(nn.Module):
         self.register_buffer("map_scale", torch.tensor(float("nan"), dtype=torch.float64))
         # Scales of the levels' maps for level_balance (NaN until learned; unused with none).
         self.register_buffer("level_scales", torch.full((len(self.layers),), float("nan"), dtype=torch.float64))
+
+    @property
+    def aggregated(self) -> List[bool]:
+        """Per entry of ``layers``: whether its features are 3x3 means (``aggregate_levels``)."""
+        return [level in self.aggregate_levels for level in self.layers]
+
+    @property
+    def learns_at_fit(self) -> bool:
+        """Whether fit learns scales of its own from leave-one-out scores of the training images (the ``combined``
+        score's parts, the levels of ``level_balance``), whatever sets the thresholds."""
+        return self.image_score == "combined" or self.level_balance != "none"
 
     # ------------------------------------------------------------------ bank
 
@@ -426,16 +436,20 @@ class SpadeModel(nn.Module):
         self.require_fitted()
         moments = torch.zeros(len(self.layers), 3, dtype=torch.float64, device=self.bank.index.device)
         for chunk in rows.to(self.bank.index.device).split(batch_size):
-            _, neighbours = self.nearest_images(self.bank.pooled[chunk].float(), exclude=chunk)
-            moments += level_moments(self.level_maps(self.bank.pyramid_of(chunk), neighbours)).to(moments.device)
+            moments += level_moments(self._left_out_level_maps(chunk)).to(moments.device)
         return moments
+
+    def _left_out_level_maps(self, rows: Tensor) -> List[Tensor]:
+        """Level maps of bank ``rows``, each scored against the rest of the bank (:meth:`level_maps`)."""
+        _, neighbours = self.nearest_images(self.bank.pooled[rows].float(), exclude=rows)
+        return self.level_maps(self.bank.pyramid_of(rows), neighbours)
 
     def set_level_scales(self, moments: Tensor) -> None:
         """Set ``level_scales`` from the summed :meth:`level_moments` of the training images (``level_balance``)."""
         self.level_scales.copy_(balance_scales(moments, self.level_balance).to(self.level_scales))
 
-    def level_factors(self) -> Optional[Tensor]:
-        """``[L]`` factors of the levels in the combined map (None: the plain mean)."""
+    def level_factors(self) -> Optional[List[float]]:
+        """Factors of the levels in the combined map, one per level (None: the plain mean)."""
         if self.level_balance == "none" and self.level_weights is None:
             return None
         scales = torch.ones_like(self.level_scales) if self.level_balance == "none" else self.level_scales
@@ -444,7 +458,7 @@ class SpadeModel(nn.Module):
                 f"level_balance={self.level_balance!r} needs the scales of the levels, learned from leave-one-out maps "
                 f"of the training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
             )
-        return level_factors(self.level_weights, scales.cpu())
+        return level_factors(self.level_weights, scales.cpu()).tolist()
 
     def leave_one_out(self, rows: Optional[Tensor] = None, keep: Optional[Tensor] = None, batch_size: int = 8,
                       progress: Optional[Callable[[int], None]] = None) -> LeaveOneOut:
@@ -462,8 +476,7 @@ class SpadeModel(nn.Module):
         mapped = rows if self.uses_maps else rows[keep[rows]]
         parts, maps = [], []
         for chunk in mapped.split(batch_size):
-            _, neighbours = self.nearest_images(self.bank.pooled[chunk].float(), exclude=chunk)
-            chunk_maps = self.combine(self.level_maps(self.bank.pyramid_of(chunk), neighbours), self.image_size)
+            chunk_maps = self.combine(self._left_out_level_maps(chunk), self.image_size)
             check_finite(chunk_maps, "anomaly maps")
             if self.uses_maps:
                 parts.append(self.map_part(chunk_maps))

@@ -134,7 +134,7 @@ class ExportableSpade(nn.Module):
         self.preprocess = PhotoPreprocess(self.contract)
         # 2. backbone, and the levels averaged over 3x3 neighbourhoods
         self.backbone = model.backbone
-        self.aggregated = list(model.aggregated)
+        self.aggregated = model.aggregated
         # 3. bank and kNN settings
         bank = model.bank
         self.register_buffer("bank_pooled", bank.pooled.float().contiguous())
@@ -151,8 +151,7 @@ class ExportableSpade(nn.Module):
             raise ConfigurationError(f"image_k/gallery_k exceed the {model.bank_size} training images of the bank")
         self.pixel_distance = model.pixel_distance
         # 4. the mean of the levels, smoothing, thresholds
-        factors = model.level_factors()
-        self.level_factors = None if factors is None else [float(f) for f in factors]
+        self.level_factors = model.level_factors()
         self.sigma = float(model.sigma)
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)

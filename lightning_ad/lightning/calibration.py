@@ -54,14 +54,16 @@ def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, p
     samples, image_samples = int(keep.sum()), int(image.sum())
     scored = image | keep  # DN2 of these rows; with a map-based score, their maps too
     mapped = int(scored.sum()) if model.uses_maps else samples
-    rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count, image_samples))
     mine = scoring_rows(model, rank)
     if model.level_balance != "none":
-        balance = torch.zeros(count, dtype=torch.bool)
-        balance[model.balance_rows().cpu()] = True
-        moments = model.level_moments(mine[balance[mine]].to(model.bank.index.device))
+        balance = mine[torch.isin(mine, model.balance_rows().to(mine.device))]
+        moments = model.level_moments(balance.to(model.bank.index.device))
         model.end_scoring()
         model.set_level_scales(gather_rows(moments.unsqueeze(0)).sum(dim=0))
+        if not quantile and model.image_score != "combined":  # the level scales were all there was to learn
+            return rank_zero_info(f"level scales {', '.join(f'{v:.4g}' for v in model.level_scales.tolist())} from "
+                                  f"leave-one-out maps of {len(model.balance_rows())} training images")
+    rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count, image_samples))
     mine = mine[scored[mine]]
     with progress_bar(len(mine) if model.uses_maps else int(keep[mine].sum()), "leave-one-out maps", bar) as update:
         loo = model.leave_one_out(mine.to(model.bank.index.device), keep, progress=update)

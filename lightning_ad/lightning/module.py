@@ -197,8 +197,7 @@ class Spade(pl.LightningModule):
         self._train_count = len(dataset) if hasattr(dataset, "__len__") else None
         if self._train_count is not None:
             hp = self.hparams
-            loo = (hp.threshold_method == "quantile" and hp.image_threshold is None) or hp.image_score == "combined" \
-                or hp.level_balance != "none"
+            loo = (hp.threshold_method == "quantile" and hp.image_threshold is None) or self.model.learns_at_fit
             checks.ks_fit_training_set(hp.image_k, hp.gallery_k, self._train_count, leave_one_out=loo)
 
     def on_train_epoch_start(self) -> None:
@@ -236,8 +235,7 @@ class Spade(pl.LightningModule):
         self.threshold_source = ckpt.threshold_source(self.hparams.threshold_method, self.model.bank_size, self._train_count)
         if self.threshold_source["partial_bank"]:
             rank_zero_warn(partial_bank_warning(self.model.bank_size, self._train_count))
-        if self.hparams.threshold_method == "quantile" or self.model.image_score == "combined" \
-                or self.model.level_balance != "none":
+        if self.hparams.threshold_method == "quantile" or self.model.learns_at_fit:
             self._fit_leave_one_out()
 
     def _fit_leave_one_out(self, quantile: bool = False) -> None:
