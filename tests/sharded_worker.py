@@ -4,6 +4,11 @@
 
 ``STORE``: a new file for the rendezvous (a file store: no process serves it, so ranks may exit
 in any order; with a TCP store, a rank still closing after rank 0 left was seen to abort).
+Each step prints a line, and a fatal signal prints every thread's Python stack (``faulthandler``),
+so a failing run says where it stopped. Once its files are written and the group is destroyed, a
+process leaves with ``os._exit``: C++ destructors at interpreter exit once aborted a rank in CI
+("terminate called without an active exception", a thread destroyed while joinable) after its work
+was done, which is gloo's teardown, not the bank's behaviour under test.
 
 ``fit``: extract the training images one at a time (so features do not depend on the batch),
 take the rows a ``DistributedSampler`` would give this rank (padding repeats included), stream
@@ -15,6 +20,8 @@ save every image's score and map (rank 0) to ``OUT/scores<WORLD>.pt``. World 1 w
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import sys
 from pathlib import Path
 
@@ -39,13 +46,19 @@ def sampler_rows(count: int, rank: int, world: int) -> list:
     return padded[rank::world]
 
 
+def step(rank: int, text: str) -> None:
+    print(f"rank {rank}: {text}", flush=True)
+
+
 def main() -> None:
+    faulthandler.enable()
     rank, world, store, phase, out, kappa, sharding, storage = sys.argv[1:9]
     radius = None if sys.argv[9] == "none" else float(sys.argv[9])
     rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        step(rank, "joined the group")
     from lightning_ad.bank import finish_stream
     from lightning_ad.distributed import gather_objects
     from lightning_ad.core.spade import Features, SpadeModel
@@ -66,22 +79,29 @@ def main() -> None:
                                     torch.cat([f.pooled for f in extracted])), (SIZE, SIZE), torch.tensor(rows))
         if rank == 0:
             torch.save(model.state_dict(), out / "state.pt")
+        step(rank, "bank written")
     if phase == "test" or world == 1:
         if phase == "test":
             model.load_state_dict(torch.load(out / "state.pt", weights_only=True))
         mine = list(range(rank, N_TEST, world))
         results = [(i, *model(test[i : i + 1])) for i in mine]
         model.end_scoring()
+        step(rank, "scored")
         parts = gather_objects(([(i, s.clone(), m.clone()) for i, s, m in results], int(model.bank.held().sum())))
         if rank == 0:
             ordered = sorted((item for part, _ in parts for item in part), key=lambda item: item[0])
             torch.save({"index": [i for i, _, _ in ordered], "scores": torch.cat([s for _, s, _ in ordered]),
                         "maps": torch.cat([m for _, _, m in ordered]), "held": [held for _, held in parts]},
                        out / f"scores{world}.pt")
+        step(rank, "results gathered")
     if world > 1:
         dist.barrier()  # no process leaves while another still talks to it
         dist.destroy_process_group()
+        step(rank, "left the group")
 
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -29,7 +29,7 @@ def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded"
                                sharding, storage, radius], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(world)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
-    failed = [f"rank {rank}: {text[-3000:]}" for rank, (proc, text) in enumerate(zip(procs, outputs)) if proc.returncode]
+    failed = [f"{phase} on {world} process(es), rank {rank}, exit {proc.returncode}:\n{text[-3000:]}" for rank, (proc, text) in enumerate(zip(procs, outputs)) if proc.returncode]
     assert not failed, "\n".join(failed)
 
 
