@@ -111,6 +111,24 @@ def test_uint8_preprocessing_is_torchs_kernel_bit_for_bit():
         assert torch.equal(got, expected), (height, width, size, crop)
 
 
+def test_exported_preprocessing_is_torchs_kernel_bit_for_bit(tmp_path):
+    """In ONNX the resize's tap sums are integer products (MatMulInteger): still torch's pixels, at any photo size."""
+    contract = {"image_size": [64, 64], "crop_size": [48, 48]}
+    path = tmp_path / "preprocess.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PhotoPreprocess(contract), (torch.zeros(1, 101, 90, 3, dtype=torch.uint8),), str(path),
+                          dynamo=False, opset_version=export_module.OPSET, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 1: "height", 2: "width"}})
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for height, width in [(900, 900), (2000, 3000), (37, 100), (64, 50), (48, 64), (97, 61)]:
+        photos = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+        expected = torch.stack([Preprocess(64, 48).image(photo) for photo in photos])
+        assert torch.equal(torch.from_numpy(session.run(None, {"x": photos})[0]), expected), (height, width)
+
+
 def test_exportable_scoring_equals_the_model(tiny):
     """The export-friendly kNN path (no knn.py) gives the Detector's numbers in eager mode."""
     module, _ = build_exportable(tiny["ckpt"])

@@ -76,6 +76,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.levels import aggregate_pyramid, position_scores
+from ..core.padding import fix_same_padding
 from ..core.spade import SpadeModel, combine_levels, image_score_from_parts, map_part_of
 from ..core.thresholds import decide, normalize_scores
 from ..core.knn import knn
@@ -133,7 +134,7 @@ class ExportableSpade(nn.Module):
         # 1. preprocessing: the photo's resize and crop, bit for bit the Detector's
         self.preprocess = PhotoPreprocess(self.contract)
         # 2. backbone, and the levels averaged over 3x3 neighbourhoods
-        self.backbone = model.backbone
+        self.backbone = fix_same_padding(model.backbone, self.crop)  # it only sees the crop
         self.aggregated = model.aggregated
         # 3. bank and kNN settings
         bank = model.bank

@@ -16,7 +16,8 @@ out``; ``support = scale`` (at least 1); output ``i`` has centre ``scale (i + 0.
 in ``[floor(centre - support + 0.5), floor(centre + support + 0.5))`` with weights
 ``max(0, 1 - |(j - centre + 0.5) / max(scale, 1)|)``, normalised per row, then scaled by ``2^p``
 and rounded to integers, ``p`` the largest precision below 22 at which ``2 w_max 2^p`` stays under
-``2^15``; each pass computes ``clamp((sum(w_int x) + 2^(p-1)) >> p, 0, 255)``, horizontal first.
+``2^15``; each pass computes ``clamp((sum(w_int x) + 2^(p-1)) >> p, 0, 255)``, horizontal first (its
+result rounded to uint8 before the vertical pass).
 """
 
 from __future__ import annotations
@@ -96,31 +97,46 @@ def _band(weights: Tensor) -> Tuple[Tensor, Tensor]:
     return index, torch.where(taps < count[:, None], weights.gather(1, index), torch.zeros_like(weights[:, :1]))
 
 
-def _resample(x: Tensor, weights: Tensor, factor: Tensor) -> Tensor:
-    """One uint8 pass along the first axis: ``x`` ``[n_in, ...]`` (float32 holding 0..255) -> ``[n_out, ...]``,
-    with integer ``weights`` ``[n_out, n_in]`` of scale ``factor`` (``2^p``).
+class _TapSums(torch.autograd.Function):
+    """Exact integer sums ``[n, 2, R]`` int32 of weight bytes ``[n, 2, T]`` times taps ``[n, T, R]`` (both uint8).
 
-    Only each output's taps are read (whole rows gathered, then one small product per output),
-    and the sums are exact in float32: each weight (below ``2^15``) is split into ``256 hi + lo``,
-    so that every partial sum of ``w x`` is an integer below ``2^24`` (for up to 258 taps, i.e.
-    photos up to about 128 times the contract's size); the rounding ``floor((256 H + L + d / 2) / d)``,
-    ``d = 2^p >= 2^13``, is taken as ``floor(H / e) + floor((256 (H mod e) + L + d / 2) / d)`` with
-    ``e = d / 256``: every term an integer below ``2^24``, every division by a power of two.
+    Eagerly (and in TorchScript) one float32 batched product: every partial sum is an integer below
+    ``2^24`` (bytes times bytes, up to 258 taps), so it is exact. In an ONNX graph, one ``MatMulInteger``
+    (integer arithmetic, no casts of the taps): the same integers.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weights: Tensor, taps: Tensor) -> Tensor:  # noqa: D102
+        return torch.bmm(weights.float(), taps.float()).to(torch.int32)
+
+    @staticmethod
+    def symbolic(g: Any, weights: Any, taps: Any) -> Any:  # noqa: D102
+        return g.op("MatMulInteger", weights, taps)
+
+
+def _tap_sums(weights: Tensor, taps: Tensor) -> Tensor:
+    if torch.onnx.is_in_onnx_export():
+        return _TapSums.apply(weights, taps)
+    return _TapSums.forward(None, weights, taps)  # a TorchScript trace records the ops, not a Python call
+
+
+def _resample(x: Tensor, weights: Tensor, factor: Tensor) -> Tensor:
+    """One uint8 pass along the first axis: ``x`` uint8 ``[n_in, R]`` -> uint8 ``[n_out, R]``, with integer
+    ``weights`` ``[n_out, n_in]`` of scale ``factor`` (``2^p``).
+
+    Only each output's taps are read (whole rows gathered). Each weight (below ``2^15``) is split into
+    bytes ``256 hi + lo``, the two byte sums are taken exactly (:class:`_TapSums`), and the result is
+    ``min((256 H + L + d / 2) // d, 255)`` in int32 (``d = 2^p``; every term below ``2^31``).
     """
     index, tap_weights = _band(weights)  # [n_out, T]
     n_out = int(weights.shape[0])
-    rows = x.reshape(x.shape[0], -1)  # [n_in, R]
-    taps = rows.index_select(0, index.reshape(-1)).reshape(n_out, -1, rows.shape[1])  # [n_out, T, R]
+    taps = x.index_select(0, index.reshape(-1)).reshape(n_out, -1, x.shape[1])  # [n_out, T, R] uint8
     high = torch.floor(tap_weights / 256.0)
-    split = torch.stack([high, tap_weights - high * 256.0], dim=1).to(torch.float32)  # [n_out, 2, T]
-    sums = torch.bmm(split, taps)  # [n_out, 2, R]
-    sums_high, sums_low = sums[:, 0], sums[:, 1]
-    d = factor.to(torch.float32)
-    e = d / 256.0
-    quotient = torch.floor(sums_high / e)
-    rest = (sums_high - quotient * e) * 256.0 + sums_low + d * 0.5
-    out = (quotient + torch.floor(rest / d)).clamp(0.0, 255.0)  # [n_out, R]
-    return out.reshape((n_out,) + tuple(x.shape[1:]))
+    split = torch.stack([high, tap_weights - high * 256.0], dim=1).to(torch.uint8)  # [n_out, 2, T]
+    sums = _tap_sums(split, taps)  # [n_out, 2, R] int32
+    d = factor.to(torch.int32)
+    total = sums[:, 0] * 256 + sums[:, 1] + torch.div(d, 2, rounding_mode="trunc")
+    return torch.div(total, d, rounding_mode="trunc").clamp_max(255).to(torch.uint8)  # non-negative: trunc = floor
 
 
 class PhotoPreprocess(nn.Module):
@@ -128,6 +144,9 @@ class PhotoPreprocess(nn.Module):
 
     Bit for bit what :class:`~lightning_ad.data.transforms.Preprocess` serves (resize to
     ``image_size``, centre crop, ``/ 255``): integer sums kept exact (see :func:`_resample`).
+    The photo is rearranged only by transposes of two axes (``[B, H W, 3] -> [B, 3, H W]``,
+    ``[rows, cols] -> [cols, rows]``), which ONNX Runtime runs as fast blocked transposes; the pixels
+    stay uint8 until the end.
     """
 
     def __init__(self, contract: Dict[str, Any]) -> None:
@@ -140,10 +159,15 @@ class PhotoPreprocess(nn.Module):
         shape = torch._shape_as_tensor(images)  # read at run time, also inside a traced graph
         qw, fw = resize_weights(shape[2], self.resized[1])
         qh, fh = resize_weights(shape[1], self.resized[0])
-        x = images.permute(2, 0, 1, 3).to(torch.float32)  # [W, B, H, 3], integers 0..255: resampled axis first
-        x = _resample(x, qw[self.left : self.left + self.crop[1]], fw)  # [w, B, H, 3]
-        x = _resample(x.permute(2, 0, 1, 3), qh[self.top : self.top + self.crop[0]], fh)  # [h, w, B, 3]
-        return x.permute(2, 3, 0, 1).contiguous() / 255.0  # [B, 3, h, w]
+        batch, height, width = images.shape[0], images.shape[1], images.shape[2]
+        h, w = self.crop
+        x = images.reshape(batch, height * width, 3).permute(0, 2, 1)  # [B, 3, H W]
+        x = x.reshape(batch * 3 * height, width).t().contiguous()  # [W, B 3 H]: the resampled axis first
+        x = _resample(x, qw[self.left : self.left + w], fw)  # [w, B 3 H]
+        x = x.reshape(w * batch * 3, height).t().contiguous()  # [H, w B 3]
+        x = _resample(x, qh[self.top : self.top + h], fh)  # [h, w B 3]
+        x = x.reshape(h * w, batch * 3).t().reshape(batch, 3, h, w)
+        return x.to(torch.float32) / 255.0
 
 
 def _axis_matrix(out_len: Length, resized_len: int, crop_len: int, offset: int) -> Tuple[Tensor, Tensor]:
