@@ -26,8 +26,8 @@ Work per query position: ``M (2 cells + 1)(tile + 2 cells)(C + 1)`` multiply-add
 and one block of products at a time (at most ``chunk_bytes``).
 
 Eagerly the windows and bands are views of the product's operands (no copy); in a traced
-export the same operands are built with slices, pads and concatenations (ONNX has no strided
-views). The arithmetic is the same.
+export the same operands are built by one gather each (ONNX has no strided views; slices and
+concatenations would copy several times). The arithmetic is the same.
 """
 
 from __future__ import annotations
@@ -113,10 +113,11 @@ def _query_rows(queries: Tensor, lay: _Layout, height: int, width: int) -> Tenso
     grid = F.pad((queries * -2.0).reshape(batch, height, width, channels), (0, 0, 0, lay.row - width, 2 * lay.cells, 0))
     flat = torch.cat([grid, grid.new_ones(grid.shape[:-1] + (1,))], dim=-1).reshape(-1, channels + 1)
     flat = F.pad(flat, (0, 0, 0, lay.query_tail))  # rows below the last item: [0, 0] (their products are dropped)
-    if exporting():
-        end = flat.shape[0] - lay.query_tail  # = B * cells_per_item, kept symbolic in the batch
-        parts = [flat[dy * lay.row : end + dy * lay.row].reshape(-1, 1, lay.tile, channels + 1) for dy in range(lay.side)]
-        return torch.cat(parts, dim=1).reshape(-1, lay.side * lay.tile, channels + 1)
+    if exporting():  # one gather of whole segments (rows are whole segments), kept symbolic in the batch
+        segments = flat.reshape(-1, lay.tile * (channels + 1))
+        count = (flat.shape[0] - lay.query_tail) // lay.tile
+        index = torch.arange(count)[:, None] + torch.arange(lay.side)[None, :] * (lay.row // lay.tile)  # [count, side]
+        return segments.index_select(0, index.reshape(-1)).reshape(-1, lay.side * lay.tile, channels + 1)
     count = batch * lay.cells_per_item // lay.tile
     depth = channels + 1
     return flat.as_strided((count, lay.side, lay.tile, depth), (lay.tile * depth, lay.row * depth, depth, 1)).reshape(
@@ -153,13 +154,10 @@ def _gallery_block(rows: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
 def _windows(block: Tensor, lay: _Layout, count: int) -> Tensor:
     """``[count, span * m, C + 1]``: windows of ``span`` cells every ``tile`` cells of ``block``."""
     _, m, depth = block.shape
-    if exporting():
-        pieces = math.ceil(lay.span / lay.tile)
-        end = block.shape[0] - lay.gallery_tail  # = count * tile, kept symbolic in the batch
-        parts = [block[i * lay.tile : end + i * lay.tile].reshape(-1, lay.tile, m, depth) for i in range(pieces)]
-        windows = torch.cat(parts, dim=1)
-        windows = windows if pieces * lay.tile == lay.span else windows[:, : lay.span]  # ONNX copies at every Slice
-        return windows.reshape(-1, lay.span * m, depth)
+    if exporting():  # one gather of cells, kept symbolic in the batch
+        windows = (block.shape[0] - lay.gallery_tail) // lay.tile
+        index = torch.arange(windows)[:, None] * lay.tile + torch.arange(lay.span)[None, :]  # [count, span]
+        return block.index_select(0, index.reshape(-1)).reshape(-1, lay.span * m, depth)
     return block.as_strided((count, lay.span * m, depth), (lay.tile * m * depth, depth, 1), block.storage_offset())
 
 
@@ -167,9 +165,9 @@ def _band(product: Tensor, lay: _Layout, m: int) -> Tensor:
     """``[n, tile, side * m]``: each query position's own columns of ``product`` ``[n, tile, span * m]`` (position j
     of a segment keeps window cells ``j .. j + 2 cells``)."""
     n = product.shape[0]
-    if exporting():  # a shear: pad by m columns per row, so that row j starts j cells later
-        flat = F.pad(product.reshape(n, -1), (0, lay.tile * m))
-        return flat.reshape(n, lay.tile, (lay.span + 1) * m)[:, :, : lay.side * m]
+    if exporting():  # one gather: row j's cells j .. j + 2 cells are cells j (span + 1) + s of the row-major product
+        index = torch.arange(lay.tile)[:, None] * (lay.span + 1) + torch.arange(lay.side)[None, :]  # [tile, side]
+        return product.reshape(n, lay.tile * lay.span, m).index_select(1, index.reshape(-1)).reshape(n, lay.tile, -1)
     return product.as_strided((n, lay.tile, lay.side * m), (lay.tile * lay.span * m, (lay.span + 1) * m, 1),
                               product.storage_offset())
 

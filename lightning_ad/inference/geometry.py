@@ -202,4 +202,5 @@ def restore_map(anomaly_map: Tensor, original: Sequence[int], contract: Dict[str
     """Maps ``[..., h, w]`` -> float32 ``[..., H0, W0]`` at the original size, NaN where not inspected."""
     rows, cols, valid = map_resize_matrices(original, contract)
     full = torch.matmul(torch.matmul(rows.float(), anomaly_map.float()), cols.float().T)
-    return torch.where(valid, full, torch.full_like(full, float("nan")))
+    # + 0 inside, + NaN outside: one mask of the photo's size, not one per map
+    return full + torch.where(valid, torch.zeros((), dtype=full.dtype), torch.full((), float("nan"), dtype=full.dtype))
