@@ -129,15 +129,15 @@ def test_window_cells_and_argument_checks():
 
 
 def test_traced_search_follows_the_batch_of_its_input():
-    # the exported form (slices and pads instead of strided views), traced at batch 1 and run at batch 3,
-    # equals the eager search
+    # the exported form (gathers instead of strided views; no tail after the last image), traced at batch 1 and
+    # run at batch 3, equals the eager search: no window (cells 0), windows of 1 1/2 tiles (1) and of 2 tiles (2, 3)
     import warnings
 
     gen = torch.Generator().manual_seed(8)
     bank = torch.randn(5, 7, 9, 6, generator=gen)
     queries = torch.randn(3, 63, 6, generator=gen)
     groups = torch.tensor([[0, 1, 2], [3, 4, 0], [2, 2, 1]])
-    for cells, k in ((1, 1), (2, 3)):
+    for cells, k in ((0, 1), (1, 1), (2, 3), (3, 2)):
         class Search(torch.nn.Module):
             def forward(self, q, g):
                 return windowed_knn(q, bank, g, cells, k)

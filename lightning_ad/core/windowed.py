@@ -124,20 +124,26 @@ def _query_rows(queries: Tensor, lay: _Layout, height: int, width: int) -> Tenso
         count, lay.side * lay.tile, depth)
 
 
-def _gallery_block(rows: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
-    """``[B * cells_per_item + gallery_tail, m, C + 1]``: images ``rows`` ``[B, m, H, W, C]`` laid out cell-major on the
-    padded grid as ``[g - centre, ||g - centre||^2]``; padding ``[0, +inf]``."""
-    batch, m, height, width, channels = rows.shape
+def _gallery_block(bank: Tensor, groups: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
+    """``[B * cells_per_item + gallery_tail, M, C + 1]``: the images ``groups`` ``[B, M]`` of ``bank`` ``[N, H, W, C]``
+    laid out cell-major on the padded grid as ``[g - centre, ||g - centre||^2]``; padding ``[*, +inf]`` (never chosen).
+
+    Traced, the tail is left out (``[B * cells_per_item, M, C + 1]``): :func:`_windows` reads the last cell, padding,
+    in its place."""
+    _, height, width, channels = bank.shape
+    batch, m = groups.shape
     c = lay.cells
-    if exporting():  # functional form (traceable)
-        feat = rows.float().permute(0, 2, 3, 1, 4) - centre.view(batch, 1, 1, 1, channels)
-        norm = (feat * feat).sum(dim=-1)
-        feat = F.pad(feat, (0, 0, 0, 0, c, lay.row - width - c, c, c))
-        norm = F.pad(norm, (0, 0, c, lay.row - width - c, c, c), value=float("inf"))
-        block = torch.cat([feat, norm.unsqueeze(-1)], dim=-1).reshape(-1, m, channels + 1)
-        tail = torch.cat([block.new_zeros(lay.gallery_tail, m, channels),
-                          block.new_full((lay.gallery_tail, m, 1), float("inf"))], dim=-1)
-        return torch.cat([block, tail])
+    if exporting():  # functional form, kept symbolic in the batch: one gather straight into the padded layout, no tail
+        ys, xs = torch.arange(lay.rows) - c, torch.arange(lay.row) - c
+        inside = ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) & (xs < width))[None, :]  # [rows, row]
+        where = ys.clamp(0, height - 1)[:, None] * width + xs.clamp(0, width - 1)[None, :]  # padding reads a real row
+        index = groups[:, None, :] * (height * width) + where.reshape(1, -1, 1)  # [B, cells_per_item, M]
+        feat = bank.reshape(-1, channels).index_select(0, index.reshape(-1)).view(-1, lay.cells_per_item * m, channels)
+        feat = feat.float() - centre  # [B, cells_per_item M, C]
+        outside = torch.where(inside, torch.zeros(()), torch.full((), float("inf"))).view(1, -1, 1, 1)
+        norm = (feat * feat).sum(dim=-1).view(-1, lay.cells_per_item, m, 1) + outside
+        return torch.cat([feat.view(-1, lay.cells_per_item, m, channels), norm], dim=-1).view(-1, m, channels + 1)
+    rows = bank[groups].to(centre.device)  # [B, M, H, W, C]
     block = rows.new_empty((batch * lay.cells_per_item + lay.gallery_tail, m, channels + 1), dtype=torch.float32)
     grid = block[: batch * lay.cells_per_item].view(batch, lay.rows, lay.row, m, channels + 1)
     for pad in (grid[:, :c], grid[:, c + height :], grid[:, c : c + height, :c], grid[:, c : c + height, c + width :],
@@ -154,10 +160,11 @@ def _gallery_block(rows: Tensor, centre: Tensor, lay: _Layout) -> Tensor:
 def _windows(block: Tensor, lay: _Layout, count: int) -> Tensor:
     """``[count, span * m, C + 1]``: windows of ``span`` cells every ``tile`` cells of ``block``."""
     _, m, depth = block.shape
-    if exporting():  # one gather of cells, kept symbolic in the batch
-        windows = (block.shape[0] - lay.gallery_tail) // lay.tile
-        index = torch.arange(windows)[:, None] * lay.tile + torch.arange(lay.span)[None, :]  # [count, span]
-        return block.index_select(0, index.reshape(-1)).reshape(-1, lay.span * m, depth)
+    if exporting():  # one gather of cells, kept symbolic in the batch; past the last cell (padding unless cells = 0,
+        # when no window reaches past it), that cell again
+        last = block.shape[0] - 1
+        index = torch.arange(last + 1).view(-1, lay.tile)[:, :1] + torch.arange(lay.span)[None, :]  # [count, span]
+        return block.index_select(0, torch.minimum(index, last).reshape(-1)).reshape(-1, lay.span * m, depth)
     return block.as_strided((count, lay.span * m, depth), (lay.tile * m * depth, depth, 1), block.storage_offset())
 
 
@@ -227,7 +234,7 @@ def windowed_knn(
     lhs = _query_rows(queries - centre, lay, height, width)  # [count, side * tile, C + 1]
     count = lhs.shape[0]
     groups = groups.to(device=bank.device, dtype=torch.long)
-    block = _gallery_block(bank[groups].to(queries.device), centre, lay)  # [B * cells_per_item + tail, M, C + 1]
+    block = _gallery_block(bank, groups, centre, lay)  # [B * cells_per_item + tail, M, C + 1]
     windows = _windows(block, lay, count)  # [count, span * M, C + 1]
     # blocks of windows whose product [n, side * tile, span * M] stays in cache and within chunk_bytes (one when traced)
     if exporting():  # one block, unsliced (ONNX copies at every Slice)
@@ -285,5 +292,5 @@ def gallery_search(
     (:func:`windowed_knn`). ``grid`` is ``(H, W)``."""
     if cells is None:
         return grouped_knn(queries, bank, groups, k, chunk_bytes=chunk_bytes)
-    return windowed_knn(queries, bank.reshape(bank.shape[0], grid[0], grid[1], bank.shape[-1]), groups, cells, k,
-                        chunk_bytes=chunk_bytes)
+    level = bank.reshape(bank.shape[0], grid[0], grid[1], bank.shape[-1])
+    return windowed_knn(queries, level, groups, cells, k, chunk_bytes=chunk_bytes)
