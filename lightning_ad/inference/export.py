@@ -24,7 +24,8 @@ Inside, in order:
    weights computed from the photo's size at run time, horizontal pass then vertical, each
    rounded to ``uint8``), with the centre crop folded in; then ``/ 255`` in float32: the model
    sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess` gives;
-2. the backbone (its own input normalisation included), with the 3x3 means of the checkpoint's
+2. the backbone (its own input normalisation included; TensorFlow-style "same" padding fixed for the
+   crop by :func:`~lightning_ad.core.padding.fix_same_padding`), with the 3x3 means of the checkpoint's
    ``aggregate_levels`` (:func:`~lightning_ad.core.levels.aggregate_pyramid`);
 3. the kNN scoring, the library's functions traced: the image-level neighbours by
    :func:`~lightning_ad.core.knn.knn` (exact squared distances), and the pixel search that eager scoring runs:
