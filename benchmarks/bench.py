@@ -14,8 +14,8 @@ Prints a table:
   GPU), measured before the naive reference runs (that one needs gigabytes per image);
 * achieved GFLOP/s of the pixel kNN (2 (C + 1) flops per query-gallery pair) next to
   the GFLOP/s of a plain float32 matrix product measured in the same run;
-* the bank's size and the test metrics (image AUROC, pixel AUROC, PRO), e.g. to see the
-  effect of ``--bank-dtype float16``;
+* the bank's size and the test metrics (image AUROC of the model's own image score, pixel AUROC,
+  PRO), e.g. to see the effect of ``--bank-dtype float16``;
 * with ``--cli-loop``: ``lightning-ad test``'s loop per image (fit and test through the CLI, or
   ``--cli-ckpt PATH``), split by Lightning's SimpleProfiler into data wait, ``test_step`` and the
   report's overlays, with the epoch end (gathering, metrics) and the report's figures per image;
@@ -212,7 +212,7 @@ def run_one(args: argparse.Namespace, gallery_k: int, radius) -> Dict[str, float
                 else:  # subtract, square, add per channel of each pair in the window
                     pairs_flops += 3.0 * c * b * (h * w) * gallery_k * (2 * cells + 1) ** 2
             count += images.shape[0]
-            all_scores.append(scores.cpu())
+            all_scores.append(model.image_scores(scores, model.map_part(maps) if model.uses_maps else None).cpu())
             all_maps.append(maps.cpu())
             all_labels.append(batch["label"])
             all_masks.append(batch["mask"])

@@ -103,8 +103,9 @@ def fix_same_padding(backbone: nn.Module, input_size: Tuple[int, int]) -> nn.Mod
     for name in names:
         probe.get_submodule(name).register_forward_pre_hook(
             lambda _module, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
+    device = next((tensor.device for tensor in probe.parameters()), torch.device("cpu"))
     with torch.no_grad():
-        probe(torch.zeros(1, 3, int(input_size[0]), int(input_size[1])))
+        probe(torch.zeros(1, 3, int(input_size[0]), int(input_size[1]), device=device))
     missing = sorted(set(names) - set(sizes))
     if missing:  # e.g. a network that runs a derived copy of its layers without their hooks
         raise RuntimeError(f"fix_same_padding: the convolutions {missing} did not run on an input of {tuple(input_size)}; "
