@@ -49,15 +49,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_ad.data import MVTecDataModule  # noqa: E402
-from lightning_ad.core.filters import gaussian_blur  # noqa: E402
 from lightning_ad.core.metrics import binary_auroc, per_region_overlap  # noqa: E402
-from lightning_ad.core.spade import SpadeModel  # noqa: E402
+from lightning_ad.core.spade import SpadeModel, combine_levels  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -144,11 +142,8 @@ def naive_scores(model: SpadeModel, pyramid: List[torch.Tensor], pooled: torch.T
             nearest = d.topk(model.kappa, dim=1, largest=False).values
             if model.pixel_distance == "euclidean":  # the model's pixel distance (its features are already aggregated)
                 nearest = nearest.clamp_min(0).sqrt()
-            level = nearest.mean(dim=1).reshape(1, 1, h, w)
-            levels.append(F.interpolate(level, size=size, mode="bilinear", align_corners=False))
-        factors = model.level_factors()
-        combined = torch.cat(levels).mean(0) if factors is None else sum(float(f) * m for f, m in zip(factors, levels))[0]
-        maps.append(gaussian_blur(combined, model.sigma)[0])
+            levels.append(nearest.mean(dim=1).reshape(1, h, w))
+        maps.append(combine_levels(levels, size, model.sigma, model.level_factors())[0])
     return scores, torch.stack(maps)
 
 

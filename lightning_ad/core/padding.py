@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tracing import with_onnx_symbolic
+
 __all__ = ["ConstantPadConv", "fix_same_padding"]
 
 
@@ -57,10 +59,7 @@ class ConstantPadConv(nn.Conv2d):
         return fixed.train(conv.training)
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        args = (x, self.weight, self.bias, self.stride, self.dilation, self.groups, self.pads)
-        if torch.onnx.is_in_onnx_export():
-            return _PaddedConv2d.apply(*args)
-        return _PaddedConv2d.forward(None, *args)  # a TorchScript trace records the ops, not a Python call
+        return with_onnx_symbolic(_PaddedConv2d, x, self.weight, self.bias, self.stride, self.dilation, self.groups, self.pads)
 
 
 def _same_pads(size: Tuple[int, int], conv: nn.Conv2d) -> List[int]:

@@ -27,6 +27,8 @@ from typing import Any, Dict, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..core.tracing import with_onnx_symbolic
+
 __all__ = ["crop_offsets", "resize_weights", "PhotoPreprocess", "map_resize_matrices", "restore_map"]
 
 Length = Union[int, Tensor]
@@ -114,12 +116,6 @@ class _TapSums(torch.autograd.Function):
         return g.op("MatMulInteger", weights, taps)
 
 
-def _tap_sums(weights: Tensor, taps: Tensor) -> Tensor:
-    if torch.onnx.is_in_onnx_export():
-        return _TapSums.apply(weights, taps)
-    return _TapSums.forward(None, weights, taps)  # a TorchScript trace records the ops, not a Python call
-
-
 def _resample(x: Tensor, weights: Tensor, factor: Tensor) -> Tensor:
     """One uint8 pass along the first axis: ``x`` uint8 ``[n_in, R]`` -> uint8 ``[n_out, R]``, with integer
     ``weights`` ``[n_out, n_in]`` of scale ``factor`` (``2^p``).
@@ -133,7 +129,7 @@ def _resample(x: Tensor, weights: Tensor, factor: Tensor) -> Tensor:
     taps = x.index_select(0, index.reshape(-1)).reshape(n_out, -1, x.shape[1])  # [n_out, T, R] uint8
     high = torch.floor(tap_weights / 256.0)
     split = torch.stack([high, tap_weights - high * 256.0], dim=1).to(torch.uint8)  # [n_out, 2, T]
-    sums = _tap_sums(split, taps)  # [n_out, 2, R] int32
+    sums = with_onnx_symbolic(_TapSums, split, taps)  # [n_out, 2, R] int32
     d = factor.to(torch.int32)
     total = sums[:, 0] * 256 + sums[:, 1] + torch.div(d, 2, rounding_mode="trunc")
     return torch.div(total, d, rounding_mode="trunc").clamp_max(255).to(torch.uint8)  # non-negative: trunc = floor

@@ -43,6 +43,10 @@ def leave_one_out_selection(count: int, uses_maps: bool, samples: Optional[int],
     return (spread(image_samples) if uses_maps else spread(None)), spread(samples)
 
 
+def _level_scales(model: SpadeModel) -> str:
+    return "level scales " + ", ".join(f"{v:.4g}" for v in model.level_scales.tolist())
+
+
 def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, partial: bool, quantile: bool) -> None:
     """Score training images against the rest of the bank (rows split over processes, gathered in rank order)
     and learn from these normal scores the combined score's scales and, with ``threshold_method: quantile``,
@@ -56,13 +60,12 @@ def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, p
     mapped = int(scored.sum()) if model.uses_maps else samples
     mine = scoring_rows(model, rank)
     if model.level_balance != "none":
-        balance = mine[torch.isin(mine, model.balance_rows().to(mine.device))]
-        moments = model.level_moments(balance.to(model.bank.index.device))
+        balance = model.balance_rows()
+        moments = model.level_moments(mine[torch.isin(mine, balance.to(mine.device))])
         model.end_scoring()
         model.set_level_scales(gather_rows(moments.unsqueeze(0)).sum(dim=0))
         if not quantile and model.image_score != "combined":  # the level scales were all there was to learn
-            return rank_zero_info(f"level scales {', '.join(f'{v:.4g}' for v in model.level_scales.tolist())} from "
-                                  f"leave-one-out maps of {len(model.balance_rows())} training images")
+            return rank_zero_info(f"{_level_scales(model)} from leave-one-out maps of {len(balance)} training images")
     rank_zero_info(leave_one_out_plan(model.image_score, mapped, samples, count, image_samples))
     mine = mine[scored[mine]]
     with progress_bar(len(mine) if model.uses_maps else int(keep[mine].sum()), "leave-one-out maps", bar) as update:
@@ -78,6 +81,6 @@ def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, p
     model.set_thresholds(learned or Thresholds())
     scales = f"scales {float(model.dn2_scale):.6g}, {float(model.map_scale):.6g}" if model.image_score == "combined" else ""
     if model.level_balance != "none":
-        scales = ", ".join(filter(None, [scales, "level scales " + ", ".join(f"{v:.4g}" for v in model.level_scales.tolist())]))
+        scales = ", ".join(filter(None, [scales, _level_scales(model)]))
     rank_zero_info(leave_one_out_summary(learned, hp.image_quantile if quantile else None, hp.pixel_quantile,
                    image_samples, samples, mapped, time.perf_counter() - started, partial, scales))
