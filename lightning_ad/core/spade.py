@@ -32,7 +32,7 @@ module is usable without a Trainer::
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
 from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, balance_scales, level_factors, level_moments, position_scores
 from .positions import spread_positions
+from .radius import AUTO, AUTO_IMAGES, RadiusChoice, choose_radius, decode_radius, encode_radius, evidence_level, radius_candidates
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
@@ -185,7 +186,10 @@ class SpadeModel(nn.Module):
         search_radius: the pixel search looks for each position's nearest features within this
             many input pixels of the same place in the ``gallery_k`` nearest training images
             (``ceil(search_radius / stride)`` cells at each level); ``None``: every position of
-            those images (the paper's search; its cost grows with the square of the positions).
+            those images (the paper's search; its cost grows with the square of the positions);
+            ``"auto"`` (default): decided when the bank is fitted, from how far the parts move between
+            the training images (:mod:`lightning_ad.core.radius`; the choice is a buffer, ``radius_choice``
+            its evidence).
         bank_dtype: storage precision of the bank: ``float32``, ``float16`` or
             ``bfloat16`` (distances are always accumulated in float32).
         chunk_bytes: upper bound, in bytes, of one block of distances of the kNN search.
@@ -215,7 +219,7 @@ class SpadeModel(nn.Module):
         sigma: float = 4.0,
         image_score: str = "topq",
         image_score_q: float = 0.05,
-        search_radius: Optional[float] = 8.0,
+        search_radius: Union[float, str, None] = AUTO,
         aggregate_levels: Sequence[int] = (1, 2),
         pixel_distance: str = "euclidean",
         level_balance: str = "none",
@@ -240,8 +244,7 @@ class SpadeModel(nn.Module):
         self.sigma = checks.non_negative_number("sigma", sigma, unit="pixels")
         self.image_score = checks.one_of("image_score", image_score, IMAGE_SCORES)
         self.image_score_q = checks.fraction("image_score_q", image_score_q)
-        self.search_radius = None if search_radius is None else checks.non_negative_number(
-            "search_radius", search_radius, unit="pixels")
+        self.search_radius = search_radius
         self.aggregate_levels = checks.levels("aggregate_levels", aggregate_levels, LEVEL_STRIDES)
         self.pixel_distance = checks.one_of("pixel_distance", pixel_distance, PIXEL_DISTANCES)
         self.level_balance = checks.one_of("level_balance", level_balance, LEVEL_BALANCES)
@@ -268,6 +271,34 @@ class SpadeModel(nn.Module):
         self.register_buffer("map_scale", torch.tensor(float("nan"), dtype=torch.float64))
         # Scales of the levels' maps for level_balance (NaN until learned; unused with none).
         self.register_buffer("level_scales", torch.full((len(self.layers),), float("nan"), dtype=torch.float64))
+        # The radius that search_radius="auto" decided at fit (NaN until decided; inf: every position).
+        self.register_buffer("decided_radius", torch.tensor(float("nan"), dtype=torch.float64))
+        self.radius_choice: Optional[RadiusChoice] = None  # its evidence, from the fit that decided it
+
+    @property
+    def search_radius(self) -> Optional[float]:
+        """The radius of the pixel search in input pixels (None: every position): the setting, or with
+        ``"auto"`` the radius decided at fit (:class:`~lightning_ad.errors.ConfigurationError` before)."""
+        if self.search_radius_setting != AUTO:
+            return self.search_radius_setting
+        try:
+            return decode_radius(float(self.decided_radius))
+        except ValueError:
+            raise ConfigurationError(
+                "search_radius='auto' is decided when the bank is fitted, from the training images: run fit first, "
+                "or set a number of pixels (or null: every position)."
+            ) from None
+
+    @property
+    def radius_decided(self) -> bool:
+        """Whether ``search_radius: auto`` holds a decision (from fit, or the checkpoint)."""
+        return not math.isnan(float(self.decided_radius))
+
+    @search_radius.setter
+    def search_radius(self, value: Union[float, str, None]) -> None:
+        if value != AUTO and value is not None:
+            value = checks.non_negative_number("search_radius", value, unit="pixels, 'auto' or null")
+        self.search_radius_setting = value
 
     @property
     def aggregated(self) -> List[bool]:
@@ -299,8 +330,10 @@ class SpadeModel(nn.Module):
     def reset_bank(self) -> None:
         """Empty the bank and forget the thresholds (back to the unfitted state)."""
         self.bank.reset()
-        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale, self.level_scales):
+        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale, self.level_scales,
+                       self.decided_radius):
             buffer.fill_(float("nan"))
+        self.radius_choice = None
 
     def set_bank(self, features: Features, image_size: Tuple[int, int], index: Optional[Tensor] = None) -> None:
         """Replace the bank by the features of the training images.
@@ -322,6 +355,8 @@ class SpadeModel(nn.Module):
             state_dict.setdefault(prefix + name, torch.tensor(float("nan"), dtype=torch.float64))
         # checkpoints from before level_balance: not learned
         state_dict.setdefault(prefix + "level_scales", torch.full((len(self.layers),), float("nan"), dtype=torch.float64))
+        # checkpoints from before search_radius="auto": none decided (their setting is a number or null)
+        state_dict.setdefault(prefix + "decided_radius", torch.tensor(float("nan"), dtype=torch.float64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ features
@@ -369,6 +404,8 @@ class SpadeModel(nn.Module):
             ),
             image_size=size,
         )
+        if self.search_radius_setting == AUTO:
+            self.set_search_radius(self.radius_evidence(self.radius_rows()))
         if self.level_balance != "none":
             self.set_level_scales(self.level_moments(self.balance_rows()))
         if self.image_score == "combined":
@@ -499,42 +536,90 @@ class SpadeModel(nn.Module):
         """Per-level maps ``[B, H_l, W_l]``: mean distance (``pixel_distance``) to the kappa nearest gallery features."""
         self.require_fitted()
         maps = []
-        for position, (level, fmap) in enumerate(zip(self.layers, pyramid)):
-            batch, channels, height, width = fmap.shape
-            bank_hw = self.bank.level_shape(position)
-            if bank_hw != (height, width):
-                stride = LEVEL_STRIDES[level]
-                raise ValueError(
-                    f"level {level} (stride {stride}) features are {height}x{width} but the bank holds "
-                    f"{bank_hw[0]}x{bank_hw[1]}: score images of the size the bank was fitted at "
-                    f"({bank_hw[0] * stride}x{bank_hw[1] * stride} pixels)."
-                )
-            queries = fmap.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-            cells = self.level_cells[position]
-            if cells is not None:
-                checks.k_at_most("kappa", self.kappa, min_window_candidates(cells, height, width, self.gallery_k),
-                                 f"candidates of a corner position at level {level} (search_radius {self.search_radius:g} px)")
-            if self.bank.sharding == "sharded" and world_size() > 1:
-                dist = sharded_grouped_knn(queries, neighbours, self.bank, position, self.kappa, self.gallery_k,
-                                           self.chunk_bytes, queries.device, cells)
-            else:
-                gallery, groups = self.bank.gallery(position, neighbours, queries.device)
-                step = self.search_batch(position)
-                parts = [gallery_search(q, gallery, g, self.kappa, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
-                         for q, g in zip(queries.split(step), groups.split(step))]
-                dist = torch.cat(parts)  # an empty batch is one empty part (the searches return empty distances)
-            maps.append(position_scores(dist, self.pixel_distance).reshape(batch, height, width))
+        for position, fmap in enumerate(pyramid):
+            dist = self.level_search(position, fmap, neighbours, self.level_cells[position], self.kappa)
+            maps.append(position_scores(dist, self.pixel_distance).reshape(fmap.shape[0], *fmap.shape[-2:]))
         return maps
+
+    def level_search(self, position: int, fmap: Tensor, neighbours: Tensor, cells: Optional[int], k: int) -> Tensor:
+        """``[B, H_l W_l, k]`` ascending squared distances of the features ``fmap`` ``[B, C, H_l, W_l]`` of the
+        ``position``-th level to their k nearest among the positions of their ``neighbours`` ``[B, gallery_k]``
+        (bank rows): within ``cells`` cells of the same place, or every position (``None``)."""
+        level = self.layers[position]
+        batch, channels, height, width = fmap.shape
+        bank_hw = self.bank.level_shape(position)
+        if bank_hw != (height, width):
+            stride = LEVEL_STRIDES[level]
+            raise ValueError(
+                f"level {level} (stride {stride}) features are {height}x{width} but the bank holds "
+                f"{bank_hw[0]}x{bank_hw[1]}: score images of the size the bank was fitted at "
+                f"({bank_hw[0] * stride}x{bank_hw[1] * stride} pixels)."
+            )
+        queries = fmap.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        images = int(neighbours.shape[1])
+        if cells is not None:
+            checks.k_at_most("kappa", k, min_window_candidates(cells, height, width, images),
+                             f"candidates of a corner position at level {level} ({cells} cells)")
+        if self.bank.sharding == "sharded" and world_size() > 1:
+            return sharded_grouped_knn(queries, neighbours, self.bank, position, k, images,
+                                       self.chunk_bytes, queries.device, cells)
+        gallery, groups = self.bank.gallery(position, neighbours, queries.device)
+        step = self.search_batch(position, cells)
+        parts = [gallery_search(q, gallery, g, k, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
+                 for q, g in zip(queries.split(step), groups.split(step))]
+        return torch.cat(parts)  # an empty batch is one empty part (the searches return empty distances)
+
+    # ------------------------------------------------------------------ search_radius: auto
+
+    def radius_rows(self) -> Tensor:
+        """``[n]`` bank rows whose leave-one-out distances decide ``search_radius: auto``: ``AUTO_IMAGES`` evenly spread
+        (none in a bank of one image: it has nothing to be compared with)."""
+        count = self.bank_size if self.bank_size > 1 else 0
+        return torch.tensor(spread_positions(count, min(AUTO_IMAGES, count)), dtype=torch.long, device=self.bank.index.device)
+
+    @property
+    def radius_candidates(self) -> Tuple[float, ...]:
+        """Radii that ``search_radius: auto`` chooses among (:func:`~lightning_ad.core.radius.radius_candidates`)."""
+        return radius_candidates(self.bank.level_shape(0), LEVEL_STRIDES[self.layers[0]])
+
+    def radius_evidence(self, rows: Tensor) -> Tensor:
+        """``[R, len(radius_candidates) + 1]`` float64: for each of the bank ``rows`` ``[R]``, the sum over its
+        positions at the :func:`~lightning_ad.core.radius.evidence_level` of the Euclidean distance to the nearest
+        feature of its ``gallery_k`` nearest other training images, within each candidate radius, then over every
+        position. With a sharded bank every process calls it, with the rows it holds (maybe none)."""
+        self.require_fitted()
+        rows = rows.to(self.bank.index.device)
+        position = evidence_level(self.layers)
+        stride = LEVEL_STRIDES[self.layers[position]]
+        k = min(self.gallery_k, self.bank_size - 1)  # a small bank: every other image
+        if k < 1:
+            return torch.zeros(0, len(self.radius_candidates) + 1, dtype=torch.float64)
+        neighbours = slab_knn(self.bank.pooled[rows].float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes,
+                              exclude=rows).indices
+        fmap = self.bank.pyramid_of(rows)[position]
+        sums = []
+        for radius in (*self.radius_candidates, None):
+            dist = self.level_search(position, fmap, neighbours, window_cells(radius, stride), 1)
+            sums.append(dist.double().clamp_min(0).sqrt().sum(dim=(1, 2)))
+        return torch.stack(sums, dim=1).cpu()
+
+    def set_search_radius(self, evidence: Tensor) -> RadiusChoice:
+        """Decide ``search_radius: auto`` from the :meth:`radius_evidence` rows of the training images (in bank
+        row order: the sum is then the same whatever the number of processes)."""
+        choice = choose_radius(evidence.sum(dim=0), self.radius_candidates, self.layers[evidence_level(self.layers)],
+                               int(evidence.shape[0]))
+        self.decided_radius.fill_(encode_radius(choice.radius))
+        self.radius_choice = choice
+        return choice
 
     @property
     def level_cells(self) -> List[Optional[int]]:
         """Window half-width in cells at each level (``None``: every position), from ``search_radius``."""
         return [window_cells(self.search_radius, LEVEL_STRIDES[level]) for level in self.layers]
 
-    def search_batch(self, position: int) -> int:
-        """Batch items searched together at a level: as many as keep their galleries laid out for the windowed
-        search within ``chunk_bytes`` (at least one); the global search blocks itself."""
-        cells = self.level_cells[position]
+    def search_batch(self, position: int, cells: Optional[int]) -> int:
+        """Batch items searched together at a level with a window of ``cells``: as many as keep their galleries
+        laid out for the windowed search within ``chunk_bytes`` (at least one); the global search blocks itself."""
         if cells is None:
             return 2**31
         height, width = self.bank.level_shape(position)

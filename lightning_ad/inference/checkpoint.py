@@ -29,15 +29,19 @@ FORMAT = 2
 
 
 def meta_section(model: Any, thresholds: Dict[str, Any], contract: Optional[Dict[str, Any]],
-                 datamodule: Optional[Dict[str, Any]], scoring: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 datamodule: Optional[Dict[str, Any]], scoring: Optional[Dict[str, Any]] = None,
+                 radius: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The lightning_ad section of a checkpoint of ``model`` (a SpadeModel). ``scoring``: the values of the
     :data:`SCORING_SETTINGS` its thresholds were made with (Lightning's ``load_from_checkpoint(**overrides)``
-    rewrites the checkpoint's hyper-parameters before the module sees them; this copy it leaves alone)."""
+    rewrites the checkpoint's hyper-parameters before the module sees them; this copy it leaves alone).
+    ``radius``: the search radius in use and, where ``auto`` decided it, the evidence
+    (:meth:`~lightning_ad.core.radius.RadiusChoice.as_dict`)."""
     return {
         "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers),
         "aggregate_levels": list(model.aggregate_levels), "bank_size": model.bank_size,
         "image_size": list(model.image_size), "thresholds": dict(thresholds), "input": contract, "datamodule": datamodule,
-        "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding, "scoring": dict(scoring or {}),
+        "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding,
+        "search_radius": dict(radius or {"setting": model.search_radius_setting}), "scoring": dict(scoring or {}),
     }
 
 

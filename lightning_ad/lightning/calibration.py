@@ -17,13 +17,14 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from ..core.positions import spread_positions
+from ..core.radius import RadiusChoice
 from ..core.spade import LeaveOneOut, SpadeModel
 from ..core.thresholds import Thresholds, quantile_thresholds
 from ..distributed import gather_rows
 from .collect import scoring_rows
 from .console import leave_one_out_plan, leave_one_out_summary, progress_bar
 
-__all__ = ["leave_one_out_selection", "learn_from_leave_one_out"]
+__all__ = ["leave_one_out_selection", "learn_from_leave_one_out", "decide_search_radius"]
 
 
 def leave_one_out_selection(count: int, uses_maps: bool, samples: Optional[int],
@@ -84,3 +85,16 @@ def learn_from_leave_one_out(model: SpadeModel, hp: Any, rank: int, bar: bool, p
         scales = ", ".join(filter(None, [scales, _level_scales(model)]))
     rank_zero_info(leave_one_out_summary(learned, hp.image_quantile if quantile else None, hp.pixel_quantile,
                    image_samples, samples, mapped, time.perf_counter() - started, partial, scales))
+
+
+def decide_search_radius(model: SpadeModel, rank: int) -> RadiusChoice:
+    """Decide ``search_radius: auto`` (:mod:`lightning_ad.core.radius`): each process measures the rows of
+    :meth:`SpadeModel.radius_rows` it scores, the evidence is gathered in bank row order (the same sum whatever
+    the number of processes), and every process sets the same radius."""
+    chosen = model.radius_rows().cpu()
+    mine = scoring_rows(model, rank)
+    mine = mine[torch.isin(mine, chosen)]
+    evidence = model.radius_evidence(mine)
+    rows = gather_rows(torch.cat([mine.double().unsqueeze(1), evidence], dim=1))
+    rows = rows[rows[:, 0].argsort()]
+    return model.set_search_radius(rows[:, 1:])

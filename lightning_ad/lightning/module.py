@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 import torch
@@ -43,7 +43,7 @@ from ..core.thresholds import calibration_overlap, f1_thresholds
 from ..distributed import world_size
 from ..errors import ConfigurationError
 from ..inference import checkpoint as ckpt
-from .calibration import learn_from_leave_one_out
+from .calibration import decide_search_radius, learn_from_leave_one_out
 from .collect import BankCollector
 from .console import UntrainedModelSummary, bank_summary, partial_bank_warning
 from .evaluation import Evaluation, evaluate
@@ -74,7 +74,8 @@ class Spade(pl.LightningModule):
         image_score_q: fraction of the map's pixels averaged by ``topq`` (0.05: the top 5 %).
         search_radius: the pixel search looks within this many input pixels of the same place in the gallery_k
             nearest training images (ceil(search_radius / stride) cells per level); ``null``: every position of
-            them (the paper's search, about 100 times the work at K=50). Default 8; parts that move more: larger (docs: search).
+            them (the paper's search, about 100 times the work at K=50); ``auto`` (default): decided at fit from
+            how far the parts move between the training images (8, 16, 32 px or every position; docs: search).
         aggregate_levels: levels whose features are 3x3 means (PatchCore's local aggregation), bank and queries
             alike; ``[]``: none (the paper). Part of the bank: a checkpoint is used with its own.
         pixel_distance: ``euclidean`` (default) or ``squared`` (the paper's): the distance a position scores.
@@ -113,7 +114,7 @@ class Spade(pl.LightningModule):
         sigma: float = 4.0,
         image_score: str = "topq",
         image_score_q: float = 0.05,
-        search_radius: Optional[float] = 8.0,
+        search_radius: Union[float, Literal["auto"], None] = "auto",
         aggregate_levels: Sequence[int] = (1, 2),
         pixel_distance: str = "euclidean",
         level_balance: str = "none",
@@ -148,6 +149,7 @@ class Spade(pl.LightningModule):
         self.threshold_source: Dict[str, Any] = {}
         self.input_contract: Optional[Dict[str, Any]] = None
         self.datamodule_config: Optional[Dict[str, Any]] = None
+        self.radius_record: Optional[Dict[str, Any]] = None  # what search_radius was at fit, and its evidence
         self._stale_thresholds: List[str] = []
         self._parts: List[Any] = []
         self._fallback_index, self._train_count, self._fit_started = 0, None, 0.0
@@ -235,8 +237,19 @@ class Spade(pl.LightningModule):
         self.threshold_source = ckpt.threshold_source(self.hparams.threshold_method, self.model.bank_size, self._train_count)
         if self.threshold_source["partial_bank"]:
             rank_zero_warn(partial_bank_warning(self.model.bank_size, self._train_count))
+        self._decide_search_radius()
         if self.hparams.threshold_method == "quantile" or self.model.learns_at_fit:
             self._fit_leave_one_out()
+
+    def _decide_search_radius(self) -> None:
+        """``search_radius: auto`` without a decision (a fresh bank, or a checkpoint fitted with another setting):
+        decide it from the training images in the bank, print it with its evidence, and record it."""
+        if self.model.search_radius_setting == "auto" and not self.model.radius_decided:
+            choice = decide_search_radius(self.model, self.global_rank)
+            rank_zero_info(choice.describe())
+            self.radius_record = choice.as_dict()
+        elif self.model.search_radius_setting != "auto":
+            self.radius_record = {"setting": self.model.search_radius_setting}
 
     def _fit_leave_one_out(self, quantile: bool = False) -> None:
         """Level scales, combined-score scales and (method quantile, or ``quantile``) thresholds from leave-one-out
@@ -250,7 +263,7 @@ class Spade(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         scoring = {name: self.hparams[name] for name in ckpt.SCORING_SETTINGS}
         checkpoint[ckpt.META_KEY] = ckpt.meta_section(self.model, self.threshold_source, self.input_contract,
-                                                      self.datamodule_config, scoring)
+                                                      self.datamodule_config, scoring, self.radius_record)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         meta = ckpt.section(checkpoint)
@@ -258,6 +271,7 @@ class Spade(pl.LightningModule):
         ckpt.check_usable(meta, fitting=self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING)
         self.threshold_source = dict(meta.get("thresholds") or {})
         self.input_contract, self.datamodule_config = meta.get("input"), meta.get("datamodule")
+        self.radius_record = meta.get("search_radius")
         checks.ks_fit_training_set(self.hparams.image_k, self.hparams.gallery_k, int(meta["bank_size"]), False, "in the checkpoint's bank")
         self._stale_thresholds = ckpt.scoring_changes(ckpt.fitted_scoring(checkpoint), dict(self.hparams), int(meta["bank_size"]))
 
@@ -271,6 +285,7 @@ class Spade(pl.LightningModule):
                            "recomputed from the bank (leave-one-out), as fit does.")
             self.threshold_source = {**self.threshold_source, "method": "quantile", "recomputed": self._stale_thresholds}
             self._stale_thresholds = []
+            self._decide_search_radius()
             self._fit_leave_one_out(quantile=True)
 
     def _score(self, batch: Any) -> ImageResults:
