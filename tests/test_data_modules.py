@@ -391,3 +391,20 @@ def test_predict_dir_leaves_out_the_masks_beside_images(tmp_path):
     with pytest.warns(UserWarning, match=rf"predict_dir {q(tmp_path / 'incoming' / 'line1')}: 2 file\(s\).*not predicted"):
         dm.setup("predict")
     assert [s.relpath for s in dm.predict_dataset.samples] == ["a.png", "line1/000.jpg", "line1/001.jpg"]
+
+
+def test_fit_says_what_to_set_for_tall_photos_and_stays_quiet_for_square_ones(tmp_path, caplog):
+    for i in range(5):
+        write_image(tmp_path / "tall" / "good" / f"{i:03d}.png", noise_image(i, 252, 100))
+        write_image(tmp_path / "square" / "good" / f"{i:03d}.png", noise_image(i, 100, 100))
+    with caplog.at_level("INFO"):
+        FolderDataModule(str(tmp_path / "tall" / "good"), normal_test_split=0.2, num_workers=0).setup("fit")
+    advice = [r.getMessage() for r in caplog.records if "to keep their shape" in r.getMessage()]
+    assert len(advice) == 1 and "about 252 x 100 pixels" in advice[0]
+    assert advice[0].endswith("set --data.image_size [640, 256] --data.crop_size null")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        FolderDataModule(str(tmp_path / "tall" / "good"), image_size=[640, 256], crop_size=None, normal_test_split=0.2,
+                         num_workers=0).setup("fit")
+        FolderDataModule(str(tmp_path / "square" / "good"), normal_test_split=0.2, num_workers=0).setup("fit")
+    assert not [r for r in caplog.records if "to keep their shape" in r.getMessage()]

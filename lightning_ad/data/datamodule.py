@@ -11,12 +11,12 @@ import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..core.positions import interleaved_split
+from ..core.positions import interleaved_split, spread_positions
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .io import check_image, image_size, list_images, load_mask, safe_relpath
 from .mask_files import drop_conventional_masks
-from .transforms import Preprocess, Size
+from .transforms import Preprocess, Size, aspect_advice
 
 __all__ = ["AnomalyDataModule", "default_num_workers", "OwnerSampler"]
 
@@ -167,6 +167,12 @@ class AnomalyDataModule(pl.LightningDataModule):
                     f"{str(sample.path)!r}. Rename one of them (or give their folders different names)."
                 )
 
+    @staticmethod
+    def _typical_size(samples: Sequence[Sample]) -> Tuple[int, int]:
+        """The median ``(height, width)`` of up to 32 evenly spread samples (read from their headers)."""
+        sizes = [image_size(samples[i].path) for i in spread_positions(len(samples), 32)]
+        return (sorted(h for h, _ in sizes)[len(sizes) // 2], sorted(w for _, w in sizes)[len(sizes) // 2])
+
     # ------------------------------------------------------------------ setup
 
     def _labelled_samples(self) -> List[Sample]:
@@ -202,6 +208,8 @@ class AnomalyDataModule(pl.LightningDataModule):
             train = self._check_images(self.collect_train(), "training set")
             self.train_dataset = AnomalyDataset(train, self.preprocess)
             rank_zero_info(f"training set: {len(train)} normal images")
+            if advice := aspect_advice(self._typical_size(train), self.preprocess):
+                rank_zero_info(advice)
         if stage in (None, "fit", "validate") and self.val_split > 0 and self.val_dataset is None:
             val, _ = self._split_val(self._labelled_samples())
             self.val_dataset = AnomalyDataset(val, self.preprocess)

@@ -11,9 +11,12 @@ from torch import Tensor
 
 from ..errors import ConfigurationError
 
-__all__ = ["Preprocess", "as_hw"]
+__all__ = ["Preprocess", "as_hw", "aspect_advice", "ASPECT_LIMIT"]
 
 Size = Union[int, Sequence[int]]
+
+#: Largest factor by which the resize may stretch the photos' aspect ratio before fit says what to set.
+ASPECT_LIMIT = 1.5
 
 
 def as_hw(size: Size, name: str) -> Tuple[int, int]:
@@ -71,3 +74,33 @@ class Preprocess:
 
     def __repr__(self) -> str:
         return f"Preprocess(image_size={list(self.image_size)}, crop_size={list(self.crop_size)})"
+
+
+def aspect_advice(photo_hw: Tuple[int, int], preprocess: Preprocess) -> Optional[str]:
+    """A line saying what to set when ``preprocess`` stretches photos of ``(height, width)`` by more than
+    :data:`ASPECT_LIMIT` (tall or wide inspection images squashed into a square), else None. The advice keeps
+    the photos' aspect ratio: the shorter side at the shorter side of ``image_size``, the longer a multiple of
+    32 pixels, and no crop (a crop would cut the ends off).
+
+    >>> print(aspect_advice((1260, 500), Preprocess(256, 224)))  # doctest: +NORMALIZE_WHITESPACE
+    the training photos are about 1260 x 500 pixels (height x width, 2.52:1) but image_size [256, 256] stretches
+    them 2.5 times and crop_size [224, 224] cuts their ends: to keep their shape, set --data.image_size [640, 256]
+    --data.crop_size null
+    >>> aspect_advice((512, 512), Preprocess(256, 224)) is None
+    True
+    """
+    height, width = photo_hw
+    target_h, target_w = preprocess.image_size
+    stretch = (height / width) / (target_h / target_w)
+    if max(stretch, 1 / stretch) <= ASPECT_LIMIT:
+        return None
+    short = min(target_h, target_w)
+    if height >= width:
+        size = [max(short, int(round(short * height / width / 32)) * 32), short]
+    else:
+        size = [short, max(short, int(round(short * width / height / 32)) * 32)]
+    cropped = preprocess.crop_size != preprocess.image_size
+    return (f"the training photos are about {height} x {width} pixels (height x width, {max(height, width) / min(height, width):.2f}:1) "
+            f"but image_size {list(preprocess.image_size)} stretches them {max(stretch, 1 / stretch):.1f} times"
+            + (f" and crop_size {list(preprocess.crop_size)} cuts their ends" if cropped else "")
+            + f": to keep their shape, set --data.image_size [{size[0]}, {size[1]}]" + (" --data.crop_size null" if cropped else ""))
