@@ -20,10 +20,15 @@ Rows are data sets x variants:
 adds a configuration (rows for each data set; without ``--variant`` there is one,
 ``default``). A key is a model argument (``image_score``, ``image_k``, ``layers``,
 ``kappa``, ``sigma`` ...) or ``data.<name>`` (``data.image_size``, ``data.crop_size``);
-values are YAML (``layers=[2,3]``). ``test.shift=F`` and ``test.rotate=DEG`` misalign the test
-images against the training images (see :class:`Misaligned`: both axes shifted by ``F`` of the
-side, or rotated about the centre), to see where a position-aware search (``search_radius``)
-breaks: ``--variant "r8-shift10 search_radius=8 test.shift=0.1"``. Each row fits a fresh model (one pass over the
+values are YAML (``layers=[2,3]``). ``test.shift_px=N`` and ``test.rotate=DEG`` misalign the
+test images against the training images with real pixels of the photo (see :class:`Misaligned`):
+the crop window moves ``N`` pixels of the resized photo right and down (negative: left and up;
+the object then sits ``N`` pixels up and left in the crop), and/or the resized photo turns ``DEG``
+degrees counter-clockwise about its centre before the crop; masks move with their images. Settings
+that would bring pixels from outside the photo into the crop (a shift beyond the margin the resize
+leaves, 16 pixels for 256 -> 224; an angle whose filled corners would reach the crop, 8.91 degrees
+for 256 -> 224) are refused before any row runs. They show where a position-aware search (``search_radius``) breaks:
+``--variant "r8-shift8 search_radius=8 test.shift_px=8"``. Each row fits a fresh model (one pass over the
 training images, then leave-one-out thresholds) and tests it, as ``lightning-ad fit``
 with ``--test_after_fit true`` does; fit and test seconds are wall-clock times of
 ``trainer.fit`` and ``trainer.test``. Image F1 is at the learned (normal-only) threshold.
@@ -34,6 +39,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import numbers
 import sys
 import tempfile
 import time
@@ -47,12 +54,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torchvision.transforms.v2.functional as TF  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from lightning_ad import Spade  # noqa: E402
+from lightning_ad.data import AnomalyDataset, Preprocess  # noqa: E402
 from lightning_ad.lightning.console import quiet_lightning  # noqa: E402
+
+#: The ``test.`` settings (see :class:`Misaligned`).
+TEST_SETTINGS = ("shift_px", "rotate")
 
 #: Columns of the table: (key in a result, header, decimals).
 COLUMNS = [
@@ -134,54 +146,115 @@ def build_rows(args: argparse.Namespace) -> List[Row]:
             model = {**base.model, **{k: v for k, v in merged.items() if not k.startswith(("data.", "test."))}}
             data_args = {**base.data_args, **{k[5:]: v for k, v in merged.items() if k.startswith("data.")}}
             test = {k[5:]: v for k, v in merged.items() if k.startswith("test.")}
-            unknown = set(test) - {"shift", "rotate"}
+            unknown = set(test) - set(TEST_SETTINGS)
             if unknown:
-                raise SystemExit(f"accuracy.py: unknown test setting(s) {sorted(unknown)}: test.shift, test.rotate")
+                raise SystemExit(f"accuracy.py: unknown test setting(s) {sorted('test.' + k for k in unknown)}; "
+                                 f"known: {', '.join('test.' + k for k in TEST_SETTINGS)}")
             rows.append(Row(base.data, name, model, base.datamodule, data_args, base.seed, merged, test))
     return rows
 
 
-class Misaligned(torch.utils.data.Dataset):
-    """A test set whose served images (and masks) are shifted by ``shift`` of the side in both axes (the
-    image's edge repeated into the gap, the mask's gap empty) and rotated by ``rotate`` degrees about
-    the centre (bilinear; masks nearest; the corners filled with the image's mean colour)."""
+class Misaligned(Preprocess):
+    """The datamodule's preprocessing (resize to ``image_size``, crop ``crop_size``) with real misalignment.
 
-    def __init__(self, dataset: torch.utils.data.Dataset, shift: float = 0.0, rotate: float = 0.0) -> None:
-        self.dataset, self.shift, self.rotate = dataset, float(shift), float(rotate)
+    The resized photo (:class:`~lightning_ad.data.Preprocess` without a crop: the same resize, bit for
+    bit) is turned ``rotate`` degrees counter-clockwise about its centre (bilinear; masks nearest), then
+    cropped by the centre-crop window moved ``shift_px`` pixels right and down (negative: left and up).
+    Masks take exactly the same geometry. Every pixel of the crop comes from the photo: a shift beyond the
+    margin the resize leaves, or an angle that brings the rotation's empty corners into the crop, raises
+    ``SystemExit`` naming the setting and its limit. ``shift_px=0, rotate=0`` gives what ``Preprocess``
+    gives. Used as the ``preprocess`` of the test set's :class:`~lightning_ad.data.AnomalyDataset`.
+    """
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+    def __init__(self, image_size, crop_size, shift_px: int = 0, rotate: float = 0.0) -> None:
+        super().__init__(image_size, crop_size)
+        self.resize = Preprocess(image_size, None)  # the same resize, no crop
+        if isinstance(shift_px, bool) or not isinstance(shift_px, numbers.Integral):
+            raise SystemExit(f"accuracy.py: test.shift_px={shift_px!r} must be a whole number of pixels")
+        if isinstance(rotate, bool) or not isinstance(rotate, numbers.Real) or not math.isfinite(rotate):
+            raise SystemExit(f"accuracy.py: test.rotate={rotate!r} must be a number of degrees")
+        self.shift_px, self.rotate = int(shift_px), float(rotate)
+        (height, width), (h, w) = self.image_size, self.crop_size
+        # the centre crop's origin, as torchvision's center_crop takes it
+        top, left = int(round((height - h) / 2.0)), int(round((width - w) / 2.0))
+        self.top, self.left = top + self.shift_px, left + self.shift_px
+        if not (0 <= self.top <= height - h and 0 <= self.left <= width - w):
+            ahead, behind = min(height - h - top, width - w - left), min(top, left)
+            raise SystemExit(
+                f"accuracy.py: test.shift_px={self.shift_px} moves the {h}x{w} crop window out of the {height}x{width} "
+                f"resized photo (data.image_size {list(self.image_size)} -> data.crop_size {list(self.crop_size)} "
+                f"leaves a margin of {ahead} px right/down and {behind} px left/up): use {-behind} <= test.shift_px "
+                f"<= {ahead}, or a larger data.image_size")
+        if not self.window_inside(self.rotate):
+            limit = self.largest_angle(math.copysign(1.0, self.rotate))
+            raise SystemExit(
+                f"accuracy.py: test.rotate={self.rotate:g} brings the rotation's filled corners into the crop "
+                f"(data.image_size {list(self.image_size)} -> data.crop_size {list(self.crop_size)}"
+                + (f", test.shift_px={self.shift_px}" if self.shift_px else "")
+                + f"): the largest angle allowed this way is {math.copysign(limit, self.rotate):+.2f} degrees")
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        import torchvision.transforms.functional as TF
+    def window_inside(self, degrees: float) -> bool:
+        """Whether the crop window, on the photo turned ``degrees`` counter-clockwise, lies inside the photo:
+        its corners (pixel edges) taken back to the photo before the rotation land within its edges
+        (for a centred square crop ``c`` of a square ``W``: ``c/2 (|cos t| + |sin t|) <= W/2``)."""
+        (height, width), (h, w) = self.image_size, self.crop_size
+        cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+        for y in (self.top, self.top + h):
+            for x in (self.left, self.left + w):
+                dx, dy = x - width / 2, y - height / 2  # offsets from the centre, y down
+                # the rotation takes (u, v) to (u cos + v sin, -u sin + v cos); back: (dx cos - dy sin, dx sin + dy cos)
+                u, v = dx * cos - dy * sin, dx * sin + dy * cos
+                if abs(u) > width / 2 + 1e-9 or abs(v) > height / 2 + 1e-9:
+                    return False
+        return True
 
-        item = dict(self.dataset[index])
-        image, mask = item["image"], item["mask"]
+    def largest_angle(self, sign: float = 1.0) -> float:
+        """The largest angle (degrees, to 0.01, in the direction of ``sign``) up to which the window stays inside."""
+        steps = 0
+        while steps < 9000 and self.window_inside(sign * (steps + 1) / 100):
+            steps += 1
+        return steps / 100
+
+    def _window(self, tensor: Tensor) -> Tensor:
+        h, w = self.crop_size
+        return tensor[..., self.top:self.top + h, self.left:self.left + w].contiguous()
+
+    def image(self, array: np.ndarray) -> Tensor:
+        photo = self.resize.image(array)  # [3, H, W] float32 in [0, 1]
         if self.rotate:
-            fill = [float(v) for v in image.mean(dim=(1, 2))]
-            image = TF.rotate(image, self.rotate, interpolation=TF.InterpolationMode.BILINEAR, fill=fill)
-            mask = TF.rotate(mask[None], self.rotate, interpolation=TF.InterpolationMode.NEAREST, fill=0)[0]
-        if self.shift:
-            height, width = image.shape[-2:]
-            dy, dx = round(self.shift * height), round(self.shift * width)
-            image = F.pad(image[None], (dx, 0, dy, 0), mode="replicate")[0, :, :height, :width]
-            mask = F.pad(mask, (dx, 0, dy, 0))[:height, :width]
-        item["image"], item["mask"] = image.contiguous(), mask.contiguous()
-        return item
+            photo = TF.rotate(photo, self.rotate, interpolation=TF.InterpolationMode.BILINEAR)
+        return self._window(photo)
+
+    def mask(self, mask: np.ndarray) -> Tensor:
+        photo = self.resize.mask(mask)  # [H, W] uint8
+        if self.rotate:
+            photo = TF.rotate(photo[None], self.rotate, interpolation=TF.InterpolationMode.NEAREST)[0]
+        return self._window(photo)
+
+    def __repr__(self) -> str:
+        return (f"Misaligned(image_size={list(self.image_size)}, crop_size={list(self.crop_size)}, "
+                f"shift_px={self.shift_px}, rotate={self.rotate:g})")
 
 
 def make_datamodule(row: Row) -> pl.LightningDataModule:
+    """The row's datamodule; with ``test.shift_px`` or ``test.rotate``, its test set served through
+    :class:`Misaligned` (the same samples; training, validation and the model's input contract unchanged)."""
     module, _, name = row.datamodule.rpartition(".")
     data = getattr(importlib.import_module(module), name)(**row.data_args)
-    shift, rotate = row.test_settings.get("shift", 0.0), row.test_settings.get("rotate", 0.0)
-    if not (shift or rotate):
+    shift_px, rotate = row.test_settings.get("shift_px", 0), row.test_settings.get("rotate", 0.0)
+    if not (shift_px or rotate):
         return data
+    preprocess = getattr(data, "preprocess", None)
+    if not isinstance(preprocess, Preprocess):
+        raise SystemExit(f"accuracy.py: test.shift_px / test.rotate need a datamodule with a Preprocess; "
+                         f"{row.datamodule} has none")
+    misaligned = Misaligned(preprocess.image_size, preprocess.crop_size, shift_px, rotate)
 
     class MisalignedTest(type(data)):  # the same datamodule, its test images misaligned
-        def test_dataloader(self):
-            loader = super().test_dataloader()
-            return torch.utils.data.DataLoader(Misaligned(loader.dataset, shift, rotate), batch_size=loader.batch_size,
-                                               num_workers=loader.num_workers, collate_fn=loader.collate_fn)
+        def setup(self, stage: Optional[str] = None) -> None:
+            super().setup(stage)
+            if self.test_dataset is not None and self.test_dataset.preprocess is not misaligned:
+                self.test_dataset = AnomalyDataset(self.test_dataset.samples, misaligned)
 
     data.__class__ = MisalignedTest
     return data
@@ -237,6 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = parser().parse_args(argv)
     quiet_lightning()
     rows = build_rows(args)
+    for row in rows:  # refuse an impossible setting before any row runs
+        make_datamodule(row)
     results = []
     with tempfile.TemporaryDirectory(prefix="accuracy-") as workdir:
         for i, row in enumerate(rows):
