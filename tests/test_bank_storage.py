@@ -35,7 +35,7 @@ def model(tmp_path: Path, storage="memory", sharding="replicated", device="auto"
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kappa", [1, 3])
-@pytest.mark.parametrize("radius", [None, 8])
+@pytest.mark.parametrize("radius", [None, 8, "auto"])
 def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa, radius):
     train, test = images
     reference = model(tmp_path / "ref", bank_dtype=dtype, kappa=kappa, search_radius=radius)
@@ -47,6 +47,7 @@ def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa, 
                       search_radius=radius)
         spade.fit_bank(train, batch_size=4)
         got = spade(test)
+        assert spade.search_radius == reference.search_radius  # "auto": every storage decides as memory does
         assert torch.equal(got.image_scores, expected.image_scores) and torch.equal(got.anomaly_maps, expected.anomaly_maps)
         assert torch.equal(spade.score_bank(torch.arange(4)).anomaly_maps, loo)
         # a fresh model from the state dict (files memory-mapped again) gives the same

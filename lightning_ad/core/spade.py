@@ -378,7 +378,8 @@ class SpadeModel(nn.Module):
             return Features(aggregate_pyramid(pyramid, self.aggregated), pooled)
 
     def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32) -> None:
-        """Build the bank from normal images (a tensor ``[N, 3, H, W]`` or an iterable of batches)."""
+        """Build the bank from normal images (a tensor ``[N, 3, H, W]`` or an iterable of batches), then learn what
+        fit learns from them (``search_radius: auto``, level scales, the combined score's scales), in memory or on disk."""
         batches = images.split(batch_size) if isinstance(images, Tensor) else images
         parts, size, seen = [], None, 0
         writer = self.bank.writer(None) if self.bank.streams else None
@@ -396,14 +397,15 @@ class SpadeModel(nn.Module):
             raise ValueError("fit_bank needs at least one training image")
         if writer is not None:
             self.reset_bank()
-            return finish_stream(writer, self.bank)
-        self.set_bank(
-            Features(
-                [torch.cat([p.pyramid[i] for p in parts]) for i in range(len(self.layers))],
-                torch.cat([p.pooled for p in parts]),
-            ),
-            image_size=size,
-        )
+            finish_stream(writer, self.bank)
+        else:
+            self.set_bank(
+                Features(
+                    [torch.cat([p.pyramid[i] for p in parts]) for i in range(len(self.layers))],
+                    torch.cat([p.pooled for p in parts]),
+                ),
+                image_size=size,
+            )
         if self.search_radius_setting == AUTO:
             self.set_search_radius(self.radius_evidence(self.radius_rows()))
         if self.level_balance != "none":
