@@ -24,7 +24,8 @@ Prints a table:
   speed ratio and the largest relative score difference.
 
 ``--search-radius 8 none`` (the default) scores with the position-aware search within 8
-input pixels and with the paper's search over every position (``none``): one row each, so
+input pixels and with the paper's search over every position (``none``; ``auto``: decided at fit,
+as the model's default does): one row each, so
 the two are compared in one run; the naive reference is windowed as the row's search is.
 Each row also gives the leave-one-out calibration of fit (``calibration s``: every training
 image mapped against the rest, as fit does for a map-based image score).
@@ -86,11 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _radius(text: str):
+    if text.lower() == "auto":
+        return "auto"
     return None if text.lower() in ("none", "null", "global") else float(text)
 
 
 def _radius_text(radius) -> str:
-    return "none" if radius is None else f"{radius:g}"
+    return "none" if radius is None else radius if isinstance(radius, str) else f"{radius:g}"
 
 
 def sync(device: torch.device) -> None:
@@ -162,6 +165,8 @@ def run_one(args: argparse.Namespace, gallery_k: int, radius) -> Dict[str, float
     model.fit_bank(batch["image"].to(device, non_blocking=True) for batch in dm.train_dataloader())
     sync(device)
     figures["fit_images_per_s"] = model.bank_size / (time.perf_counter() - start)
+    if radius == "auto":  # the row names what fit decided
+        figures["search_radius"] = f"auto ({_radius_text(model.search_radius)})"
     figures["bank_mb"] = sum(t.numel() * t.element_size() for t in [model.bank.pooled] + model.bank.levels_hwc()) / 2**20
     # ---- fit's leave-one-out calibration: every training image mapped against the rest (a map-based image score)
     start = time.perf_counter()
