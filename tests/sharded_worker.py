@@ -53,7 +53,7 @@ def step(rank: int, text: str) -> None:
 def main() -> None:
     faulthandler.enable()
     rank, world, store, phase, out, kappa, sharding, storage = sys.argv[1:9]
-    radius = None if sys.argv[9] == "none" else float(sys.argv[9])
+    radius = {"none": None, "auto": "auto"}.get(sys.argv[9]) if sys.argv[9] in ("none", "auto") else float(sys.argv[9])
     rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
     torch.set_num_threads(1)
     if world > 1:
@@ -77,6 +77,11 @@ def main() -> None:
         else:  # the reference: an ordinary in-memory bank, one process
             model.set_bank(Features([torch.cat([f.pyramid[i] for f in extracted]) for i in range(3)],
                                     torch.cat([f.pooled for f in extracted])), (SIZE, SIZE), torch.tensor(rows))
+        if radius == "auto":  # decided as Lightning's fit does: each process its rows, gathered in row order
+            from lightning_ad.lightning.calibration import decide_search_radius
+
+            decide_search_radius(model, rank)
+            step(rank, f"search radius decided: {model.search_radius}")
         if rank == 0:
             torch.save(model.state_dict(), out / "state.pt")
         step(rank, "bank written")

@@ -54,16 +54,19 @@ def reference(tmp_path_factory):
         out[kappa] = results(base / f"k{kappa}", 1)
     run(base / "global", "fit", 1, 3, "replicated", "memory", radius="none")
     out["3-global"] = results(base / "global", 1)
+    run(base / "auto", "fit", 1, 3, "replicated", "memory", radius="auto")
+    out["3-auto"] = results(base / "auto", 1)
     return out
 
 
-@pytest.mark.parametrize("storage,radius", [("memory", "8"), ("disk", "8"), ("disk", "none")])
+@pytest.mark.parametrize("storage,radius", [("memory", "8"), ("disk", "8"), ("disk", "none"), ("disk", "auto")])
 def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path, storage, radius):
+    """Bitwise the replicated bank; with ``auto`` the two processes also decide the radius one process decides."""
     run(tmp_path, "fit", 2, 3, storage=storage, radius=radius)
     run(tmp_path, "test", 2, 3, storage=storage, radius=radius)
     got = results(tmp_path, 2)
     assert got["held"] == [5, 5]  # each process holds only its share
-    expected = reference[3] if radius == "8" else reference["3-global"]
+    expected = {"8": reference[3], "none": reference["3-global"], "auto": reference["3-auto"]}[radius]
     assert_bitwise(got, expected)
     assert not torch.equal(reference[3]["maps"], reference[1]["maps"])  # kappa 3 is not kappa 1
     assert not torch.equal(reference[3]["maps"], reference["3-global"]["maps"])  # the window is not the global search

@@ -75,7 +75,7 @@ class Spade(pl.LightningModule):
         search_radius: the pixel search looks within this many input pixels of the same place in the gallery_k
             nearest training images (ceil(search_radius / stride) cells per level); ``null``: every position of
             them (the paper's search, about 100 times the work at K=50); ``auto`` (default): decided at fit from
-            how far the parts move between the training images (8, 16, 32 px or every position; docs: search).
+            how far the parts move between the training images (8 or 16 px at 224 x 224, or every position; docs: search).
         aggregate_levels: levels whose features are 3x3 means (PatchCore's local aggregation), bank and queries
             alike; ``[]``: none (the paper). Part of the bank: a checkpoint is used with its own.
         pixel_distance: ``euclidean`` (default) or ``squared`` (the paper's): the distance a position scores.
