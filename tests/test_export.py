@@ -400,25 +400,25 @@ def test_onnx_takes_decoded_photos_of_any_size_without_torch(tiny, exported, tmp
         assert score_rel < 1e-5 and map_rel < 1e-5, name
 
 
-def _readme_resize():
-    """The README's numpy resize snippet, run as written."""
+def _deploy_doc_resize():
+    """The numpy resize snippet of docs/deploy.md, run as written."""
     import re
 
     from conftest import REPO
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "deploy.md").read_text()
     (code,) = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def resize_uint8" in block]
     namespace: dict = {}
     exec(code, namespace)
     return namespace["resize_uint8"]
 
 
-def test_readme_resize_snippet_is_the_contracts_resampling(tiny, tmp_path):
+def test_deploy_doc_resize_snippet_is_the_contracts_resampling(tiny, tmp_path):
     """The README's numpy snippet resizes bit for bit as torch (the contract), so a fixed-size export fed with
     photos resized by it gives the Detector's scores on the photos themselves."""
     import torchvision.transforms.v2.functional as TF
 
-    resize = _readme_resize()
+    resize = _deploy_doc_resize()
     rng = np.random.default_rng(3)
     for height, width, out_h, out_w in ((512, 512, 256, 256), (900, 700, 256, 256), (37, 120, 64, 80), (64, 64, 64, 64)):
         image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
