@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..core import checks
 from ..core.knn import DEFAULT_CHUNK_BYTES
+from ..core.radius import AUTO
 from ..core.spade import SpadeModel
 from ..core.thresholds import calibration_overlap, f1_thresholds
 from ..distributed import world_size
@@ -126,7 +127,7 @@ class Spade(pl.LightningModule):
         threshold_method: str = "quantile",
         image_quantile: float = 0.95,
         pixel_quantile: float = 0.999,
-        threshold_samples: Optional[int] = 32,
+        threshold_samples: Optional[int] = 128,
         image_threshold_samples: Optional[int] = 1000,
         image_threshold: Optional[float] = None,
         pixel_threshold: Optional[float] = None,
@@ -244,11 +245,11 @@ class Spade(pl.LightningModule):
     def _decide_search_radius(self) -> None:
         """``search_radius: auto`` without a decision (a fresh bank, or a checkpoint fitted with another setting):
         decide it from the training images in the bank, print it with its evidence, and record it."""
-        if self.model.search_radius_setting == "auto" and not self.model.radius_decided:
+        if self.model.search_radius_setting == AUTO and not self.model.radius_decided:
             choice = decide_search_radius(self.model, self.global_rank)
             rank_zero_info(choice.describe())
             self.radius_record = choice.as_dict()
-        elif self.model.search_radius_setting != "auto":
+        elif self.model.search_radius_setting != AUTO:
             self.radius_record = {"setting": self.model.search_radius_setting}
 
     def _fit_leave_one_out(self, quantile: bool = False) -> None:
