@@ -33,7 +33,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 from torch import Tensor
 
 from .backbones import LEVEL_STRIDES
-from .windowed import window_cells
+from .windowed import window_cells, window_products
 
 __all__ = ["AUTO", "AUTO_TOLERANCE", "AUTO_IMAGES", "RadiusChoice", "radius_candidates", "evidence_level", "choose_radius"]
 
@@ -45,8 +45,6 @@ AUTO_TOLERANCE = 0.05
 AUTO_IMAGES = 16
 #: Smallest candidate radius, in input pixels (the candidates double from it).
 _FIRST_RADIUS = 8.0
-#: Window query-row segment length (see :mod:`lightning_ad.core.windowed`), for the cost of a window.
-_TILE = 4
 #: A candidate window's products are at most this fraction of the search over every position's.
 _COST_LIMIT = 1 / 16
 
@@ -90,7 +88,7 @@ def radius_candidates(finest_grid: Tuple[int, int], finest_stride: int) -> Tuple
     radii, radius = [_FIRST_RADIUS], 2 * _FIRST_RADIUS
     while True:
         cells = window_cells(radius, finest_stride)
-        if (2 * cells + 1) * (_TILE + 2 * cells) > positions * _COST_LIMIT:
+        if window_products(cells, *finest_grid) > positions * _COST_LIMIT:
             return tuple(radii)
         radii.append(radius)
         radius *= 2

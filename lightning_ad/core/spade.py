@@ -281,13 +281,12 @@ class SpadeModel(nn.Module):
         ``"auto"`` the radius decided at fit (:class:`~lightning_ad.errors.ConfigurationError` before)."""
         if self.search_radius_setting != AUTO:
             return self.search_radius_setting
-        try:
-            return decode_radius(float(self.decided_radius))
-        except ValueError:
+        if not self.radius_decided:
             raise ConfigurationError(
                 "search_radius='auto' is decided when the bank is fitted, from the training images: run fit first, "
                 "or set a number of pixels (or null: every position)."
-            ) from None
+            )
+        return decode_radius(float(self.decided_radius))
 
     @property
     def radius_decided(self) -> bool:
@@ -464,10 +463,14 @@ class SpadeModel(nn.Module):
             median = float(values.double().quantile(0.5))
             buffer.fill_(median if median > 0 else 1.0)
 
+    def spread_rows(self, samples: int, count: Optional[int] = None) -> Tensor:
+        """``[n]`` ``samples`` bank rows evenly spread over the first ``count`` (default: all), on the bank's device."""
+        count = self.bank_size if count is None else count
+        return torch.tensor(spread_positions(count, min(samples, count)), dtype=torch.long, device=self.bank.index.device)
+
     def balance_rows(self) -> Tensor:
         """``[n]`` bank rows whose leave-one-out maps set the level scales: ``LEVEL_BALANCE_IMAGES`` evenly spread."""
-        return torch.tensor(spread_positions(self.bank_size, LEVEL_BALANCE_IMAGES), dtype=torch.long,
-                            device=self.bank.index.device)
+        return self.spread_rows(LEVEL_BALANCE_IMAGES)
 
     def level_moments(self, rows: Tensor, batch_size: int = 8) -> Tensor:
         """``[L, 3]`` moments (:func:`~lightning_ad.core.levels.level_moments`) of the leave-one-out level maps of
@@ -576,8 +579,7 @@ class SpadeModel(nn.Module):
     def radius_rows(self) -> Tensor:
         """``[n]`` bank rows whose leave-one-out distances decide ``search_radius: auto``: ``AUTO_IMAGES`` evenly spread
         (none in a bank of one image: it has nothing to be compared with)."""
-        count = self.bank_size if self.bank_size > 1 else 0
-        return torch.tensor(spread_positions(count, min(AUTO_IMAGES, count)), dtype=torch.long, device=self.bank.index.device)
+        return self.spread_rows(AUTO_IMAGES, self.bank_size if self.bank_size > 1 else 0)
 
     @property
     def radius_candidates(self) -> Tuple[float, ...]:

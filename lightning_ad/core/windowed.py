@@ -42,7 +42,7 @@ from torch import Tensor
 from .knn import DEFAULT_CHUNK_BYTES, exact_distances, grouped_knn
 from .tracing import exporting
 
-__all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates", "gallery_bytes"]
+__all__ = ["window_cells", "windowed_knn", "gallery_search", "min_window_candidates", "gallery_bytes", "window_products"]
 
 #: Query positions of a row segment that share one window (at least ``2 cells``).
 _TILE = 4
@@ -98,6 +98,17 @@ class _Layout(NamedTuple):
 def _layout(cells: int, height: int, width: int) -> _Layout:
     tile = max(_TILE, 2 * cells)
     return _Layout(cells, tile, tile + 2 * cells, tile * math.ceil((width + 2 * cells) / tile), height + 2 * cells)
+
+
+def window_products(cells: int, height: int, width: int) -> int:
+    """Multiply-adds per query position, gallery image and channel of a window of ``cells`` on an ``H x W`` grid:
+    the ``2 cells + 1`` query rows of a segment share a window of ``tile + 2 cells`` cells (every position: ``H W``).
+
+    >>> window_products(2, 56, 56), window_products(4, 56, 56)
+    (40, 144)
+    """
+    lay = _layout(cells, height, width)
+    return lay.side * lay.span
 
 
 def gallery_bytes(cells: int, height: int, width: int, channels: int, images: int) -> int:
