@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 import pytorch_lightning as pl  # noqa: E402
 
 from lightning_ad import Detector, MVTecDataModule, Spade  # noqa: E402
-from lightning_ad.data.io import list_images, load_image  # noqa: E402
+from lightning_ad.data.folders import list_images  # noqa: E402
+from lightning_ad.data.images import load_image  # noqa: E402
 from lightning_ad.inference.export import export_detector  # noqa: E402
 
 

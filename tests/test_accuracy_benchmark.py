@@ -69,7 +69,8 @@ def test_misaligned_test_images_are_shifted_with_their_masks(tmp_path, capsys):
 
     from conftest import make_mvtec
     from lightning_ad.data import Preprocess
-    from lightning_ad.data.io import load_image, load_mask
+    from lightning_ad.data.images import load_image
+    from lightning_ad.data.masks import load_mask
 
     accuracy = load_benchmark()
     # 64x64 photos resized to 47x56, cropped 40x44: the centre crop starts at row 4 (round(3.5)), column 6;

@@ -1,4 +1,4 @@
-"""The image and mask rules of ``lightning_ad.data.io``, one test each, on small generated files."""
+"""The folder, image and mask rules of ``lightning_ad.data.folders``, ``.images`` and ``.masks``, one test each, on small generated files."""
 
 from __future__ import annotations
 
@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_ad.data.io import (
-    check_image,
-    image_size,
-    is_image_file,
-    list_images,
-    load_image,
-    load_mask,
-    mask_problem,
-    safe_relpath,
-)
+from lightning_ad.data.folders import is_image_file, list_images, safe_relpath
+from lightning_ad.data.images import check_image, image_size, load_image
+from lightning_ad.data.masks import load_mask, mask_problem
 from lightning_ad.data.mask_files import conventional_masks
 from lightning_ad.errors import DataError, ImageDecodeError, MaskError
 

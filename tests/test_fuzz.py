@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_ad.data.io import check_image, image_size, load_image, load_mask
+from lightning_ad.data.images import check_image, image_size, load_image
+from lightning_ad.data.masks import load_mask
 from lightning_ad.errors import DataError
 
 from conftest import encoded

@@ -1,4 +1,29 @@
-"""The datamodule base: checks, splits and loaders shared by the MVTec, folder and demo layouts."""
+"""The datamodule base: checks, splits and loaders shared by the MVTec, folder and demo layouts.
+
+The rules for files (folders, images, masks) are those of :mod:`lightning_ad.data.folders`,
+:mod:`lightning_ad.data.images` and :mod:`lightning_ad.data.masks`; those of the data sets as a whole follow.
+
+Data sets (checked in ``setup``, before any feature is extracted)
+=================================================================
+
+* MVTec layout: a missing root, an unknown category (the error lists the
+  categories present), a category without ``train/good`` (an incomplete copy),
+  or a root that is itself a category folder are errors that say what to set.
+  A ``ground_truth`` folder that holds files none of which is
+  ``<defect>/<stem>_mask.png`` of an anomalous test image is an error (masks
+  named by another rule would otherwise be ignored); a missing or empty one
+  means image-level metrics only, with a warning. ``ground_truth/good`` masks,
+  when present, must be empty.
+* Folder layout: ``normal_dir``, ``normal_test_dir`` and the ``abnormal_dirs``
+  entries must be distinct folders (training on test images, or testing normal
+  images as anomalous, gives results that look valid but are not); a
+  ``mask_dir`` that is set must exist and hold the mask of at least one
+  anomalous image.
+* The model refuses, when fit starts and before any feature is extracted, an
+  ``image_k`` or ``gallery_k`` larger than the number of training images left
+  after skipping broken ones; an unknown backbone or pyramid level is refused
+  when the model is built.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +39,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..core.positions import interleaved_split, spread_positions
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
-from .io import check_image, image_size, list_images, load_mask, safe_relpath
+from .folders import list_images, safe_relpath
+from .images import check_image, image_size
+from .masks import load_mask
 from .mask_files import drop_conventional_masks
 from .transforms import Preprocess, Size, aspect_advice
 
@@ -129,7 +156,7 @@ class AnomalyDataModule(pl.LightningDataModule):
     @staticmethod
     def _check_masks(samples: List[Sample]) -> None:
         """Every mask decodes and aligns with its image; normal images' masks mark nothing;
-        annotation is all or none (see the rules in :mod:`lightning_ad.data.io`)."""
+        annotation is all or none (see the rules in :mod:`lightning_ad.data.masks`)."""
         anomalous = [s for s in samples if s.label == ANOMALOUS]
         with_mask = [s for s in anomalous if s.mask is not None]
         if with_mask and len(with_mask) != len(anomalous):

@@ -9,7 +9,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch.utils.data import Dataset
 
-from .io import load_image, load_mask
+from .images import load_image
+from .masks import load_mask
 from .transforms import Preprocess
 
 __all__ = ["Sample", "AnomalyDataset", "NORMAL", "ANOMALOUS", "UNLABELLED"]
@@ -24,7 +25,7 @@ class Sample:
     ``label``: 0 normal, 1 anomalous, -1 unknown (prediction). ``mask``: its mask file,
     or None (normal image, or no annotation). ``group``: defect type or folder name.
     ``relpath``: path relative to the data set's folder (used to name outputs; see
-    :func:`~lightning_ad.data.io.safe_relpath`). ``expected_mask``: where the mask was
+    :func:`~lightning_ad.data.folders.safe_relpath`). ``expected_mask``: where the mask was
     looked for when none was found (named in errors).
     """
 

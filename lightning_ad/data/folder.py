@@ -12,7 +12,7 @@ from ..core.positions import interleaved_split
 from ..errors import ConfigurationError, DataError, MaskError
 from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample
-from .io import list_images, safe_relpath
+from .folders import list_images, safe_relpath
 from .mask_files import drop_conventional_masks
 
 __all__ = ["FolderDataModule"]
@@ -42,7 +42,7 @@ class FolderDataModule(AnomalyDataModule):
       for image-level metrics only; when some have masks and others not, it is an error,
       and so it is when ``mask_dir`` is set but holds no mask of a defective image.
       A mask found for a normal test image must be empty. The other mask rules are
-      those of :mod:`lightning_ad.data.io`.
+      those of :mod:`lightning_ad.data.masks`.
     * Every folder has one role: ``normal_dir``, ``normal_test_dir`` and the
       ``abnormal_dirs`` entries must be distinct folders (else an error).
     * Groups (and the first part of the defective images' ``relpath``) are the

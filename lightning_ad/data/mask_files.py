@@ -9,7 +9,7 @@ folder:
   mask beside a lossy photo).
 
 Extensions compare case-insensitively, stems exactly. A file named a mask by a
-convention only must look like one (:func:`~lightning_ad.data.io.mask_problem`); a
+convention only must look like one (:func:`~lightning_ad.data.masks.mask_problem`); a
 colour photo there is an error naming it: the names cannot tell mask from picture.
 """
 
@@ -21,7 +21,7 @@ from typing import Collection, Dict, List, Optional, Sequence, Tuple
 from pytorch_lightning.utilities import rank_zero_warn
 
 from ..errors import DataError
-from .io import mask_problem
+from .masks import mask_problem
 
 __all__ = ["MASK_SUFFIX", "conventional_masks", "drop_conventional_masks", "is_mask_name"]
 

@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from ..errors import DataError, MaskError
 from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample
-from .io import list_images, safe_relpath
+from .folders import list_images, safe_relpath
 from .mask_files import is_mask_name
 
 __all__ = ["MVTecDataModule", "mvtec_categories"]
@@ -55,7 +55,7 @@ class MVTecDataModule(AnomalyDataModule):
     holds files none of which is the mask of an anomalous test image is an error
     (masks named by another rule would otherwise be silently ignored). A mask found
     for a ``test/good`` image (``ground_truth/good/<stem>_mask.png``) must be empty.
-    The other mask rules are those of :mod:`lightning_ad.data.io`.
+    The other mask rules are those of :mod:`lightning_ad.data.masks`.
 
     Args:
         root: folder holding the categories.
