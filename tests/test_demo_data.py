@@ -1,4 +1,4 @@
-"""Tests of the embedded procedural demo data set (lightning_ad.data.demo_render, lightning_ad.data.demo)."""
+"""Tests of the embedded procedural demo data set (lightning_ad.data.demo_render, .demo_install, .demo)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,9 @@ import pytest
 from PIL import Image
 
 import lightning_ad
-from lightning_ad.data import demo_render
-from lightning_ad.data.demo_render import (
-    DEMO_CATEGORY,
-    DEMO_DEFECT_TYPES,
-    DEMO_MASK_FRACTION,
-    DemoDatasetError,
-    make_demo_dataset,
-)
+from lightning_ad.data import demo_install, demo_render
+from lightning_ad.data.demo_install import DEMO_CATEGORY, DemoDatasetError, make_demo_dataset
+from lightning_ad.data.demo_render import DEMO_DEFECT_TYPES, DEMO_MASK_FRACTION
 
 from conftest import REPO, file_bytes, read_array
 
@@ -168,7 +163,7 @@ def test_second_call_does_not_rewrite(tmp_path, monkeypatch):
     def no_render(*args, **kwargs):
         raise AssertionError("an existing complete data set was regenerated")
 
-    monkeypatch.setattr(demo_render, "_render_sample", no_render)
+    monkeypatch.setattr(demo_install, "render_sample", no_render)
     before = file_bytes(path)
     old = 1_000_000_000  # 2001: any rewrite would bump the times
     entries = [path, *path.rglob("*")]
@@ -193,7 +188,7 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
     reference = file_bytes(make_demo_dataset(tmp_path / "ref", **SMALL))
     root = tmp_path / "root"
     calls = {"n": 0}
-    real_save = demo_render._save_png
+    real_save = demo_install._save_png
 
     def failing_save(img, path):
         calls["n"] += 1
@@ -201,14 +196,14 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
             raise KeyboardInterrupt("simulated interruption")
         real_save(img, path)
 
-    monkeypatch.setattr(demo_render, "_save_png", failing_save)
+    monkeypatch.setattr(demo_install, "_save_png", failing_save)
     with pytest.raises(KeyboardInterrupt):
         make_demo_dataset(root, **SMALL)
     assert calls["n"] == 7
     assert not (root / DEMO_CATEGORY).exists()
     assert list(root.iterdir()) == []  # the temporary folder was removed
 
-    monkeypatch.setattr(demo_render, "_save_png", real_save)
+    monkeypatch.setattr(demo_install, "_save_png", real_save)
     path = make_demo_dataset(root, **SMALL)
     assert _without_stamp(file_bytes(path)) == _without_stamp(reference)
 
@@ -219,15 +214,15 @@ def test_killed_generation_leftovers_are_cleaned(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from lightning_ad.data import demo_render
-        real, n = demo_render._save_png, [0]
+        from lightning_ad.data import demo_install
+        real, n = demo_install._save_png, [0]
         def save(img, path):
             n[0] += 1
             if n[0] == 5:
                 os.kill(os.getpid(), signal.SIGKILL)
             real(img, path)
-        demo_render._save_png = save
-        demo_render.make_demo_dataset({str(root)!r}, **{SMALL!r})
+        demo_install._save_png = save
+        demo_install.make_demo_dataset({str(root)!r}, **{SMALL!r})
         """
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

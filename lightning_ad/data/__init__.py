@@ -3,7 +3,7 @@
 from .datamodule import AnomalyDataModule
 from .dataset import AnomalyDataset, Sample
 from .demo import DemoDataModule
-from .demo_render import make_demo_dataset
+from .demo_install import make_demo_dataset
 from .folder import FolderDataModule
 from .mvtec import MVTecDataModule
 from .transforms import Preprocess

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .demo_render import DEMO_CATEGORY, make_demo_dataset
+from .demo_install import DEMO_CATEGORY, make_demo_dataset
 from .mvtec import MVTecDataModule
 
 __all__ = ["DemoDataModule"]
