@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 # Subpackages that sit below the Lightning and inference layers, and what they must never import.
 LOWER = ("core", "bank")
 UPPER = ("lightning", "inference", "serve")
+# Subpackages that work without a Trainer (the Detector, the server, the data rules) never import the Lightning layer.
+TRAINER_FREE = ("inference", "serve", "data")
+LIGHTNING = "lightning"
 
 
 def module_name(path: Path) -> str:
@@ -114,6 +117,47 @@ def test_lower_layers_never_import_upper_ones():
         if name.split(".")[1:2] and name.split(".")[1] in LOWER:
             bad += [f"{name} -> {t}" for t in sorted(targets) if t.split(".")[1:2] and t.split(".")[1] in UPPER]
     assert not bad, "upward imports: " + ", ".join(bad)
+
+
+def subpackage(module: str) -> str:
+    """``lightning_ad.data.folders`` -> ``data``; ``""`` for the package's own top-level modules."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (ROOT / parts[1]).is_dir()) else ""
+
+
+def lightning_imports(edges: Dict[str, Set[str]]) -> List[str]:
+    """``module -> target`` for every module of :data:`TRAINER_FREE` that imports one of ``lightning_ad.lightning``."""
+    return [
+        f"{name} -> {target}"
+        for name, targets in sorted(edges.items())
+        if subpackage(name) in TRAINER_FREE
+        for target in sorted(targets)
+        if subpackage(target) == LIGHTNING
+    ]
+
+
+def test_lightning_imports_are_seen_in_every_form(tmp_path):
+    known = set(modules())
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from ..lightning import results\n"  # a relative import of a module
+        "def f():\n"
+        "    from ..lightning.evaluation import evaluate\n"  # at function level, a name of a module
+        "    import lightning_ad.lightning.cli\n"
+        "from .. import lightning\n",  # the subpackage itself
+        encoding="utf-8",
+    )
+    found = imports_of(f"{PACKAGE}.data.probe", source, known)
+    expected = {f"{PACKAGE}.lightning.results", f"{PACKAGE}.lightning.evaluation", f"{PACKAGE}.lightning.cli", f"{PACKAGE}.lightning"}
+    assert expected <= found
+    assert lightning_imports({f"{PACKAGE}.data.probe": found, f"{PACKAGE}.core.probe": found}) == [
+        f"{PACKAGE}.data.probe -> {target}" for target in sorted(expected)
+    ]
+
+
+def test_trainer_free_subpackages_never_import_lightning():
+    bad = lightning_imports(graph())
+    assert not bad, "imports of the Lightning layer from inference/, serve/ or data/: " + ", ".join(bad)
 
 
 def test_no_module_imports_the_package_root():
