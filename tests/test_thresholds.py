@@ -54,7 +54,8 @@ def test_quantile_matches_numpy():
 
 
 def test_fit_sets_thresholds_from_leave_one_out_scores(tiny_mvtec, tmp_path):
-    model = Spade(image_k=3, gallery_k=3, image_quantile=0.9, pixel_quantile=0.99, threshold_samples=4, image_score="dn2")
+    model = Spade(image_k=3, gallery_k=3, image_quantile=0.9, pixel_quantile=0.99, threshold_samples=4, image_score="dn2",
+                  few_shot_below=0)
     trainer(tmp_path).fit(model, datamodule=dm(tiny_mvtec))
     spade = model.model
     rows = torch.arange(spade.bank_size)
@@ -71,7 +72,10 @@ def test_user_thresholds_override_and_are_logged(tiny_mvtec, tmp_path):
     t.fit(model, datamodule=data)
     logged = t.test(model, datamodule=data, verbose=False)[0]
     assert logged["test/image_threshold"] == 123.0 and logged["test/pixel_threshold"] == 456.0
-    assert float(model.model.image_threshold) != 123.0  # the learned one is kept in the bank
+    # the thresholds in use live in one place, the model's buffers, and the record says where they come from
+    assert (float(model.model.image_threshold), float(model.model.pixel_threshold)) == (123.0, 456.0)
+    assert model.threshold_source["image"] == {"source": "set by hand", "value": 123.0}
+    assert model.threshold_source["pixel"] == {"source": "set by hand", "value": 456.0}
 
 
 def test_f1_thresholds_from_a_validation_split(tiny_mvtec, tmp_path):

@@ -289,6 +289,14 @@ class MemoryBank(nn.Module):
             setattr(self, self._key(level), torch.cat([current, rows])[order.to(level_device)].contiguous())
         self._place()
 
+    def external_state(self) -> Dict[str, Any]:
+        """What a streamed extension keeps of this disk or sharded bank: ids, pooled vectors, input size, and its
+        manifest's shards and shapes (the files stay as they are)."""
+        if self._manifest is None:
+            raise RuntimeError("external_state: this bank's pyramid is not in files")
+        return {"index": self.index.clone(), "pooled": self.pooled.clone(), "image_size": self.input_size,
+                "shards": list(self._manifest["shards"]), "shapes": [list(s) for s in self._manifest["shapes"]]}
+
     def writer(self, directory: Optional[str], rank: int = 0) -> BankWriter:
         """A :class:`BankWriter` streaming this process's rows to ``directory`` (a disk or sharded bank)."""
         directory = directory or self.directory

@@ -32,12 +32,15 @@ module is usable without a Trainer::
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+import os
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..bank.content import content_ids
 from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, finish_stream, rename_legacy_keys
 from ..distributed import world_size
 from ..errors import ConfigurationError
@@ -47,10 +50,14 @@ from .filters import gaussian_blur
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
 from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, balance_scales, level_factors, level_moments, position_scores
 from .positions import spread_positions
+from .records import LeaveOneOut
 from .radius import AUTO, AUTO_IMAGES, RadiusChoice, choose_radius, decode_radius, encode_radius, evidence_level, radius_candidates
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
+
+if TYPE_CHECKING:
+    from .calibration import CalibrationSettings
 
 __all__ = [
     "SpadeModel", "SpadeOutput", "combine_levels", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
@@ -92,16 +99,6 @@ class SpadeOutput(NamedTuple):
 
     image_scores: Tensor
     anomaly_maps: Tensor
-
-
-class LeaveOneOut(NamedTuple):
-    """Leave-one-out scores of bank rows: ``rows`` ``[R]``, ``dn2`` ``[R]``, ``map_part`` ``[R]`` (the map
-    statistic of the image score; None for ``dn2``), ``maps`` ``[M, H, W]`` of the rows asked to be kept."""
-
-    rows: Tensor
-    dn2: Tensor
-    map_part: Optional[Tensor]
-    maps: Tensor
 
 
 def map_score(maps: Tensor, kind: str, q: float = 0.01) -> Tensor:
@@ -274,6 +271,10 @@ class SpadeModel(nn.Module):
         # The radius that search_radius="auto" decided at fit (NaN until decided; inf: every position).
         self.register_buffer("decided_radius", torch.tensor(float("nan"), dtype=torch.float64))
         self.radius_choice: Optional[RadiusChoice] = None  # its evidence, from the fit that decided it
+        # The prepared training images of a few-shot bank (fewer than calibration.FEW_SHOT_IMAGES), in bank row order:
+        # its thresholds are learned from their views, again whenever the bank grows. Empty otherwise.
+        self.register_buffer("few_shot_images", torch.zeros(0, 3, 0, 0))
+        self.calibration: Dict[str, Any] = {}  # the record of the thresholds in use (calibration.calibrate)
 
     @property
     def search_radius(self) -> Optional[float]:
@@ -329,10 +330,8 @@ class SpadeModel(nn.Module):
     def reset_bank(self) -> None:
         """Empty the bank and forget the thresholds (back to the unfitted state)."""
         self.bank.reset()
-        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale, self.level_scales,
-                       self.decided_radius):
-            buffer.fill_(float("nan"))
-        self.radius_choice = None
+        self.forget_learned()
+        self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
 
     def set_bank(self, features: Features, image_size: Tuple[int, int], index: Optional[Tensor] = None) -> None:
         """Replace the bank by the features of the training images.
@@ -356,6 +355,9 @@ class SpadeModel(nn.Module):
         state_dict.setdefault(prefix + "level_scales", torch.full((len(self.layers),), float("nan"), dtype=torch.float64))
         # checkpoints from before search_radius="auto": none decided (their setting is a number or null)
         state_dict.setdefault(prefix + "decided_radius", torch.tensor(float("nan"), dtype=torch.float64))
+        # the images of a few-shot bank: sized from the state dict (checkpoints from before kept none)
+        incoming = state_dict.setdefault(prefix + "few_shot_images", torch.zeros(0, 3, 0, 0))
+        self.few_shot_images = torch.zeros(incoming.shape, dtype=torch.float32, device=self.few_shot_images.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ features
@@ -376,41 +378,89 @@ class SpadeModel(nn.Module):
                 pooled = torch.cat([q for _, q in parts])
             return Features(aggregate_pyramid(pyramid, self.aggregated), pooled)
 
-    def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32) -> None:
-        """Build the bank from normal images (a tensor ``[N, 3, H, W]`` or an iterable of batches), then learn what
-        fit learns from them (``search_radius: auto``, level scales, the combined score's scales), in memory or on disk."""
+    def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32, settings: Optional["CalibrationSettings"] = None,
+                 say: Optional[Callable[[str], Any]] = None) -> List[Tuple[int, int]]:
+        """Build the bank from normal images (a tensor ``[N, 3, H, W]`` in [0, 1] or an iterable of batches), in memory
+        or on disk, then learn what fit learns from them (:func:`~lightning_ad.core.calibration.calibrate`:
+        ``search_radius: auto``, scales, thresholds by ``settings``, default quantiles). ``say``: where its report
+        lines go (None: nowhere). Returns ``[(skipped, kept)]``: positions of images whose content repeats an
+        earlier one (skipped)."""
+        self.reset_bank()
+        return self.add_images(images, batch_size, settings, say)
+
+    def add_images(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32, settings: Optional["CalibrationSettings"] = None,
+                   say: Optional[Callable[[str], Any]] = None) -> List[Tuple[int, int]]:
+        """Add normal images to the bank (as :meth:`fit_bank`; an empty model is fitted) and learn again everything
+        learned from the bank, as a fit on all the images would. An image whose content is already in the bank is
+        skipped: returns ``[(position of the skipped image, position of the earlier one or -1: the bank)]``."""
+        from .calibration import CalibrationSettings, calibrate  # calibration builds on this module
+
         batches = images.split(batch_size) if isinstance(images, Tensor) else images
-        parts, size, seen = [], None, 0
-        writer = self.bank.writer(None) if self.bank.streams else None
+        extend = self.is_fitted
+        known = {int(i): -1 for i in self.bank.index.tolist()}
+        parts, kept, size, seen, skipped = [], [], self.image_size if extend else None, 0, []
+        streams, writer = self.bank.streams and (not extend or self.bank.external), None
         for batch in batches:
-            if size is not None and tuple(batch.shape[-2:]) != size:
-                raise ValueError("fit_bank: all training images must have the same size")
+            if size is not None and tuple(batch.shape[-2:]) != tuple(size):
+                raise ValueError(f"add_images: images of {tuple(batch.shape[-2:])} pixels cannot join a bank of {tuple(size)}")
             size = tuple(batch.shape[-2:])
-            features = self.extract(batch)
-            if writer is not None:
-                writer.append(torch.arange(seen, seen + batch.shape[0]), features.pooled, features.pyramid, size)
-            else:
-                parts.append(features)
+            ids = content_ids(batch)
+            new = []
+            for position, image_id in enumerate(ids.tolist()):
+                if image_id in known:
+                    skipped.append((seen + position, known[image_id]))
+                else:
+                    known[image_id] = seen + position
+                    new.append(position)
             seen += int(batch.shape[0])
+            if not new:
+                continue
+            batch, ids = batch[new], ids[new]
+            features = self.extract(batch)
+            if streams:  # files in a new folder of bank_dir: no fit overwrites the files of another bank
+                folder = os.path.join(self.bank.directory, f"bank-{uuid.uuid4().hex[:8]}") if self.bank.directory else None
+                writer = writer or self.bank.writer(folder)
+                writer.append(ids, features.pooled, features.pyramid, size)
+            else:
+                parts.append((ids, features))
+            kept.append((ids, batch.detach().cpu()))
         if not seen or size is None:
             raise ValueError("fit_bank needs at least one training image")
         if writer is not None:
-            self.reset_bank()
-            finish_stream(writer, self.bank)
-        else:
-            self.set_bank(
-                Features(
-                    [torch.cat([p.pyramid[i] for p in parts]) for i in range(len(self.layers))],
-                    torch.cat([p.pooled for p in parts]),
-                ),
-                image_size=size,
-            )
-        if self.search_radius_setting == AUTO:
-            self.set_search_radius(self.radius_evidence(self.radius_rows()))
-        if self.level_balance != "none":
-            self.set_level_scales(self.level_moments(self.balance_rows()))
-        if self.image_score == "combined":
-            self.learn_scales(self.leave_one_out())
+            finish_stream(writer, self.bank, extend=extend)
+        elif parts:
+            ids = torch.cat([i for i, _ in parts])
+            self.bank.add(ids, torch.cat([f.pooled for _, f in parts]),
+                          [torch.cat([f.pyramid[i] for _, f in parts]) for i in range(len(self.layers))], size)
+        if kept:
+            settings = settings or CalibrationSettings()
+            self.keep_few_shot_images(torch.cat([i for i, _ in kept]), torch.cat([b for _, b in kept]), settings.few_shot_below)
+            self.forget_learned()
+            self.calibration = calibrate(self, settings, say=say or (lambda line: None))
+        return skipped
+
+    def keep_few_shot_images(self, ids: Tensor, images: Tensor, limit: int) -> None:
+        """Keep the prepared images ``[n, 3, H, W]`` (content ``ids`` ``[n]``, new to the bank) beside those kept
+        already, in bank row order, while the bank holds fewer than ``limit`` images (thresholds of few-shot banks
+        are learned from their views); drop them all once it holds more."""
+        if self.bank_size >= limit:
+            self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
+            return
+        old = self.bank.index.cpu()[torch.isin(self.bank.index.cpu(), ids.cpu(), invert=True)]
+        held = self.few_shot_images if self.few_shot_images.shape[0] else images.new_zeros(0, *images.shape[1:])
+        if held.shape[0] != old.numel():  # the bank's earlier images were not kept (a checkpoint of an older version)
+            self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
+            return
+        merged = torch.cat([held.to(images.device), images.to(torch.float32)])
+        order = torch.argsort(torch.cat([old, ids.cpu()]))
+        self.few_shot_images = merged[order.to(merged.device)].to(self.bank.index.device).contiguous()
+
+    def forget_learned(self) -> None:
+        """Back to nothing learned from the bank (thresholds, scales, the decided radius): before learning again."""
+        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale, self.level_scales,
+                       self.decided_radius):
+            buffer.fill_(float("nan"))
+        self.radius_choice = None
 
     # ------------------------------------------------------------------ scoring
 
@@ -433,13 +483,21 @@ class SpadeModel(nn.Module):
         ``exclude`` (``[B]`` bank rows, leave-one-out) removes each query's own row.
         """
         self.require_fitted()
-        available = self.bank_size - (1 if exclude is not None else 0)
-        for name, k in (("image_k", self.image_k), ("gallery_k", self.gallery_k)):
-            checks.k_at_most(name, k, available, "training images" + (" left out of one" if exclude is not None else ""))
-        k = max(self.image_k, self.gallery_k)
-        result = slab_knn(pooled.float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
-        scores = result.distances[:, : self.image_k].mean(dim=1)
-        return scores, result.indices[:, : self.gallery_k]
+        image_k, gallery_k = self.ks_in_use(left_out=exclude is not None)
+        result = slab_knn(pooled.float(), self.bank.pooled, max(image_k, gallery_k), chunk_bytes=self.chunk_bytes,
+                          exclude=exclude)
+        scores = result.distances[:, :image_k].mean(dim=1)
+        return scores, result.indices[:, :gallery_k]
+
+    def ks_in_use(self, left_out: bool = False) -> Tuple[int, int]:
+        """``(image_k, gallery_k)`` as scoring uses them: each at most the bank's images (one fewer ``left_out``,
+        as leave-one-out scores a training image against the others). A bank smaller than the settings uses
+        every image it holds (few-shot fits)."""
+        available = self.bank_size - (1 if left_out else 0)
+        if available < 1:
+            raise ConfigurationError(
+                f"leave-one-out scoring needs at least 2 training images; the bank holds {self.bank_size}.")
+        return min(self.image_k, available), min(self.gallery_k, available)
 
     @property
     def uses_maps(self) -> bool:
@@ -595,9 +653,9 @@ class SpadeModel(nn.Module):
         rows = rows.to(self.bank.index.device)
         position = evidence_level(self.layers)
         stride = LEVEL_STRIDES[self.layers[position]]
-        k = min(self.gallery_k, self.bank_size - 1)  # a small bank: every other image
-        if k < 1:
+        if self.bank_size < 2:  # a bank of one image: nothing to compare it with
             return torch.zeros(0, len(self.radius_candidates) + 1, dtype=torch.float64)
+        k = self.ks_in_use(left_out=True)[1]
         neighbours = slab_knn(self.bank.pooled[rows].float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes,
                               exclude=rows).indices
         fmap = self.bank.pyramid_of(rows)[position]

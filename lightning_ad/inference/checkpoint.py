@@ -19,7 +19,8 @@ from ..errors import CheckpointError
 
 __all__ = [
     "META_KEY", "FORMAT", "section", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
-    "contract_mismatch", "scoring_changes", "saved_settings", "fitted_scoring", "LEGACY_SCORING",
+    "contract_mismatch", "scoring_changes", "saved_settings", "fitted_scoring", "LEGACY_SCORING", "thresholds_in_use",
+    "write_grown", "radius_record", "file_sha256",
 ]
 
 #: Key of the lightning_ad section of a checkpoint.
@@ -30,19 +31,70 @@ FORMAT = 2
 
 def meta_section(model: Any, thresholds: Dict[str, Any], contract: Optional[Dict[str, Any]],
                  datamodule: Optional[Dict[str, Any]], scoring: Optional[Dict[str, Any]] = None,
-                 radius: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 radius: Optional[Dict[str, Any]] = None, changed: Optional[str] = None) -> Dict[str, Any]:
     """The lightning_ad section of a checkpoint of ``model`` (a SpadeModel). ``scoring``: the values of the
     :data:`SCORING_SETTINGS` its thresholds were made with (Lightning's ``load_from_checkpoint(**overrides)``
     rewrites the checkpoint's hyper-parameters before the module sees them; this copy it leaves alone).
     ``radius``: the search radius in use and, where ``auto`` decided it, the evidence
-    (:meth:`~lightning_ad.core.radius.RadiusChoice.as_dict`)."""
+    (:meth:`~lightning_ad.core.radius.RadiusChoice.as_dict`). ``changed``: when the bank last changed (ISO 8601)."""
     return {
         "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers),
         "aggregate_levels": list(model.aggregate_levels), "bank_size": model.bank_size,
         "image_size": list(model.image_size), "thresholds": dict(thresholds), "input": contract, "datamodule": datamodule,
         "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding,
         "search_radius": dict(radius or {"setting": model.search_radius_setting}), "scoring": dict(scoring or {}),
+        "bank_changed": changed,
     }
+
+
+def radius_record(model: Any) -> Dict[str, Any]:
+    """The checkpoint's ``search_radius`` record of ``model``: the setting, and where ``auto`` decided, the evidence."""
+    if model.search_radius_setting == "auto" and getattr(model, "radius_choice", None) is not None:
+        return model.radius_choice.as_dict()
+    return {"setting": model.search_radius_setting}
+
+
+def thresholds_in_use(model: Any, hyper_parameters: Dict[str, Any], meta: Dict[str, Any]) -> Any:
+    """The image and pixel thresholds a checkpoint's model decides with (raw; NaN: unknown): the model's
+    buffers, where set by hand or learned. Checkpoints that predate the record kept a hand-set threshold in
+    their hyper-parameters only: that one wins there, as it did."""
+    from ..core.thresholds import Thresholds
+
+    recorded = meta.get("thresholds") or {}
+    values = []
+    for level in ("image", "pixel"):
+        given = hyper_parameters.get(f"{level}_threshold")
+        values.append(float(given) if given is not None and level not in recorded else float(getattr(model, f"{level}_threshold")))
+    return Thresholds(*values)
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """The SHA-256 of a file's bytes, hex (read in 1 MiB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_grown(source: Path, target: Path, model: Any, thresholds: Dict[str, Any], changed: str) -> None:
+    """Write ``target``: the checkpoint ``source`` with the bank, thresholds and learned values of ``model`` (a grown
+    SpadeModel), atomically; ``source`` is read, never written. The section records ``grown_from`` (``source``) and
+    ``grown_from_sha256`` (its content), so that a reader can tell a grown file from a stale one."""
+    from ..files import atomic_write
+
+    checkpoint = read_checkpoint(source)
+    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.")}
+    state.update({f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()})
+    meta = dict(checkpoint[META_KEY])
+    meta.update(bank_size=model.bank_size, image_size=list(model.image_size), thresholds=dict(thresholds),
+                search_radius=radius_record(model), bank_changed=changed, grown_from=str(source),
+                grown_from_sha256=file_sha256(source))
+    checkpoint.update(state_dict=state)
+    checkpoint[META_KEY] = meta
+    atomic_write(target, lambda handle: torch.save(checkpoint, handle))
 
 
 def threshold_source(method: str, bank_images: int, train_images: Optional[int]) -> Dict[str, Any]:
@@ -113,11 +165,12 @@ def check_usable(meta: Dict[str, Any], fitting: bool) -> None:
 #: Model settings that change scores: a checkpoint's thresholds hold only for the values it was fitted with.
 #: (``image_threshold_samples`` sets the image threshold and, for ``combined``, the scales of its parts.)
 SCORING_SETTINGS = ("image_k", "gallery_k", "kappa", "sigma", "image_score", "image_score_q", "image_threshold_samples",
-                    "search_radius", "pixel_distance", "level_balance", "level_weights")
+                    "search_radius", "pixel_distance", "level_balance", "level_weights", "few_shot_below")
 #: Settings that older checkpoints do not name, with the value they were fitted with (``aggregate_levels`` is the
 #: bank's: checked by :func:`check_compatible`).
 LEGACY_SCORING = {"image_score": "dn2", "image_score_q": 0.01, "image_threshold_samples": None, "search_radius": None,
-                  "pixel_distance": "squared", "level_balance": "none", "level_weights": None, "aggregate_levels": []}
+                  "pixel_distance": "squared", "level_balance": "none", "level_weights": None, "aggregate_levels": [],
+                  "few_shot_below": 0}
 
 
 def saved_settings(hyper_parameters: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -170,5 +223,7 @@ def scoring_changes(saved: Dict[str, Any], current: Dict[str, Any], bank_size: O
         if name == "image_threshold_samples" and (current.get("image_score") == "dn2"
                                                   or image_rows(saved[name]) == image_rows(current[name])):
             continue
+        if name == "few_shot_below" and bank_size is not None and (bank_size < saved[name]) == (bank_size < current[name]):
+            continue  # the bank is few-shot under both, or under neither
         changes.append(f"{name} {saved[name]!r} -> {current[name]!r}")
     return changes

@@ -58,18 +58,23 @@ Maps at the original size (the rule)
     The rule is two fixed matrices per image size (:func:`map_resize_matrices`); the
     exported models (:mod:`lightning_ad.inference.export`) bake the same matrices in.
 
-Thresholds are raw feature distances: the checkpoint's user overrides
-(``image_threshold`` / ``pixel_threshold`` hyper-parameters) when set, else the learned
-ones; NaN when unknown (then ``decision`` and ``mask`` are None and ``normalized_score``
-is NaN).
+Thresholds are raw feature distances: those in use in the checkpoint (set by hand or learned,
+:func:`~lightning_ad.inference.checkpoint.thresholds_in_use`); NaN when unknown (then ``decision`` and
+``mask`` are None and ``normalized_score`` is NaN).
+
+Growing the bank: :meth:`Detector.add_normal` adds confirmed-good images and returns a new detector
+(this one is left as it is), with everything learned from the bank learned again, optionally written
+to a new checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -78,6 +83,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..core.calibration import CalibrationSettings
 from ..core.spade import SpadeModel
 from ..core.thresholds import decide, normalize_scores
 from ..data.io import array_to_rgb, decode_image_bytes, load_image, pil_to_rgb
@@ -330,10 +336,6 @@ def scoring_facts(model: SpadeModel, image_threshold: float, pixel_threshold: fl
     }
 
 
-def _threshold(override: Any, learned: Tensor) -> float:
-    return float(override) if override is not None else float(learned)
-
-
 class Detector:
     """Score images of any size with a fitted SPADE model, without a Trainer.
 
@@ -375,15 +377,65 @@ class Detector:
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "cpu", batch_size: int = 8) -> "Detector":
         """The detector of a checkpoint written by ``lightning-ad fit`` (see :func:`load_model` for its errors)."""
         model, hp, meta = load_model(path)
-        contract = saved_contract(meta)
-        return cls(
-            model, contract,
-            image_threshold=_threshold(hp.get("image_threshold"), model.image_threshold),
-            pixel_threshold=_threshold(hp.get("pixel_threshold"), model.pixel_threshold),
-            device=device, batch_size=batch_size,
-            meta={"checkpoint": str(path), "bank_size": int(meta.get("bank_size", model.bank_size)),
-                  "threshold_source": meta.get("thresholds") or {}},
-        )
+        thresholds = ckpt.thresholds_in_use(model, hp, meta)
+        detector = cls(model, saved_contract(meta), image_threshold=thresholds.image, pixel_threshold=thresholds.pixel,
+                       device=device, batch_size=batch_size,
+                       meta={"checkpoint": str(path), "bank_size": int(meta.get("bank_size", model.bank_size)),
+                             "threshold_source": meta.get("thresholds") or {}, "bank_changed": meta.get("bank_changed")})
+        detector._source = (Path(path), hp)
+        return detector
+
+    # ------------------------------------------------------------------ growing the bank
+
+    def add_normal(self, images: Union[ImageInput, Iterable[ImageInput]], save_to: Optional[Union[str, Path]] = None,
+                   say: Optional[Any] = None) -> "Detector":
+        """A new detector whose bank also holds ``images`` (confirmed good; any input :meth:`__call__` takes), with
+        its thresholds, scales and ``search_radius: auto`` learned again as a fit on all the images would. This
+        detector is left as it is (requests in flight finish on it). An image already in the bank (same content)
+        is skipped and named. ``save_to``: write the new checkpoint there, atomically (a new file; the checkpoint
+        this detector came from is never changed). ``say``: where the report lines go (default: print)."""
+        say = print if say is None else say
+        prepared = self.prepare(images)
+        if not prepared:
+            raise DataError("add_normal: no image given.")
+        source = getattr(self, "_source", None)
+        if save_to is not None and source is None:
+            raise ConfigurationError("add_normal(save_to=...) needs a detector built with Detector.from_checkpoint: "
+                                     "the new checkpoint is made from that one.")
+        hp = source[1] if source is not None else {}
+        if save_to is not None and Path(save_to).resolve() == source[0].resolve():
+            raise ConfigurationError(f"add_normal: save_to={str(save_to)!r} is the checkpoint this detector came from; "
+                                     "name a new file (the old checkpoint is kept as it was).")
+        model = copy.deepcopy(self.model)
+        if model.bank.streams and save_to is not None:  # new rows go to files of their own beside the new checkpoint
+            model.bank.directory = str(Path(save_to).parent)
+        batch = torch.stack([self.preprocess.image(rgb) for rgb, _ in prepared])
+        names = [path or f"image {i}" for i, (_, path) in enumerate(prepared)]
+        settings = CalibrationSettings.from_hparams(hp, learn=True)
+        kept = (float(model.image_threshold), float(model.pixel_threshold))
+        if hp.get("threshold_method") == "f1":  # F1 thresholds came from a validation set: kept as they are
+            settings = settings._replace(image_threshold=settings.image_threshold if settings.image_threshold is not None
+                                         else kept[0], pixel_threshold=settings.pixel_threshold
+                                         if settings.pixel_threshold is not None else kept[1])
+        before = model.bank_size
+        with torch.inference_mode():
+            skipped = model.add_images(batch.to(self.device), batch_size=self.batch_size, settings=settings, say=say)
+        for position, earlier in skipped:
+            say(f"skipped {names[position]}: its content is already in the "
+                + ("bank." if earlier < 0 else f"images given ({names[earlier]})."))
+        changed = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        meta = {**self._meta, "bank_size": model.bank_size, "bank_changed": changed if model.bank_size > before else
+                self._meta.get("bank_changed"), "threshold_source": {**self._meta.get("threshold_source", {}),
+                                                                     **(model.calibration or {})}}
+        grown = Detector(model, self.contract, float(model.image_threshold), float(model.pixel_threshold),
+                         device=self.device, batch_size=self.batch_size, meta=meta)
+        if save_to is not None:
+            grown._source = (Path(save_to), hp)
+            grown._meta["checkpoint"] = str(save_to)
+            ckpt.write_grown(source[0], Path(save_to), model, meta["threshold_source"], changed)
+        elif source is not None:
+            grown._source = source
+        return grown
 
     # ------------------------------------------------------------------ facts
 
@@ -396,7 +448,7 @@ class Detector:
             **scoring_facts(self.model, self.image_threshold, self.pixel_threshold),
             "scores": "raw feature distances; normalized = score / (2 t) below the image threshold t, "
                       "1 - t / (2 score) above (0.5 at t)",
-            **{k: v for k, v in self._meta.items() if k in ("threshold_source",)},
+            **{k: v for k, v in self._meta.items() if k in ("threshold_source", "bank_changed")},
         }
 
     # ------------------------------------------------------------------ scoring

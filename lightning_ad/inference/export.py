@@ -85,6 +85,7 @@ from ..core.windowed import gallery_search
 from ..data.transforms import as_hw
 from ..errors import ConfigurationError
 from ..files import atomic_path, plain_mode
+from .checkpoint import thresholds_in_use
 from .detector import load_model, saved_contract, scoring_facts
 from .geometry import PhotoPreprocess, restore_map
 
@@ -140,8 +141,8 @@ class ExportableSpade(nn.Module):
         # 3. bank and kNN settings
         bank = model.bank
         self.register_buffer("bank_pooled", bank.pooled.float().contiguous())
-        self.image_k, self.gallery_k, self.kappa = model.image_k, model.gallery_k, model.kappa
-        self.k_images = max(model.image_k, model.gallery_k)
+        (self.image_k, self.gallery_k), self.kappa = model.ks_in_use(), model.kappa  # a few-shot bank: all its images
+        self.k_images = max(self.image_k, self.gallery_k)
         self.level_shapes: List[Tuple[int, int, int]] = []
         for position, level in enumerate(bank.levels_hwc()):
             rows = level.float()  # [N, H_l, W_l, C_l]
@@ -149,8 +150,6 @@ class ExportableSpade(nn.Module):
             self.register_buffer(f"level{position}", rows.reshape(n, h_l * w_l, c_l).contiguous())
             self.level_shapes.append((int(h_l), int(w_l), int(c_l)))
         self.level_cells, self.chunk_bytes = model.level_cells, model.chunk_bytes
-        if max(model.image_k, model.gallery_k) > model.bank_size:
-            raise ConfigurationError(f"image_k/gallery_k exceed the {model.bank_size} training images of the bank")
         self.pixel_distance = model.pixel_distance
         # 4. the mean of the levels, smoothing, thresholds
         self.level_factors = model.level_factors()
@@ -268,8 +267,7 @@ def build_exportable(ckpt_path: Union[str, Path], input_size: Optional[Sequence[
     size = as_hw(list(input_size), "input_size") if input_size is not None else None
     model, hp, meta = load_model(ckpt_path)
     contract = saved_contract(meta)
-    image_t = float(hp["image_threshold"]) if hp.get("image_threshold") is not None else float(model.image_threshold)
-    pixel_t = float(hp["pixel_threshold"]) if hp.get("pixel_threshold") is not None else float(model.pixel_threshold)
+    image_t, pixel_t = thresholds_in_use(model, hp, meta)
     module = ExportableSpade(model, contract, size, image_t, pixel_t).eval()
     return module, export_metadata(model, contract, size, image_t, pixel_t, fmt="")
 

@@ -15,7 +15,7 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..data.datamodule import AnomalyDataModule
-from ..errors import LightningADError
+from ..errors import CheckpointError, LightningADError
 from ..inference.checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
 from .console import quiet_lightning
 from .module import Spade
@@ -103,6 +103,24 @@ class SpadeCLI(LightningCLI):
             trainer = self.config[self.subcommand]["trainer"]
             if trainer.get("logger") in (None, True):
                 trainer["logger"] = False
+
+    def fit(self, model: Spade, **kwargs) -> None:
+        """``trainer.fit``; with ``--ckpt_path`` of a fitted checkpoint, its bank grows by the datamodule's training
+        images (those already in it skipped) and everything learned from the bank is learned again: the new
+        checkpoint goes to this run's folder, and the given one is left as it was. (A SPADE fit has no loop state
+        to resume: the checkpoint is read as a bank, not resumed.)"""
+        ckpt_path = kwargs.pop("ckpt_path", None)
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            checkpoint = read_checkpoint(ckpt_path)
+            if not checkpoint[META_KEY].get("bank_size"):
+                raise CheckpointError(f"checkpoint {str(ckpt_path)!r} holds no complete bank to add images to: fit "
+                                      "without --ckpt_path.")
+            model.on_load_checkpoint(checkpoint)
+            model.load_state_dict(checkpoint["state_dict"])
+            rank_zero_info(f"fit from checkpoint {Path(ckpt_path).name}: its bank of {model.model.bank_size} images "
+                           "grows by the training images; the checkpoint itself is not changed.")
+            ckpt_path = None
+        self.trainer.fit(model, ckpt_path=ckpt_path, **kwargs)
 
     def validate(self, **kwargs) -> None:
         """``trainer.validate``, loading checkpoints with ``weights_only=True`` unless told otherwise."""

@@ -1,4 +1,4 @@
-"""Fit across processes: collecting the training features into the bank, and the rows each process scores leave-one-out."""
+"""Fit across processes: collecting the training features into the bank."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 from torch import Tensor
 
 from ..bank import finish_stream
+from ..bank.content import repeated_content
 from ..core.spade import Features
-from ..distributed import first_occurrences, gather_objects, gather_rows, rank_and_world
+from ..distributed import first_occurrences, gather_objects, gather_rows
 from ..errors import ConfigurationError
 
-__all__ = ["gather_features", "BankCollector", "scoring_rows"]
+__all__ = ["gather_features", "BankCollector"]
 
 
 def gather_features(
@@ -53,44 +54,48 @@ def gather_features(
 class BankCollector:
     """One process's training features during fit, made into ``model``'s bank by :meth:`finish` (collective).
 
-    An in-memory replicated bank keeps the batches and gathers them (:func:`gather_features`);
-    a disk or sharded bank streams them to files (:func:`finish_stream`) in a new folder
-    ``bank-<id>`` of ``folder`` (default: the trainer's log folder), so that no fit overwrites
-    the files of an earlier checkpoint.
+    Rows are identified by content (:func:`~lightning_ad.bank.content.content_ids`): the bank is ordered by it, the
+    sampler's padding repeats collapse into one row, and an image whose content is already there (in the batches,
+    or in the bank being ``extend``-ed) is skipped and named by :meth:`finish`. An in-memory bank keeps the batches
+    and gathers them (:func:`gather_features`); a disk or sharded bank streams them to files
+    (:func:`finish_stream`) in a new folder ``bank-<id>`` of ``folder`` (default: the trainer's log folder), so that
+    no fit overwrites the files of an earlier checkpoint.
     """
 
-    def __init__(self, model: Any, folder: Optional[str], trainer: Any = None) -> None:
-        self.model, self.writer = model, None
+    def __init__(self, model: Any, folder: Optional[str], trainer: Any = None, extend: bool = False) -> None:
+        self.model, self.writer, self.extend = model, None, extend and model.is_fitted
         if trainer is not None:  # a collective (log_dir): every process gets rank 0's folder
             folder = folder or trainer.log_dir or trainer.default_root_dir
-        if model.bank.streams:
+        if model.bank.streams and (not self.extend or model.bank.external):
             name = "bank-" + uuid.uuid4().hex[:8]
             name = trainer.strategy.broadcast(name) if trainer is not None else name
             rank = trainer.global_rank if trainer is not None else 0
             self.writer = model.bank.writer(os.path.join(folder or model.bank.directory or ".", name), rank)
         self.parts: List[Any] = []
+        self.names: List[Tuple[int, str]] = []
 
-    def append(self, index: Tensor, features: Any, image_size: Tuple[int, int]) -> None:
+    def append(self, ids: Tensor, features: Any, image_size: Tuple[int, int], names: Sequence[str]) -> None:
+        """One batch: content ids ``[B]``, its :class:`Features`, the input size, and a name per image (for messages)."""
+        self.names.extend(zip(ids.tolist(), names))
         if self.writer is not None:
-            self.writer.append(index, features.pooled, features.pyramid, image_size)
+            self.writer.append(ids, features.pooled, features.pyramid, image_size)
         else:
-            self.parts.append((index, features.pooled, features.pyramid, image_size))
+            self.parts.append((ids, features.pooled, features.pyramid, image_size))
 
-    def finish(self) -> None:
+    def finish(self) -> List[Tuple[str, str]]:
+        """Complete the bank (collective); ``[(skipped image, image or "the bank" with the same content)]``."""
+        known = self.model.bank.index.tolist() if self.extend else []
+        named = [pair for part in gather_objects(self.names) for pair in part]
+        skipped = repeated_content([i for i, _ in named], [n for _, n in named], known)
         if self.writer is not None:
-            self.model.reset_bank()
-            finish_stream(self.writer, self.model.bank)
+            if not self.extend:
+                self.model.reset_bank()
+            finish_stream(self.writer, self.model.bank, extend=self.extend)
         else:
             index, features, image_size = gather_features(self.parts, self.model.bank.index.device)
-            self.model.set_bank(features, image_size, index)
-        self.parts, self.writer = [], None
-
-
-
-def scoring_rows(model: Any, rank: int) -> Tensor:
-    """The training-image rows this process scores leave-one-out: every P-th row, or, with a sharded
-    bank, the rows it holds (only their pyramids are here)."""
-    _, processes = rank_and_world()
-    if model.bank.sharding == "sharded" and processes > 1:
-        return model.bank.held().cpu().nonzero().flatten()
-    return torch.arange(model.bank_size)[rank::processes]
+            if not self.extend:
+                self.model.set_bank(features, image_size, index)
+            elif (new := ~torch.isin(index, self.model.bank.index)).any():
+                self.model.bank.add(index[new], features.pooled[new], [level[new] for level in features.pyramid], image_size)
+        self.parts, self.writer, self.names = [], None, []
+        return skipped

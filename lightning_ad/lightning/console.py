@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Tuple
 
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities.model_summary import ModelSummary as _Summary
 from torch import nn
 
 __all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "UntrainedModelSummary", "bank_summary", "partial_bank_warning",
-           "leave_one_out_plan", "leave_one_out_summary", "progress_bar"]
+           "progress_bar", "repeated_note"]
 
 #: Lightning and torch warnings that are expected with a frozen, training-free model.
 EXPECTED_WARNINGS = (
@@ -118,30 +118,11 @@ def partial_bank_warning(bank_images: int, train_images: int) -> str:
             "those trainer settings for a complete one.")
 
 
-def leave_one_out_plan(image_score: str, mapped: int, samples: int, count: int, image_samples: Optional[int] = None) -> str:
-    """The line before fit scores the training images leave-one-out: how many maps it computes, and why
-    (``image_samples``: images whose scores set the image threshold; None: all ``count``)."""
-    image_samples = count if image_samples is None else image_samples
-    if image_score != "dn2" and image_samples < count:
-        why = (f"image_score {image_score!r} reads their maps: image thresholds from {image_samples} of {count} "
-               f"training images (image_threshold_samples); {samples} set the pixel threshold")
-    elif image_score == "dn2" or mapped <= samples:
-        why = "for the pixel threshold (threshold_samples)"
-    else:
-        why = f"image_score {image_score!r} reads every image's map; {samples} of them set the pixel threshold"
-    return f"leave-one-out scores of {count} training images: maps of {mapped} ({why})"
-
-
-def leave_one_out_summary(thresholds: Any, image_quantile: Optional[float], pixel_quantile: float, count: int,
-                          samples: int, mapped: int, seconds: float, partial: bool, scales: str) -> str:
-    """The status line after leave-one-out scoring set the thresholds (``image_quantile`` None: only scales;
-    ``count``: images whose scores set the image threshold)."""
-    where = f"leave-one-out scores of normal images ({mapped} maps{', ' + scales if scales else ''})"
-    if image_quantile is None:
-        return f"{where} in {seconds:.2f} s"
-    return (f"thresholds from {where}: image {thresholds.image:.6g} (quantile {image_quantile} of {count}), pixel "
-            f"{thresholds.pixel:.6g} (quantile {pixel_quantile} of {samples} images' pixels)"
-            f"{' [partial bank]' if partial else ''}, in {seconds:.2f} s")
+def repeated_note(skipped: List[Tuple[str, str]], shown: int = 5) -> str:
+    """The line naming training images skipped because their content is already in the bank (``(skipped, kept)``)."""
+    listed = "; ".join(f"{a} (same content as {b})" for a, b in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"skipped {len(skipped)} training image(s) already in the bank: {listed}{more}."
 
 
 @contextmanager

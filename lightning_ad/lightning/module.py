@@ -25,7 +25,9 @@ serve users who accumulate their own streams).
 
 from __future__ import annotations
 
+import math
 import time
+from datetime import datetime, timezone
 from dataclasses import replace
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
@@ -38,15 +40,16 @@ from torch import Tensor, nn
 
 from ..core import checks
 from ..core.knn import DEFAULT_CHUNK_BYTES
+from ..bank.content import content_ids
+from ..core.calibration import FEW_SHOT_IMAGES, CalibrationSettings, calibrate
 from ..core.radius import AUTO
 from ..core.spade import SpadeModel
-from ..core.thresholds import calibration_overlap, f1_thresholds
-from ..distributed import world_size
+from ..core.thresholds import Thresholds, calibration_overlap, f1_thresholds
+from ..distributed import first_occurrences, gather_rows, world_size
 from ..errors import ConfigurationError
 from ..inference import checkpoint as ckpt
-from .calibration import decide_search_radius, learn_from_leave_one_out
 from .collect import BankCollector
-from .console import UntrainedModelSummary, bank_summary, partial_bank_warning
+from .console import UntrainedModelSummary, bank_summary, partial_bank_warning, progress_bar, repeated_note
 from .evaluation import Evaluation, evaluate
 from .results import ImageResults, as_batch_dict
 
@@ -102,6 +105,8 @@ class Spade(pl.LightningModule):
         image_threshold: fixed image threshold (raw score), overriding the learned one.
         pixel_threshold: fixed pixel threshold (raw score), overriding the learned one.
         pro_max_fpr: upper false-positive rate of the PRO integral.
+        few_shot_below: a bank of fewer training images learns its thresholds from their leave-one-out scores and
+            the scores of small turns of them (docs: thresholds), and keeps the images for when it grows (0: never).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class Spade(pl.LightningModule):
         image_threshold: Optional[float] = None,
         pixel_threshold: Optional[float] = None,
         pro_max_fpr: float = 0.3,
+        few_shot_below: int = FEW_SHOT_IMAGES,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -143,6 +149,7 @@ class Spade(pl.LightningModule):
                                 bank_device=bank_device, bank_dir=bank_dir)
         checks.threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
                                   image_threshold, pixel_threshold, pro_max_fpr, image_threshold_samples)
+        checks.non_negative_int("few_shot_below", few_shot_below)
         self.automatic_optimization = False
         self.step_anchor = nn.Parameter(torch.zeros(1))
         # Saved in the checkpoint: where the thresholds come from (method, partial bank, F1 images), how fit
@@ -151,7 +158,9 @@ class Spade(pl.LightningModule):
         self.input_contract: Optional[Dict[str, Any]] = None
         self.datamodule_config: Optional[Dict[str, Any]] = None
         self.radius_record: Optional[Dict[str, Any]] = None  # what search_radius was at fit, and its evidence
+        self.bank_changed: Optional[str] = None  # when the bank last changed (ISO 8601, UTC)
         self._stale_thresholds: List[str] = []
+        self._collector: Optional[BankCollector] = None  # during fit, until the bank is complete
         self._parts: List[Any] = []
         self._fallback_index, self._train_count, self._fit_started = 0, None, 0.0
         self.fit_images_per_second: Optional[float] = None  # of the last fit, over all processes
@@ -161,13 +170,13 @@ class Spade(pl.LightningModule):
 
     @property
     def image_threshold(self) -> float:
-        """Image threshold in use: the user's, else the learned one (NaN when unknown)."""
-        return float(self.model.image_threshold if self.hparams.image_threshold is None else self.hparams.image_threshold)
+        """Image threshold in use (the model's: set by hand or learned; NaN when unknown)."""
+        return float(self.model.image_threshold)
 
     @property
     def pixel_threshold(self) -> float:
-        """Pixel threshold in use: the user's, else the learned one (NaN when unknown)."""
-        return float(self.model.pixel_threshold if self.hparams.pixel_threshold is None else self.hparams.pixel_threshold)
+        """Pixel threshold in use (the model's: set by hand or learned; NaN when unknown)."""
+        return float(self.model.pixel_threshold)
 
     def _batch(self, batch: Any) -> Dict[str, Any]:
         """The batch as a dict; without ``index``, ids unique per process (see :func:`as_batch_dict`)."""
@@ -195,76 +204,91 @@ class Spade(pl.LightningModule):
         checks.single_pass_trainer(self.trainer)
 
     def on_train_start(self) -> None:
-        self.input_contract = ckpt.input_contract(self.trainer.datamodule)
+        contract, fitted = ckpt.input_contract(self.trainer.datamodule), self.input_contract
+        if self.model.is_fitted and (problem := ckpt.contract_mismatch(fitted, contract)):
+            raise ConfigurationError(f"the new good images cannot join this bank: {problem}")
+        self.input_contract = contract if contract is not None else fitted
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         self._train_count = len(dataset) if hasattr(dataset, "__len__") else None
-        if self._train_count is not None:
-            hp = self.hparams
-            loo = (hp.threshold_method == "quantile" and hp.image_threshold is None) or self.model.learns_at_fit
-            checks.ks_fit_training_set(hp.image_k, hp.gallery_k, self._train_count, leave_one_out=loo)
 
     def on_train_epoch_start(self) -> None:
-        if self.model.is_fitted:
-            rank_zero_warn(f"this model already holds a bank of {self.model.bank_size} images: fit replaces it (it does not add).")
-            self.model.reset_bank()
-        self._collector = BankCollector(self.model, self.hparams.bank_dir, self.trainer)
+        extend = self.model.is_fitted
+        if extend:
+            rank_zero_info(f"adding the training images to the bank of {self.model.bank_size} images (images already "
+                           "in it are skipped); everything learned from the bank is learned again.")
+        self._collector = BankCollector(self.model, self.hparams.bank_dir, self.trainer, extend=extend)
+        known = self.model.bank_size if extend else 0
+        self._few_shot = self._train_count is None or self._train_count + known < self.hparams.few_shot_below
+        self._kept_images: List[Any] = []
         self._parts, self._fallback_index, self._fit_started = [], 0, time.perf_counter()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         data = self._batch(batch)
+        ids = content_ids(data["image"])
         features = self.model.extract(data["image"])
-        self._collector.append(data["index"], features, tuple(data["image"].shape[-2:]))
+        names = data.get("relpath") or data.get("path") or [f"training image {int(i)}" for i in data["index"]]
+        self._collector.append(ids, features, tuple(data["image"].shape[-2:]), list(names))
+        if self._few_shot:  # a few-shot bank keeps its images: its thresholds come from their views too
+            self._kept_images.append((ids, data["image"].detach().float().cpu()))
         self.step_anchor.grad = torch.zeros_like(self.step_anchor)
         self.optimizers().step()  # lr 0, zero gradient: advances global_step only
 
     def on_validation_epoch_start(self) -> None:
         # Lightning validates at the end of the last training batch, before on_train_epoch_end.
-        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking and not self.model.is_fitted:
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking and self._collector is not None:
             self._finalize_bank()
         self._parts = []
 
     def on_train_epoch_end(self) -> None:
-        if self.trainer.state.fn == TrainerFn.FITTING and not self.model.is_fitted:
+        if self.trainer.state.fn == TrainerFn.FITTING and self._collector is not None:
             self._finalize_bank()
         if not self.trainer.should_stop and self.trainer.max_epochs != 1:
             rank_zero_info("SPADE's bank is complete after one pass: stopping fit after this epoch.")
         self.trainer.should_stop = True
 
     def _finalize_bank(self) -> None:
-        self._collector.finish()
+        known = self.model.bank.index.clone() if self._collector.extend else None
+        skipped, self._collector = self._collector.finish(), None
+        if skipped:
+            rank_zero_info(repeated_note(skipped))
+        self._keep_few_shot_images(known)
         seconds = time.perf_counter() - self._fit_started
         self.fit_images_per_second = self.model.bank_size / max(seconds, 1e-9)
         rank_zero_info(bank_summary(self.model, seconds, world_size()))
         self.threshold_source = ckpt.threshold_source(self.hparams.threshold_method, self.model.bank_size, self._train_count)
         if self.threshold_source["partial_bank"]:
             rank_zero_warn(partial_bank_warning(self.model.bank_size, self._train_count))
-        self._decide_search_radius()
-        if self.hparams.threshold_method == "quantile" or self.model.learns_at_fit:
-            self._fit_leave_one_out()
+        self.model.forget_learned()
+        self._calibrate(CalibrationSettings.from_hparams(self.hparams), decide_radius=True)
+        self.bank_changed = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-    def _decide_search_radius(self) -> None:
-        """``search_radius: auto`` without a decision (a fresh bank, or a checkpoint fitted with another setting):
-        decide it from the training images in the bank, print it with its evidence, and record it."""
-        if self.model.search_radius_setting == AUTO and not self.model.radius_decided:
-            choice = decide_search_radius(self.model, self.global_rank)
-            rank_zero_info(choice.describe())
-            self.radius_record = choice.as_dict()
-        elif self.model.search_radius_setting != AUTO:
-            self.radius_record = {"setting": self.model.search_radius_setting}
+    def _keep_few_shot_images(self, known: Optional[Tensor]) -> None:
+        """Gather the images kept by a few-shot fit (one per content id) and keep those new to the bank in the model."""
+        parts, self._kept_images = self._kept_images, []
+        if not self._few_shot:
+            return self.model.keep_few_shot_images(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, 1, 1), self.hparams.few_shot_below)
+        ids = gather_rows(torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long))
+        images = gather_rows(torch.cat([x for _, x in parts]) if parts else torch.zeros(0, 3, *self.model.image_size))
+        keep = first_occurrences(ids)
+        ids, images = ids[keep], images[keep]
+        if known is not None:
+            new = ~torch.isin(ids, known.cpu())
+            ids, images = ids[new], images[new]
+        self.model.keep_few_shot_images(ids, images, self.hparams.few_shot_below)
 
-    def _fit_leave_one_out(self, quantile: bool = False) -> None:
-        """Level scales, combined-score scales and (method quantile, or ``quantile``) thresholds from leave-one-out
-        scores."""
-        if max(self.model.image_k, self.model.gallery_k) > self.model.bank_size - 1:
-            return rank_zero_warn("too few training images for leave-one-out thresholds: thresholds stay unset.")
+    def _calibrate(self, settings: CalibrationSettings, decide_radius: bool) -> None:
+        """What fit learns from the bank (:func:`~lightning_ad.core.calibration.calibrate`), recorded for the checkpoint."""
         bar = self.global_rank == 0 and self._trainer is not None and self.trainer.progress_bar_callback is not None
-        quantile = quantile or self.hparams.threshold_method == "quantile"
-        learn_from_leave_one_out(self.model, self.hparams, self.global_rank, bar, bool(self.threshold_source.get("partial_bank")), quantile)
+        record = calibrate(self.model, settings, say=rank_zero_info, decide_radius=decide_radius,
+                           progress=(lambda total, what: progress_bar(total, what, bar)))
+        self.threshold_source = {**self.threshold_source, **record}
+        if self.model.search_radius_setting != AUTO or self.model.radius_choice is not None:
+            self.radius_record = ckpt.radius_record(self.model)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         scoring = {name: self.hparams[name] for name in ckpt.SCORING_SETTINGS}
         checkpoint[ckpt.META_KEY] = ckpt.meta_section(self.model, self.threshold_source, self.input_contract,
-                                                      self.datamodule_config, scoring, self.radius_record)
+                                                      self.datamodule_config, scoring, self.radius_record, self.bank_changed)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         meta = ckpt.section(checkpoint)
@@ -272,8 +296,7 @@ class Spade(pl.LightningModule):
         ckpt.check_usable(meta, fitting=self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING)
         self.threshold_source = dict(meta.get("thresholds") or {})
         self.input_contract, self.datamodule_config = meta.get("input"), meta.get("datamodule")
-        self.radius_record = meta.get("search_radius")
-        checks.ks_fit_training_set(self.hparams.image_k, self.hparams.gallery_k, int(meta["bank_size"]), False, "in the checkpoint's bank")
+        self.radius_record, self.bank_changed = meta.get("search_radius"), meta.get("bank_changed")
         self._stale_thresholds = ckpt.scoring_changes(ckpt.fitted_scoring(checkpoint), dict(self.hparams), int(meta["bank_size"]))
 
     def _check_serving(self) -> None:
@@ -282,12 +305,24 @@ class Spade(pl.LightningModule):
         if problem := ckpt.contract_mismatch(self.input_contract, ckpt.input_contract(self.trainer.datamodule)):
             raise ConfigurationError(problem)
         if self._stale_thresholds:
-            rank_zero_warn(f"scoring settings differ from fit time ({', '.join(self._stale_thresholds)}): thresholds "
-                           "recomputed from the bank (leave-one-out), as fit does.")
+            rank_zero_info(f"scoring settings differ from fit time ({', '.join(self._stale_thresholds)}): thresholds "
+                           "learned again from the bank, as fit does.")
             self.threshold_source = {**self.threshold_source, "method": "quantile", "recomputed": self._stale_thresholds}
             self._stale_thresholds = []
-            self._decide_search_radius()
-            self._fit_leave_one_out(quantile=True)
+            self._calibrate(CalibrationSettings.from_hparams(self.hparams, learn=True), decide_radius=False)
+        self._apply_hand_thresholds()
+
+    def _apply_hand_thresholds(self) -> None:
+        """``image_threshold`` / ``pixel_threshold`` given now: they become the thresholds in use, with a line
+        naming the checkpoint's value they replace."""
+        for level in ("image", "pixel"):
+            given, buffer = self.hparams[f"{level}_threshold"], getattr(self.model, f"{level}_threshold")
+            if given is None or float(given) == float(buffer):
+                continue
+            rank_zero_info(f"{level} threshold {float(given):.6g}, set by hand (the checkpoint's: {float(buffer):.6g}, "
+                           f"{(self.threshold_source.get(level) or {}).get('source', 'learned')}).")
+            buffer.fill_(float(given))
+            self.threshold_source = {**self.threshold_source, level: {"source": "set by hand", "value": float(given)}}
 
     def _score(self, batch: Any) -> ImageResults:
         data = self._batch(batch)
@@ -322,9 +357,13 @@ class Spade(pl.LightningModule):
         results = self.val_results = self._gathered()
         if self.hparams.threshold_method == "f1":
             learned, notes = f1_thresholds(results.score, results.label, results.anomaly_map, results.mask, results.has_mask)
-            self.model.set_thresholds(learned)
+            hand = {level: self.hparams[f"{level}_threshold"] is not None for level in ("image", "pixel")}
+            self.model.set_thresholds(Thresholds(math.nan if hand["image"] else learned.image,
+                                                 math.nan if hand["pixel"] else learned.pixel))
             rank_zero_info("\n".join(notes))
-            self.threshold_source = {**self.threshold_source, "method": "f1", "calibration_paths": list(results.path)}
+            rule = {"source": "learned", "rule": f"F1-optimal on {len(results.path)} validation images"}
+            self.threshold_source = {**self.threshold_source, "method": "f1", "calibration_paths": list(results.path),
+                                     **{level: rule for level in ("image", "pixel") if not hand[level]}}
             results = replace(results, image_threshold=self.image_threshold, pixel_threshold=self.pixel_threshold)
         self._log_evaluation("val", results)
 

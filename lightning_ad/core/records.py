@@ -1,0 +1,19 @@
+"""Records passed between scoring and calibration (kept apart from both, so that neither imports the other)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+__all__ = ["LeaveOneOut"]
+
+
+class LeaveOneOut(NamedTuple):
+    """Leave-one-out scores of bank rows: ``rows`` ``[R]``, ``dn2`` ``[R]``, ``map_part`` ``[R]`` (the map
+    statistic of the image score; None for ``dn2``), ``maps`` ``[M, H, W]`` of the rows asked to be kept."""
+
+    rows: Tensor
+    dn2: Tensor
+    map_part: Optional[Tensor]
+    maps: Tensor
