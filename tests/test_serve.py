@@ -20,7 +20,7 @@ import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -80,14 +80,16 @@ def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
 class ServerProcess:
     """``python -m lightning_ad.serve`` in its own session, working folder and TMPDIR."""
 
-    def __init__(self, ckpt: Path, workdir: Path, *extra: str, startup_s: float = 150.0) -> None:
+    def __init__(self, ckpt: Path, workdir: Path, *extra: str, startup_s: float = 150.0,
+                 env: Optional[Dict[str, str]] = None) -> None:
         self.workdir = workdir
         self.tmpdir = workdir / "tmp"
         self.tmpdir.mkdir(parents=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "server.log"
-        env = dict(os.environ, TMPDIR=str(self.tmpdir), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ if env is None else env, TMPDIR=str(self.tmpdir),
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         cmd = [sys.executable, "-m", "lightning_ad.serve", "--ckpt_path", str(ckpt), "--port", str(self.port), *extra]
         self.run_dir = workdir / "cwd"
         self.run_dir.mkdir()
@@ -148,6 +150,7 @@ def assert_same(answer: Dict, det, name: str) -> None:
     assert answer["normalized_score"] == pytest.approx(det.normalized_score, rel=1e-5)
     assert answer["thresholds"] == {"image": pytest.approx(det.image_threshold), "pixel": pytest.approx(det.pixel_threshold)}
     assert (answer["image_size"]["height"], answer["image_size"]["width"]) == det.size
+    assert isinstance(answer["bank_size"], int) and answer["bank_size"] > 0
     assert [(b["x"], b["y"], b["width"], b["height"], b["area"]) for b in answer["boxes"]] == [
         (b["x"], b["y"], b["width"], b["height"], b["area"]) for b in regions(det.mask, det.anomaly_map)]
 
@@ -162,7 +165,12 @@ def test_health_info_and_page(served, detector):
         status, info = client.request("GET", "/info")
         assert status == 200
         server = info.pop("server")
-        assert info == json.loads(json.dumps(detector.info))
+        assert info.pop("adding") == {"enabled": False, "endpoint": "POST /normal", "updates": 0,
+                                      "grown_ckpt": served["ckpt"].stem + ".grown.ckpt"}
+        assert info.pop("checkpoint") == served["ckpt"].name
+        expected = json.loads(json.dumps(detector.info))
+        expected.setdefault("bank_changed", detector._meta.get("bank_changed"))
+        assert info == expected and info["bank_size"] == detector.model.bank_size
         assert server["max_batch_size"] == 4 and server["max_bytes"] == MAX_BYTES and server["max_megapixels"] == MAX_MEGAPIXELS
         status, page = client.request("GET", "/")
         assert status == 200 and "<title>lightning_ad" in page
@@ -378,6 +386,23 @@ def test_bad_requests_in_a_batch_do_not_fail_the_good_ones(served, expected):
     health_ok(served["url"])
 
 
+def test_adding_images_is_off_without_a_token(served, detector):
+    """A server started without --normal_token or LIGHTNING_AD_NORMAL_TOKEN refuses POST /normal with 403, whatever
+    the token sent, and writes nothing."""
+    folder = served["ckpt"].parent
+    before = sorted(p.name for p in folder.iterdir())
+    data = served["images"][0].read_bytes()
+    with Client(served["url"]) as client:
+        for token in (None, "anything-at-all-0123456789"):
+            status, answer = client.add_normal([("x.png", data)], token=token)
+            assert status == 403 and answer["error"] == "adding_off", answer
+            assert "start the server with --normal_token or LIGHTNING_AD_NORMAL_TOKEN" in answer["detail"]
+        status, info = client.request("GET", "/info")
+        assert info["bank_size"] == detector.model.bank_size and info["adding"]["enabled"] is False
+    assert sorted(p.name for p in folder.iterdir()) == before
+    health_ok(served["url"])
+
+
 def test_serve_command_line_errors(tmp_path):
     """Bad options and a missing checkpoint end with status 2 and a message, before any process starts."""
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -390,5 +415,7 @@ def test_serve_command_line_errors(tmp_path):
     assert port.returncode == 2 and "--port 80" in port.stderr
     limit = run("--ckpt_path", "x.ckpt", "--max_megapixels", "0")
     assert limit.returncode == 2 and "max_megapixels" in limit.stderr
+    short = run("--ckpt_path", "x.ckpt", "--normal_token", "short")
+    assert short.returncode == 2 and "--normal_token" in short.stderr and "16 or more" in short.stderr
     assert list(tmp_path.iterdir()) == []
 

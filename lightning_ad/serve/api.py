@@ -10,6 +10,11 @@ LitServe fails a whole batch when ``decode_request``, ``predict`` or ``encode_re
 raises, so none of them raises for one bad request: a refused image travels through the
 batch as a :class:`Refused` and is answered with its own 4xx, while the good images of the
 same batch are scored.
+
+When the server can add images (:mod:`~lightning_ad.serve.growth`), each worker follows the bank
+version in a thread of its own: it loads the grown checkpoint off to the side and swaps its
+detector in one assignment. ``predict`` takes the detector once per batch, so a batch in flight
+finishes on the bank it started with; each answer names the size of the bank that scored it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
+from .growth import FOLLOW_INTERVAL_S
 from .payload import Limits, RequestError, check_filename, decode_image, finite_or_none, inspected_box, png_base64, regions, truthy
 
 try:  # the [serve] extra
@@ -59,13 +67,15 @@ class Refused:
         return {"error": self.code, "detail": self.detail, "status": self.status}
 
 
-def result_dict(detection: Any, filename: Optional[str] = None, overlay: Optional[np.ndarray] = None) -> Dict[str, Any]:
+def result_dict(detection: Any, filename: Optional[str] = None, overlay: Optional[np.ndarray] = None,
+                bank_size: Optional[int] = None) -> Dict[str, Any]:
     """The JSON answer of one :class:`~lightning_ad.inference.detector.Detection`.
 
     ``score`` / ``normalized_score`` / ``decision`` / thresholds are the detection's own
     values; ``boxes`` are the 8-connected regions of its mask (:func:`~lightning_ad.serve.payload.regions`)
     in the image's pixels; ``inspected`` is the part of the image the model saw (the
-    checkpoint's centre crop mapped back); ``overlay_png`` (base64 PNG) only when given.
+    checkpoint's centre crop mapped back); ``bank_size``: the images in the bank that scored it;
+    ``overlay_png`` (base64 PNG) only when given.
     """
     height, width = detection.size
     decision = detection.decision
@@ -79,6 +89,7 @@ def result_dict(detection: Any, filename: Optional[str] = None, overlay: Optiona
         "image_size": {"width": int(width), "height": int(height)},
         "inspected": inspected_box(detection.anomaly_map),
         "boxes": regions(detection.mask, detection.anomaly_map),
+        "bank_size": None if bank_size is None else int(bank_size),
     }
     if overlay is not None:
         out["overlay_png"] = png_base64(overlay)
@@ -94,10 +105,12 @@ class DetectorAPI(_Base):
         max_batch_size: LitServe's dynamic batching, the most requests in one batch; the
             detector scores each collected batch in one forward pass.
         batch_timeout: LitServe's dynamic batching, the longest wait in seconds for a batch to fill.
+        link: where the bank version and the grown checkpoint are (:class:`~lightning_ad.serve.growth.BankLink`),
+            when the server can add images; None: the checkpoint is served as it is.
     """
 
     def __init__(self, ckpt_path: str, limits: Optional[Limits] = None, max_batch_size: int = 8, batch_timeout: float = 0.01,
-                 api_path: str = "/predict") -> None:
+                 api_path: str = "/predict", link: Any = None) -> None:
         if ls is None:
             raise ImportError("the server needs LitServe: pip install -e '.[serve]'")
         import warnings
@@ -107,6 +120,7 @@ class DetectorAPI(_Base):
             super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
         self.ckpt_path = str(ckpt_path)
         self.limits = limits or Limits()
+        self.link = link
         self.detector = None
 
     # ------------------------------------------------------------------ LitServe hooks
@@ -114,8 +128,37 @@ class DetectorAPI(_Base):
     def setup(self, device: str) -> None:
         from ..inference.detector import Detector
 
-        self.detector = Detector.from_checkpoint(self.ckpt_path, device=device, batch_size=self.max_batch_size)
+        path, version, slot = self.ckpt_path, 0, None
+        if self.link is not None:
+            slot = self.link.claim_slot()
+            version = int(self.link.version.value)
+            if version > 0:  # this worker started after an update (a restarted worker): serve the grown bank
+                path = self.link.grown
+        self.detector = Detector.from_checkpoint(path, device=device, batch_size=self.max_batch_size)
         log.info("lightning_ad serve: %r on %s", self.detector, device)
+        if self.link is not None:
+            self.link.acks[slot] = version
+            threading.Thread(target=self._follow, args=(device, slot, version), name="lightning-ad-follow", daemon=True).start()
+
+    def _follow(self, device: str, slot: int, served: int) -> None:
+        """Follow the bank version: load each grown checkpoint off to the side, then swap in one assignment."""
+        from ..inference.detector import Detector
+
+        while True:
+            time.sleep(FOLLOW_INTERVAL_S)
+            version = int(self.link.version.value)
+            if version == served:
+                continue
+            try:
+                grown = Detector.from_checkpoint(self.link.grown, device=device, batch_size=self.max_batch_size)
+            except Exception:  # noqa: BLE001 - keep serving the bank in hand, try again
+                log.exception("cannot load the grown checkpoint %s; still serving the previous bank", self.link.grown)
+                time.sleep(1.0)
+                continue
+            self.detector = grown  # the swap: a batch in flight keeps the detector it took
+            served = version
+            self.link.acks[slot] = version
+            log.info("lightning_ad serve: now serving %r (bank version %d)", grown, version)
 
     def decode_request(self, request):  # no annotation: LitServe takes it as the request type
         try:
@@ -145,13 +188,15 @@ class DetectorAPI(_Base):
         outputs: List[Any] = list(items)  # Refused items answer themselves
         good = [i for i, item in enumerate(items) if isinstance(item, Decoded)]
         if good:
+            detector = self.detector  # one bank for the whole batch, whatever swaps meanwhile
             try:
-                found = self.detector([items[i].rgb for i in good])
+                found = detector([items[i].rgb for i in good])
             except Exception:  # noqa: BLE001 - find the culprit: score one by one
                 log.exception("the detector failed on a batch of %d; scoring its images one by one", len(good))
-                found = [self._one(items[i].rgb) for i in good]
+                found = [self._one(detector, items[i].rgb) for i in good]
+            bank_size = detector.model.bank_size
             for i, detection in zip(good, found):
-                outputs[i] = detection if isinstance(detection, Refused) else self._result(items[i], detection)
+                outputs[i] = detection if isinstance(detection, Refused) else self._result(items[i], detection, bank_size)
         return outputs[0] if single else outputs
 
     def encode_response(self, output):  # no annotation: LitServe takes it as the response type
@@ -161,11 +206,12 @@ class DetectorAPI(_Base):
 
     # ------------------------------------------------------------------ helpers
 
-    def _one(self, rgb: np.ndarray) -> Any:
+    @staticmethod
+    def _one(detector: Any, rgb: np.ndarray) -> Any:
         from ..errors import DataError
 
         try:
-            return self.detector([rgb])[0]
+            return detector([rgb])[0]
         except DataError as err:
             return Refused(422, "unprocessable_image", str(err))
         except Exception as err:  # noqa: BLE001
@@ -173,10 +219,10 @@ class DetectorAPI(_Base):
             return Refused(500, "internal_error", f"the detector failed on this image: {type(err).__name__}: {err}")
 
     @staticmethod
-    def _result(item: Decoded, detection: Any) -> Dict[str, Any]:
+    def _result(item: Decoded, detection: Any, bank_size: Optional[int] = None) -> Dict[str, Any]:
         try:
             overlay = detection.overlay(item.rgb) if item.overlay else None
-            return result_dict(detection, item.filename, overlay)
+            return result_dict(detection, item.filename, overlay, bank_size)
         except Exception as err:  # noqa: BLE001 - one answer's formatting must not fail the batch
             log.exception("cannot format a detection")
             return Refused(500, "internal_error", f"cannot format the result: {type(err).__name__}: {err}")

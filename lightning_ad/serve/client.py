@@ -6,6 +6,8 @@
     with Client("http://127.0.0.1:8000") as client:
         status, answer = client.predict(open("000.png", "rb").read(), filename="000.png")
         print(status, answer["verdict"], answer["score"])
+        status, answer = client.add_normal([("001.png", open("001.png", "rb").read())], token="...")
+        print(status, answer["added"], answer["bank_size"])
 """
 
 from __future__ import annotations
@@ -63,9 +65,12 @@ class Client:
             self._connection.close()
             self._connection = None
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None) -> Tuple[int, Any]:
+    def request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None,
+                headers: Optional[Dict[str, str]] = None) -> Tuple[int, Any]:
         """``(status, parsed JSON, or the text when the answer is not JSON)``; reconnects once if the server closed."""
-        headers = {"Content-Type": content_type} if content_type else {}
+        headers = dict(headers or {})
+        if content_type:
+            headers["Content-Type"] = content_type
         for attempt in (0, 1):
             if self._connection is None:
                 self._connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -90,6 +95,11 @@ class Client:
         """POST one image as a multipart file."""
         body, ctype = multipart([("file", filename, data, content_type)])
         return self.request("POST", "/predict" + ("?overlay=1" if overlay else ""), body, ctype)
+
+    def add_normal(self, images: Sequence[Tuple[Optional[str], bytes]], token: Optional[str] = None) -> Tuple[int, Any]:
+        """POST ``(file name, bytes)`` images to ``/normal`` as multipart files, with ``Authorization: Bearer token``."""
+        body, ctype = multipart([("file", name, data, "application/octet-stream") for name, data in images])
+        return self.request("POST", "/normal", body, ctype, {"Authorization": f"Bearer {token}"} if token is not None else None)
 
     def health(self) -> Tuple[int, Any]:
         return self.request("GET", "/health")

@@ -39,6 +39,12 @@ Images
     Supported formats: PNG, JPEG, BMP, TIFF, WebP and PNM (the extensions the data folders
     read, :data:`lightning_ad.data.io.IMAGE_EXTENSIONS`). Other PIL decoders (EPS, ...) are never
     tried.
+
+Bodies (``POST /normal``, :func:`parse_images`)
+    The same forms holding up to :data:`MAX_NORMAL_IMAGES` images: one file part per image;
+    ``{"images": [{"image": "<base64>", "filename": "a.png"}, ...]}`` (or one ``{"image": ...}``);
+    or one bare image. Each image passes the checks above; a refusal names the item
+    (``image 2 of 3: ...``).
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ __all__ = [
     "RequestError",
     "Upload",
     "parse_body",
+    "parse_images",
+    "decode_images",
+    "MAX_NORMAL_IMAGES",
     "check_filename",
     "open_image",
     "decode_image",
@@ -83,6 +92,10 @@ _FORMAT_NAMES = "PNG, JPEG, BMP, TIFF, WebP, PNM"
 _IMAGE_TYPES = ("image/", "application/octet-stream")
 #: Room for base64 (4/3) and multipart headers above the image byte limit.
 _BODY_OVERHEAD = 64 * 1024
+#: Most images one ``POST /normal`` request may hold (its body may be this many times :attr:`Limits.max_body`).
+MAX_NORMAL_IMAGES = 16
+#: Most parts of a multipart body (files and fields).
+_MAX_PARTS = 24
 
 
 @dataclass(frozen=True)
@@ -189,7 +202,7 @@ def _param(content_type: str, name: str) -> Optional[str]:
     return str(value) if isinstance(value, str) else None
 
 
-def _split_multipart(body: bytes, boundary: str) -> List[Tuple[Dict[str, str], bytes]]:
+def _split_multipart(body: bytes, boundary: str, advice: str = "send one image per request") -> List[Tuple[Dict[str, str], bytes]]:
     """``[(headers lower-cased, content)]`` of a multipart body held in memory (RFC 7578)."""
     delimiter = b"--" + boundary.encode("latin-1")
     start = body.find(delimiter)
@@ -218,8 +231,8 @@ def _split_multipart(body: bytes, boundary: str) -> List[Tuple[Dict[str, str], b
             headers[key.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
         parts.append((headers, content))
         position = end + 2 + len(delimiter)
-        if len(parts) > 16:
-            raise RequestError(400, "bad_request", "the multipart body has more than 16 parts; send one image per request.")
+        if len(parts) > _MAX_PARTS:
+            raise RequestError(400, "bad_request", f"the multipart body has more than {_MAX_PARTS} parts; {advice}.")
 
 
 def _disposition(headers: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
@@ -261,6 +274,53 @@ def _b64(text: Any, limits: Limits) -> bytes:
         raise RequestError(400, "bad_request", f"JSON field 'image' is not valid base64 ({err}).") from None
 
 
+def _multipart_files(content_type: str, body: bytes, advice: str) -> Tuple[List[Tuple[Dict[str, str], str, bytes]], bool]:
+    """``([(part headers, file name, content)], overlay field)`` of a multipart body."""
+    boundary = _param(content_type, "boundary")
+    if not boundary:
+        raise RequestError(400, "bad_request", "multipart/form-data without a boundary parameter.")
+    files, overlay = [], False
+    for headers, content in _split_multipart(body, boundary, advice):
+        name, filename = _disposition(headers)
+        if filename is not None:
+            files.append((headers, filename, content))
+        elif name == "overlay":
+            overlay = overlay or truthy(content.decode("utf-8", "replace"))
+    if not files:
+        raise RequestError(400, "bad_request", "the multipart body holds no file part: send the image as a file "
+                                               "(curl -F file=@image.png).")
+    return files, overlay
+
+
+def _file_upload(headers: Mapping[str, str], filename: str, content: bytes, limits: Limits, overlay: bool = False) -> Upload:
+    filename = check_filename(filename)
+    _check_part_type(headers, filename)
+    if len(content) > limits.max_bytes:
+        raise _too_large(len(content), limits)
+    return Upload(content, filename, overlay)
+
+
+def _json_upload(item: Any, limits: Limits, overlay: bool = False) -> Upload:
+    filename = check_filename(item.get("filename"))
+    data = _b64(item["image"], limits)
+    if len(data) > limits.max_bytes:
+        raise _too_large(len(data), limits)
+    return Upload(data, filename, overlay or truthy(item.get("overlay", False)))
+
+
+def _json_payload(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RequestError(400, "bad_request", f"the body is not valid JSON ({err}).") from None
+
+
+def _unsupported(media: str) -> RequestError:
+    return RequestError(415, "unsupported_media_type",
+                        f"Content-Type {media or 'none'!r} is not accepted; send multipart/form-data (a file), application/json "
+                        '({"image": base64}) or the image itself as image/png, image/jpeg, ...')
+
+
 def parse_body(content_type: Optional[str], body: bytes, query: Mapping[str, str], limits: Limits) -> Upload:
     """The one image of a ``POST /predict`` body (see the module rules) or a :class:`RequestError`."""
     media = _media_type(content_type or "")
@@ -268,50 +328,77 @@ def parse_body(content_type: Optional[str], body: bytes, query: Mapping[str, str
     if len(body) > limits.max_body:
         raise _too_large(len(body), limits, "the request body")
     if media == "multipart/form-data":
-        boundary = _param(content_type or "", "boundary")
-        if not boundary:
-            raise RequestError(400, "bad_request", "multipart/form-data without a boundary parameter.")
-        files = []
-        for headers, content in _split_multipart(body, boundary):
-            name, filename = _disposition(headers)
-            if filename is not None:
-                files.append((headers, filename, content))
-            elif name == "overlay":
-                overlay = overlay or truthy(content.decode("utf-8", "replace"))
-            elif name == "filename":
-                continue
-        if not files:
-            raise RequestError(400, "bad_request", "the multipart body holds no file part: send the image as a file "
-                                                   "(curl -F file=@image.png).")
+        files, asked = _multipart_files(content_type or "", body, "send one image per request")
         if len(files) > 1:
             raise RequestError(400, "bad_request", f"the multipart body holds {len(files)} files; send one image per request.")
-        headers, filename, content = files[0]
-        filename = check_filename(filename)
-        _check_part_type(headers, filename)
-        if len(content) > limits.max_bytes:
-            raise _too_large(len(content), limits)
-        return Upload(content, filename, overlay)
+        return _file_upload(*files[0], limits, overlay or asked)
     if media == "application/json":
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as err:
-            raise RequestError(400, "bad_request", f"the body is not valid JSON ({err}).") from None
+        payload = _json_payload(body)
         if not isinstance(payload, dict) or "image" not in payload:
             raise RequestError(400, "bad_request", 'the JSON body must be an object {"image": "<base64 bytes>", '
                                                    '"filename": optional, "overlay": optional}.')
-        filename = check_filename(payload.get("filename"))
-        data = _b64(payload["image"], limits)
-        if len(data) > limits.max_bytes:
-            raise _too_large(len(data), limits)
-        return Upload(data, filename, overlay or truthy(payload.get("overlay", False)))
+        return _json_upload(payload, limits, overlay)
     if media.startswith(_IMAGE_TYPES):
         if len(body) > limits.max_bytes:
             raise _too_large(len(body), limits)
         return Upload(bytes(body), check_filename(query.get("filename")), overlay)
-    shown = media or "none"
-    raise RequestError(415, "unsupported_media_type",
-                       f"Content-Type {shown!r} is not accepted; send multipart/form-data (a file), application/json "
-                       '({"image": base64}) or the image itself as image/png, image/jpeg, ...')
+    raise _unsupported(media)
+
+
+def _item(position: int, count: int, err: RequestError) -> RequestError:
+    """``err`` naming the item it is about (``image 2 of 3: ...``)."""
+    return RequestError(err.status, err.code, f"image {position + 1} of {count}: {err.message}")
+
+
+def parse_images(content_type: Optional[str], body: bytes, query: Mapping[str, str], limits: Limits,
+                 most: int = MAX_NORMAL_IMAGES) -> List[Upload]:
+    """The images of a ``POST /normal`` body (1 to ``most``; see the module rules) or a :class:`RequestError`
+    naming the item at fault.
+
+    >>> import base64, json
+    >>> body = json.dumps({"images": [{"image": base64.b64encode(b"x").decode(), "filename": "a.png"}]}).encode()
+    >>> [(u.data, u.filename) for u in parse_images("application/json", body, {}, Limits())]
+    [(b'x', 'a.png')]
+    """
+    media = _media_type(content_type or "")
+    if len(body) > limits.max_body * most:
+        raise RequestError(413, "too_large", f"the request body is {len(body)} bytes, over the server's limit of "
+                                             f"{most} images of {limits.max_bytes} bytes (--max_bytes).")
+    advice = f"send at most {most} images per request"
+    if media == "multipart/form-data":
+        files, _ = _multipart_files(content_type or "", body, advice)
+        items: List[Any] = files
+        read = lambda item: _file_upload(*item, limits)  # noqa: E731
+    elif media == "application/json":
+        payload = _json_payload(body)
+        if isinstance(payload, dict) and isinstance(payload.get("images"), list) and "image" not in payload:
+            items = payload["images"]
+        elif isinstance(payload, dict) and "image" in payload and "images" not in payload:
+            items = [payload]
+        else:
+            raise RequestError(400, "bad_request", 'the JSON body must be {"images": [{"image": "<base64 bytes>", '
+                                                   '"filename": optional}, ...]} or {"image": "<base64 bytes>"}.')
+
+        def read(item: Any) -> Upload:
+            if not isinstance(item, dict) or "image" not in item:
+                raise RequestError(400, "bad_request", 'each item must be an object {"image": "<base64 bytes>", '
+                                                       '"filename": optional}.')
+            return _json_upload(item, limits)
+    elif media.startswith(_IMAGE_TYPES):
+        return [parse_body(content_type, body, query, limits)]
+    else:
+        raise _unsupported(media)
+    if not items:
+        raise RequestError(400, "bad_request", "the request holds no image.")
+    if len(items) > most:
+        raise RequestError(400, "bad_request", f"the request holds {len(items)} images; {advice}.")
+    uploads = []
+    for position, item in enumerate(items):
+        try:
+            uploads.append(read(item))
+        except RequestError as err:
+            raise _item(position, len(items), err) from None
+    return uploads
 
 
 # ---------------------------------------------------------------------- images
@@ -371,6 +458,17 @@ def decode_image(data: bytes, limits: Limits, filename: Optional[str] = None) ->
             raise RequestError(400, "corrupt_image", f"{what} is truncated or corrupt: {type(err).__name__}: {err}.") from None
         finally:
             im.close()
+
+
+def decode_images(uploads: List[Upload], limits: Limits) -> List[np.ndarray]:
+    """Each upload's pixels (:func:`decode_image`), or the first :class:`RequestError`, naming its item."""
+    out = []
+    for position, upload in enumerate(uploads):
+        try:
+            out.append(decode_image(upload.data, limits, upload.filename))
+        except RequestError as err:
+            raise _item(position, len(uploads), err) from None
+    return out
 
 
 # ---------------------------------------------------------------------- results

@@ -11,8 +11,13 @@ Endpoints
       4xx JSON ``{"error": code, "detail": message, "status": n}`` (:mod:`~lightning_ad.serve.payload`).
     * ``GET /health``: LitServe's readiness check (``ok`` once the inference workers loaded the
       checkpoint, else 503).
+    * ``POST /normal``: adds confirmed-good images to the served bank (``Authorization: Bearer <token>``;
+      off unless the server has a token); see :mod:`~lightning_ad.serve.growth` for the token, the grown
+      checkpoint written beside the served one, the swap and what a restart serves.
     * ``GET /info``: the detector's :attr:`~lightning_ad.inference.detector.Detector.info` (input contract,
-      backbone, thresholds ...) and the server's settings (batching, limits).
+      backbone, thresholds, ``bank_size`` ...) for the bank served now, ``bank_changed`` (when it last
+      changed), ``checkpoint`` (the file it came from), ``adding`` (whether ``POST /normal`` is on) and
+      the server's settings (batching, limits).
     * ``GET /``: the inspection page (static files of this package, no external asset).
 
 Processes: LitServe's API server (uvicorn; the gate of :mod:`~lightning_ad.serve.gate` runs
@@ -24,14 +29,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from ..core import checks
+from .growth import TOKEN_ENV, check_token_value
 from .payload import Limits
 
-__all__ = ["build_server", "serve_main", "STATIC_FILES"]
+__all__ = ["build_server", "serve_main", "resolve_token", "STATIC_FILES"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: URL path -> (file in ``static/``, media type). Only these are served.
@@ -64,11 +71,17 @@ def build_server(
     batch_timeout: float = 0.01,
     limits: Optional[Limits] = None,
     timeout: float = 30.0,
+    normal_token: Optional[str] = None,
+    grown_ckpt: Optional[str] = None,
+    say: Optional[Callable[[str], None]] = None,
 ) -> Any:
     """A ready-to-run ``litserve.LitServer`` for ``ckpt_path`` (call ``.run(host=..., port=...)``).
 
     The checkpoint is read once here (errors are raised before any process starts) for
-    ``GET /info``; the inference workers load their own copy.
+    ``GET /info``; the inference workers load their own copy. ``normal_token``: the token of
+    ``POST /normal`` (None: adding is off); ``grown_ckpt``: the grown checkpoint (default
+    ``<stem>.grown.ckpt`` beside ``ckpt_path``), served instead of ``ckpt_path`` when it was grown
+    from it (:func:`~lightning_ad.serve.growth.choose_served`); ``say``: where that is told (stderr).
     """
     from .api import LITSERVE_AVAILABLE, DetectorAPI
 
@@ -78,9 +91,12 @@ def build_server(
     from fastapi import Response
     from fastapi.responses import JSONResponse
 
-    from ..errors import ConfigurationError
+    from ..errors import CheckpointError, ConfigurationError
     from ..inference.detector import Detector
     from .gate import PredictGate
+    from .growth import Growth, bank_facts, choose_served, default_grown_path
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
 
     limits = limits or Limits()
     checks.positive_int("max_batch_size", max_batch_size)
@@ -90,11 +106,33 @@ def build_server(
     if accelerator not in ("cpu", "cuda", "mps"):
         raise ConfigurationError(f"accelerator={accelerator!r}: use auto, cpu, cuda or mps")
 
-    probe = Detector.from_checkpoint(ckpt_path, device="cpu", batch_size=1)
-    info = probe.info
+    if normal_token is not None:
+        try:
+            check_token_value(normal_token, "normal_token")
+        except ValueError as err:
+            raise ConfigurationError(str(err)) from None
+    origin = Path(ckpt_path)
+    if not origin.is_file():
+        raise CheckpointError(f"checkpoint {str(ckpt_path)!r} does not exist (--ckpt_path).")
+    grown = Path(grown_ckpt) if grown_ckpt else default_grown_path(origin)
+    serving, note = choose_served(origin, grown, adding=normal_token is not None)
+    if normal_token is not None and not os.access(grown.parent, os.W_OK):
+        raise ConfigurationError(f"cannot write the grown checkpoint {str(grown)!r} (its folder is not writable): "
+                                 "name another place with --grown_ckpt.")
+    probe = Detector.from_checkpoint(serving, device="cpu", batch_size=1)
+    facts = bank_facts(probe, serving)
     del probe
+    if note:
+        say(note)
 
-    api = DetectorAPI(str(ckpt_path), limits=limits, max_batch_size=max_batch_size, batch_timeout=float(batch_timeout))
+    # Adding images: the shared lock, bank version and facts are made here, before LitServe starts any process.
+    growth = None
+    workers = devices
+    if normal_token is not None:
+        grower_device = {"cpu": "cpu", "cuda": "cuda:0", "mps": "mps"}[accelerator]
+        growth = Growth(origin, grown, serving, normal_token, workers, grower_device, max_batch_size, facts)
+    api = DetectorAPI(str(serving), limits=limits, max_batch_size=max_batch_size, batch_timeout=float(batch_timeout),
+                      link=growth.link if growth is not None else None)
     on_cpu = accelerator == "cpu"
     server = ls.LitServer(
         api,
@@ -107,7 +145,7 @@ def build_server(
     )
     settings = {"accelerator": accelerator, "devices": devices, "max_batch_size": max_batch_size,
                 "batch_timeout": float(batch_timeout), "timeout": timeout, **limits.to_dict()}
-    info = dict(info, server=settings)
+    adding_off = {"enabled": False, "endpoint": "POST /normal", "grown_ckpt": grown.name, "updates": 0}
 
     pages = {path: ((STATIC / name).read_bytes(), media) for path, (name, media) in STATIC_FILES.items()}
     # LitServe answers "/" with a line of text: the page replaces it.
@@ -127,10 +165,75 @@ def build_server(
         server.app.add_api_route(path, page(path), methods=["GET"], include_in_schema=False)
 
     async def info_endpoint() -> JSONResponse:
-        return JSONResponse(content=info)
+        if growth is None:
+            return JSONResponse(content=dict(facts, adding=adding_off, server=settings))
+        return JSONResponse(content=dict(growth.facts(), adding=growth.adding(), server=settings))
 
     server.app.add_api_route("/info", info_endpoint, methods=["GET"])
+    server.app.add_api_route("/normal", _normal_endpoint(growth, limits), methods=["POST"])
     return server
+
+
+def _normal_endpoint(growth: Any, limits: Limits) -> Callable:
+    """``POST /normal``: the token first (nothing is read before it passes), then the images, then the update."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
+    from .growth import check_bearer
+    from .payload import MAX_NORMAL_IMAGES, RequestError, decode_images, parse_images
+
+    cap = limits.max_body * MAX_NORMAL_IMAGES
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise RequestError(413, "too_large", f"the request body is {declared} bytes, over the server's limit of "
+                                                 f"{MAX_NORMAL_IMAGES} images of {limits.max_bytes} bytes (--max_bytes).")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise RequestError(413, "too_large", f"the request body is over the server's limit of {MAX_NORMAL_IMAGES} "
+                                                     f"images of {limits.max_bytes} bytes (--max_bytes).")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def normal_endpoint(request: Request) -> JSONResponse:
+        refusal = check_bearer(growth.token if growth is not None else None, request.headers.get("authorization"))
+        if refusal is not None:
+            headers = {"WWW-Authenticate": 'Bearer realm="lightning_ad"'} if refusal.status == 401 else None
+            return JSONResponse(status_code=refusal.status, content=refusal.to_dict(), headers=headers)
+        try:
+            body = await read_body(request)
+            uploads = parse_images(request.headers.get("content-type"), body, dict(request.query_params), limits)
+            images = await run_in_threadpool(decode_images, uploads, limits)
+        except RequestError as err:
+            return JSONResponse(status_code=err.status, content=err.to_dict(),
+                                headers={"Connection": "close"} if err.status == 413 else None)
+        status, answer = await run_in_threadpool(growth.update, images, [u.filename for u in uploads])
+        return JSONResponse(status_code=status, content=answer)
+
+    # FastAPI reads the annotations to find the request parameter: postponed ones would name a local import
+    normal_endpoint.__annotations__ = {"request": Request, "return": JSONResponse}
+    return normal_endpoint
+
+
+def resolve_token(option: Optional[str], environ: Mapping[str, str]) -> Optional[str]:
+    """The token of ``POST /normal``: ``--normal_token`` or the environment variable (an empty one is unset); both
+    set to different values is an error, and so is a token too short or with spaces (``ValueError``).
+
+    >>> resolve_token(None, {}) is None
+    True
+    >>> resolve_token(None, {TOKEN_ENV: "t" * 16}) == "t" * 16
+    True
+    """
+    env = environ.get(TOKEN_ENV) or None
+    if option is not None and env is not None and option != env:
+        raise ValueError(f"--normal_token and {TOKEN_ENV} are both set, to different tokens: set one")
+    if option is not None:
+        return check_token_value(option, "--normal_token")
+    return None if env is None else check_token_value(env, TOKEN_ENV)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-ad serve",
         description="Serve a fitted checkpoint over HTTP with LitServe: POST /predict, GET /info, GET /health, "
-                    "and the inspection page at GET /.",
+                    "POST /normal (with a token) and the inspection page at GET /.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by lightning-ad fit")
@@ -154,6 +257,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="largest image accepted, width x height in millions of pixels")
     parser.add_argument("--max_bytes", type=int, default=defaults.max_bytes, help="largest image file accepted, bytes")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its answer (then 504)")
+    parser.add_argument("--normal_token", default=None, metavar="TOKEN",
+                        help="token that POST /normal (adding confirmed-good images to the bank) asks for as "
+                             f"'Authorization: Bearer TOKEN'; the environment variable {TOKEN_ENV} does the same and "
+                             "stays out of the process list. Neither set: adding is off")
+    parser.add_argument("--grown_ckpt", default=None, metavar="PATH",
+                        help="where POST /normal writes the grown checkpoint (default: <stem>.grown.ckpt beside "
+                             "--ckpt_path); served at start when it was grown from --ckpt_path as it is now")
     parser.add_argument("--log_level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="server log level")
     return parser
@@ -177,13 +287,17 @@ def serve_main(argv: List[str]) -> None:
         limits = Limits(max_bytes=args.max_bytes, max_megapixels=args.max_megapixels)
     except ValueError as err:
         parser.error(str(err).replace("max_", "--max_"))
+    try:
+        token = resolve_token(args.normal_token, os.environ)
+    except ValueError as err:
+        parser.error(str(err))
 
     from ..errors import LightningADError
 
     try:
         server = build_server(args.ckpt_path, accelerator=args.accelerator, devices=args.devices,
                               max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, limits=limits,
-                              timeout=args.timeout)
+                              timeout=args.timeout, normal_token=token, grown_ckpt=args.grown_ckpt)
     except LightningADError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -191,8 +305,10 @@ def serve_main(argv: List[str]) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"lightning-ad serve: http://{shown}:{args.port}/ (page), POST /predict, GET /info, GET /health "
-          f"(max_batch_size={args.max_batch_size}, batch_timeout={args.batch_timeout}s)", file=sys.stderr, flush=True)
+    adding = "on" if token is not None else "off"
+    print(f"lightning-ad serve: http://{shown}:{args.port}/ (page), POST /predict, GET /info, GET /health, "
+          f"POST /normal ({adding}) (max_batch_size={args.max_batch_size}, batch_timeout={args.batch_timeout}s)",
+          file=sys.stderr, flush=True)
     _stop_on_signals()
     server.run(host=args.host, port=args.port, log_level=args.log_level, generate_client_file=False)
 

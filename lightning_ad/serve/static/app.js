@@ -25,9 +25,11 @@
   fetch("/info").then(function (r) { return r.json(); }).then(function (info) {
     var t = info.thresholds || {};
     var crop = info.input && info.input.crop_size ? ", centre crop " + info.input.crop_size.join("×") : "";
+    var changed = info.bank_changed ? " (last change " + info.bank_changed + ")" : "";
+    var adding = info.adding && info.adding.enabled ? " · adding good images: on (POST /normal)" : "";
     document.getElementById("model").textContent =
-      info.backbone + " · bank of " + info.bank_size + " images · input " + info.input.image_size.join("×") + crop +
-      " · image threshold " + fmt(t.image) + " · pixel threshold " + fmt(t.pixel);
+      info.backbone + " · bank of " + info.bank_size + " images" + changed + " · input " + info.input.image_size.join("×") +
+      crop + " · image threshold " + fmt(t.image) + " · pixel threshold " + fmt(t.pixel) + adding;
   }).catch(function () {
     document.getElementById("model").textContent = "GET /info failed: is the server running?";
   });
