@@ -82,7 +82,7 @@ def test_configuration_given_at_test_time_wins_and_is_reported(fitted):
     result = run(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--model.image_k", "2",
                   "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(logs)], base)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "scoring settings differ from fit time (image_k 3 -> 2): thresholds recomputed" in result.stdout + result.stderr
+    assert "scoring settings differ from fit time (image_k 3 -> 2): thresholds learned again" in result.stdout + result.stderr
     assert "dirpath has changed" not in result.stdout + result.stderr
     same = run(["test", "--config", str(config), "--ckpt_path", str(ckpt),
                 "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(base / "k3")], base)
@@ -117,15 +117,16 @@ def test_predict_needs_only_the_checkpoint_and_a_folder(fitted, tmp_path):
     assert not (tmp_path / "out" / "lightning_logs").exists(), "predict created a log folder"
 
 
-def test_k_larger_than_the_bank_is_a_clear_error_and_writes_nothing(fitted, tmp_path):
+def test_k_larger_than_the_bank_uses_every_image_and_says_so(fitted, tmp_path):
     base, _, ckpt = fitted
     inputs = base / "data" / "widget" / "test" / "defect"
     result = run(["predict", "--ckpt_path", str(ckpt), "--data.predict_dir", str(inputs), "--model.image_k", "40",
                   "--trainer.default_root_dir", str(tmp_path / "out")], base)
-    assert result.returncode == 2
-    assert "image_k=40 is larger than the 9 training images in the checkpoint's bank" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "out").rglob("*.csv")), "a half-written prediction was left"
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = result.stdout + result.stderr
+    assert "scoring settings differ from fit time (image_k 3 -> 40)" in printed
+    assert "image_k=40 and gallery_k=3 with 9 training image(s): scoring uses 9 and 3" in printed
+    assert len(list((tmp_path / "out").rglob("*.csv"))) == 1
 
 
 def test_checkpoint_of_another_backbone_is_refused_by_name(fitted):
@@ -137,10 +138,15 @@ def test_checkpoint_of_another_backbone_is_refused_by_name(fitted):
     assert "Traceback" not in result.stderr
 
 
-def test_fit_cannot_resume(fitted):
+def test_fit_from_a_checkpoint_adds_to_its_bank_and_leaves_it_as_it_was(fitted, tmp_path):
     base, config, ckpt = fitted
-    result = run(["fit", "--config", str(config), "--ckpt_path", str(ckpt)], base)
-    assert result.returncode == 2 and "cannot resume" in result.stderr and "Traceback" not in result.stderr
+    before = ckpt.read_bytes()
+    result = run(["fit", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path)], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout + result.stderr
+    assert "its bank of 9 images grows by the training images" in printed
+    assert "skipped 9 training image(s) already in the bank" in printed  # the same images: nothing to add
+    assert ckpt.read_bytes() == before and len(list(tmp_path.rglob("*.ckpt"))) == 1
 
 
 def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):

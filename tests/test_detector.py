@@ -346,8 +346,9 @@ def test_threshold_overrides_and_info(tiny, detector, tmp_path):
     scores = sorted(d.score for d in detector(tiny["files"]))
     middle = (scores[1] + scores[2]) / 2
     checkpoint = torch.load(tiny["ckpt"], weights_only=True, map_location="cpu")
-    checkpoint["hyper_parameters"]["image_threshold"] = middle
-    checkpoint["hyper_parameters"]["pixel_threshold"] = None
+    # a threshold set by hand lives where the learned ones do: the model's buffers, with the record of its source
+    checkpoint["state_dict"]["model.image_threshold"] = torch.tensor(middle, dtype=torch.float64)
+    checkpoint["lightning_ad"]["thresholds"]["image"] = {"source": "set by hand", "value": middle}
     override = tmp_path / "override.ckpt"
     torch.save(checkpoint, override)
     with warnings.catch_warnings():
@@ -364,6 +365,18 @@ def test_threshold_overrides_and_info(tiny, detector, tmp_path):
     assert info["backbone"] == "efficientnet_lite0" and info["layers"] == [1, 2, 3]
     assert (info["image_k"], info["gallery_k"], info["kappa"]) == (3, 3, 1)
     assert info["lightning_ad_version"]
+
+
+def test_a_checkpoint_before_the_threshold_record_keeps_its_hand_set_threshold(tiny, detector, tmp_path):
+    checkpoint = torch.load(tiny["ckpt"], weights_only=True, map_location="cpu")
+    checkpoint["hyper_parameters"]["image_threshold"] = 1.5
+    checkpoint["lightning_ad"]["thresholds"] = {"method": "quantile"}  # as versions before the record wrote it
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    assert Detector.from_checkpoint(older).image_threshold == 1.5
+    checkpoint["lightning_ad"]["thresholds"]["image"] = {"source": "learned"}  # with the record, the buffer is in use
+    torch.save(checkpoint, older)
+    assert Detector.from_checkpoint(older).image_threshold == detector.image_threshold != 1.5
 
 
 def test_checkpoint_without_input_contract_serves_the_bank_size(tiny, tmp_path):

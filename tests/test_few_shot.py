@@ -198,3 +198,28 @@ def test_growing_with_another_input_contract_is_refused(few_shot_checkpoint, tmp
     with pytest.raises(ConfigurationError, match="the new good images cannot join this bank"):
         make_trainer(tmp_path).fit(module, datamodule=other)
     assert module.model.bank_size == 2  # nothing changed
+
+
+@pytest.mark.parametrize("shots", [1, 2, 4])
+def test_real_bottle_fit_on_a_few_images_sets_both_thresholds_and_says_how(tmp_path, caplog, shots):
+    from conftest import require_real
+    from lightning_ad.lightning.cli import main
+
+    good = sorted((require_real("mvtec_ad", "bottle") / "train" / "good").glob("*.png"))[:shots]
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for path in good:
+        (folder / path.name).symlink_to(path.resolve())  # links: no data is copied
+    with warnings.catch_warnings(), caplog.at_level("INFO"):
+        warnings.simplefilter("ignore")
+        main(["fit", "--data", "lightning_ad.FolderDataModule", "--data.normal_dir", str(folder),
+              "--data.normal_test_split", "0", "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"])
+    checkpoint = torch.load(next((tmp_path / "run").rglob("*.ckpt")), weights_only=True, map_location="cpu")
+    record, state = checkpoint["lightning_ad"]["thresholds"], checkpoint["state_dict"]
+    assert all(math.isfinite(float(state[f"model.{level}_threshold"])) and float(state[f"model.{level}_threshold"]) > 0
+               for level in ("image", "pixel"))
+    rule = f"{len(THRESHOLD_VIEWS)} views of the one training image" if shots == 1 else f"leave-one-out scores of {shots} training images and"
+    assert record["image"]["source"] == record["pixel"]["source"] == "learned" and record["image"]["rule"].startswith(rule)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("thresholds: "))
+    assert f"from {record['image']['rule']}" in line

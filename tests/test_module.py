@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import make_trainer as trainer
+from lightning_ad.bank.content import content_ids
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.core.metrics import binary_auroc, per_region_overlap, precision_recall_f1
@@ -37,15 +38,16 @@ def test_fit_builds_bank_without_training(tiny_mvtec, tmp_path):
     t = trainer(tmp_path / "run")
     t.fit(model, datamodule=dm)
     assert model.model.bank_size == 9
-    assert torch.equal(model.model.bank.index, torch.arange(9))
     for key, value in model.model.backbone.state_dict().items():
         assert torch.equal(value, weights_before[key]), key
     assert float(model.step_anchor.detach()) == 0.0 and all(p.grad is None or not p.grad.any() for p in model.parameters())
     assert t.global_step == 3  # one (no-op) step per batch: 9 images, batch 4
-    # the bank equals a direct extraction of the training images, in dataset order
+    # the bank equals a direct extraction of the training images, ordered by their content ids
     dm.setup("fit")
     images = torch.stack([dm.train_dataset[i]["image"] for i in range(9)])
-    feats = model.model.extract(images)
+    ids = content_ids(images)
+    assert torch.equal(model.model.bank.index, ids.sort().values)
+    feats = model.model.extract(images[ids.argsort()])
     assert torch.allclose(model.model.bank.pooled, feats.pooled, rtol=1e-4, atol=1e-4)
     assert torch.allclose(model.model.bank.level1, feats.pyramid[0].permute(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
     # thresholds were learned from normal images alone
@@ -63,12 +65,15 @@ def test_fit_writes_a_checkpoint_with_the_bank(fitted, tmp_path):
     assert checkpoint["lightning_ad"]["backbone"] == "efficientnet_lite0"
 
 
-def test_second_fit_replaces_the_bank(fitted, tmp_path):
+def test_a_second_fit_adds_to_the_bank_and_skips_what_it_holds(fitted, tmp_path, caplog):
     model, dm, _ = fitted
-    bank = model.model.bank.pooled.clone()
-    with pytest.warns(UserWarning, match="fit replaces it"):
+    bank, thresholds = model.model.bank.pooled.clone(), (model.image_threshold, model.pixel_threshold)
+    with caplog.at_level("INFO"):
         trainer(tmp_path / "again").fit(model, datamodule=dm)
+    assert "adding the training images to the bank of 9 images" in caplog.text
+    assert "skipped 9 training image(s) already in the bank" in caplog.text
     assert model.model.bank_size == 9 and torch.equal(model.model.bank.pooled, bank)
+    assert (model.image_threshold, model.pixel_threshold) == pytest.approx(thresholds, rel=1e-6)
 
 
 def test_test_metrics_equal_direct_computation(fitted):
@@ -117,13 +122,13 @@ def test_one_class_test_set_logs_what_it_can(tiny_mvtec, tmp_path):
     assert logged["test/image_threshold"] == pytest.approx(model.image_threshold)
 
 
-def test_k_larger_than_training_set_fails_before_extraction(tiny_mvtec, tmp_path, monkeypatch):
-    model = Spade(image_k=50, gallery_k=3)
-    calls = []
-    monkeypatch.setattr(model.model, "extract", lambda images: calls.append(1))
-    with pytest.raises(ConfigurationError, match=r"image_k=50 is larger than the 9 training images.*--model.image_k"):
+def test_k_larger_than_the_training_set_uses_every_image_with_one_line(tiny_mvtec, tmp_path, caplog):
+    model = Spade(image_k=50, gallery_k=3, few_shot_below=0)
+    with caplog.at_level("INFO"):
         trainer(tmp_path).fit(model, datamodule=datamodule(tiny_mvtec))
-    assert calls == []
+    lines = [r.getMessage() for r in caplog.records if "image_k=" in r.getMessage()]
+    assert lines == ["image_k=50 and gallery_k=3 with 9 training image(s): scoring uses 9 and 3 (8 leave-one-out)."]
+    assert model.model.ks_in_use() == (9, 3) and model.model.ks_in_use(left_out=True) == (8, 3)
 
 
 def test_predict_returns_paths_scores_maps(fitted):

@@ -101,30 +101,13 @@ def fitted(data, tmp_path):
 # ---------------------------------------------------------------------- rule 1: validate before the long work
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"image_k": 7}, r"image_k=7 is larger than the 6 training images; set --model.image_k to at most 6"),
-        ({"gallery_k": 9}, r"gallery_k=9 is larger than the 6 training images"),
-        ({"image_k": 6, "gallery_k": 6}, r"image_k=6 is larger than the 5 training images left for leave-one-out thresholds"),
-    ],
-)
-def test_k_larger_than_the_training_set_fails_before_any_extraction(data, tmp_path, kwargs, match):
-    model = spade(**kwargs)
-    calls = count_backbone_calls(model)
-    with pytest.raises(ConfigurationError, match=match):
-        trainer(tmp_path / "run").fit(model, datamodule=datamodule(data))
-    assert calls == []  # the backbone never ran
-    assert not model.model.is_fitted
-
-
-def test_k_counts_the_images_left_after_skip_broken(data, tmp_path):
+def test_k_counts_the_images_left_after_skip_broken(data, tmp_path, caplog):
     (data / "widget" / "train" / "good" / "005.png").write_bytes(b"")
     model = spade(image_k=6, gallery_k=2)
-    calls = count_backbone_calls(model)
-    with pytest.raises(ConfigurationError, match="image_k=6 is larger than the 5 training images"):
+    with caplog.at_level("INFO"):
         trainer(tmp_path / "run").fit(model, datamodule=datamodule(data, skip_broken=True))
-    assert calls == []
+    assert "image_k=6 and gallery_k=2 with 5 training image(s): scoring uses 5 and 2 (4 leave-one-out)." in caplog.text
+    assert model.model.bank_size == 5
 
 
 @pytest.mark.parametrize(
@@ -341,11 +324,10 @@ def _mask_of_other_aspect(data: Path) -> Path:
     [
         (_break_train_image, "fit", (), lambda data: [f"cannot decode image '{data}/widget/train/good/003.png'"]),
         (lambda data: None, "fit", ("--data.category", "wigdet"), lambda data: ["category 'wigdet' not found", "Categories present: ['widget']"]),
-        (lambda data: None, "fit", ("--model.image_k", "40"), lambda data: ["image_k=40 is larger than the 6 training images"]),
         (_mask_of_other_aspect, "test", (), lambda data: [f"'{data}/widget/ground_truth/crack/001_mask.png' is 72x36", f"'{data}/widget/test/crack/001.png'"]),
         (lambda data: None, "fit", ("--model.layers", "[1, 5]"), lambda data: ["layers=[1, 5]"]),
     ],
-    ids=["truncated-image", "unknown-category", "k-too-large", "mask-aspect", "bad-layers"],
+    ids=["truncated-image", "unknown-category", "mask-aspect", "bad-layers"],
 )
 def test_cli_reports_the_culprit_without_traceback(data, tmp_path, capsys, breakage, command, extra, expected):
     breakage(data)

@@ -12,7 +12,8 @@ In order:
    of each image (small turns), scored against the other images, or against the bank itself when it holds a
    single image (see docs: thresholds).
 
-Rows are split over processes and gathered in bank-row order, so every process learns the same values
+``model`` is a :class:`~lightning_ad.core.spade.SpadeModel` throughout (not imported: ``SpadeModel.fit_bank`` and
+``add_images`` call this module). Rows are split over processes and gathered in bank-row order, so every process learns the same values
 whatever their number. :func:`calibrate` returns the record that the checkpoint keeps (``thresholds``).
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,9 +34,6 @@ from .radius import AUTO, RadiusChoice
 from .records import LeaveOneOut
 from .thresholds import Thresholds, quantile_threshold
 from .views import THRESHOLD_VIEWS, views_of
-
-if TYPE_CHECKING:
-    from .spade import SpadeModel
 
 __all__ = ["CalibrationSettings", "FEW_SHOT_IMAGES", "calibrate", "decide_search_radius", "leave_one_out_selection",
            "scoring_rows", "thresholds_note"]
@@ -71,7 +69,7 @@ class CalibrationSettings(NamedTuple):
                    few_shot_below=get("few_shot_below", FEW_SHOT_IMAGES))
 
 
-def scoring_rows(model: SpadeModel, rank: int) -> Tensor:
+def scoring_rows(model: Any, rank: int) -> Tensor:
     """The bank rows this process scores leave-one-out: every P-th row, or, with a sharded bank, the rows it holds."""
     _, processes = rank_and_world()
     if model.bank.sharding == "sharded" and processes > 1:
@@ -96,7 +94,7 @@ def leave_one_out_selection(count: int, uses_maps: bool, samples: Optional[int],
     return (spread(image_samples) if uses_maps else spread(None)), spread(samples)
 
 
-def decide_search_radius(model: SpadeModel) -> RadiusChoice:
+def decide_search_radius(model: Any) -> RadiusChoice:
     """Decide ``search_radius: auto``: each process measures the rows of :meth:`SpadeModel.radius_rows` it scores,
     the evidence is gathered in bank row order, and every process sets the same radius."""
     rank, _ = rank_and_world()
@@ -109,7 +107,7 @@ def decide_search_radius(model: SpadeModel) -> RadiusChoice:
     return model.set_search_radius(rows[:, 1:])
 
 
-def _view_scores(model: SpadeModel, images: Tensor, batch_size: int = 8) -> LeaveOneOut:
+def _view_scores(model: Any, images: Tensor, batch_size: int = 8) -> LeaveOneOut:
     """Scores of the :data:`THRESHOLD_VIEWS` of the bank's images ``[n, 3, H, W]`` (bank row order): each view
     against the other images, or against the bank itself when it holds one image. Every process scores all of
     them (a few-shot bank is small); ``rows``: the source row of each view."""
@@ -129,7 +127,7 @@ def _view_scores(model: SpadeModel, images: Tensor, batch_size: int = 8) -> Leav
     return LeaveOneOut(rows, torch.cat(dn2), part, torch.cat(maps))
 
 
-def _leave_one_out(model: SpadeModel, settings: CalibrationSettings, progress: Optional[Callable[[int, str], Any]]
+def _leave_one_out(model: Any, settings: CalibrationSettings, progress: Optional[Callable[[int, str], Any]]
                    ) -> Tuple[LeaveOneOut, int]:
     """Leave-one-out scores of the selected rows, gathered in bank-row order (only the image rows kept),
     and the number of maps computed."""
@@ -149,7 +147,7 @@ def _leave_one_out(model: SpadeModel, settings: CalibrationSettings, progress: O
     return LeaveOneOut(loo.rows[chosen], loo.dn2[chosen], None if loo.map_part is None else loo.map_part[chosen], loo.maps), mapped
 
 
-def calibrate(model: SpadeModel, settings: CalibrationSettings, *, say: Callable[[str], Any] = print,
+def calibrate(model: Any, settings: CalibrationSettings, *, say: Callable[[str], Any] = print,
               progress: Optional[Callable[[int, str], Any]] = None, decide_radius: bool = True) -> Dict[str, Any]:
     """Learn from the bank of ``model`` what fit learns (module docstring); returns the thresholds' record.
 
@@ -226,7 +224,7 @@ def _turns() -> str:
     return ", ".join(name.split(":")[1] for name in THRESHOLD_VIEWS)
 
 
-def _level_moments(model: SpadeModel) -> Tensor:
+def _level_moments(model: Any) -> Tensor:
     rank, _ = rank_and_world()
     mine = scoring_rows(model, rank)
     balance = model.balance_rows()
@@ -235,7 +233,7 @@ def _level_moments(model: SpadeModel) -> Tensor:
     return gather_rows(moments.unsqueeze(0)).sum(dim=0)
 
 
-def thresholds_note(model: SpadeModel, record: Dict[str, Any], maps: int = 0, seconds: float = 0.0) -> str:
+def thresholds_note(model: Any, record: Dict[str, Any], maps: int = 0, seconds: float = 0.0) -> str:
     """One line: each threshold in use, and where it comes from (set by hand, or learned by which rule)."""
     parts: List[str] = []
     for level, value in (("image", float(model.image_threshold)), ("pixel", float(model.pixel_threshold))):

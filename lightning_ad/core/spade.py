@@ -439,11 +439,11 @@ class SpadeModel(nn.Module):
             self.calibration = calibrate(self, settings, say=say or (lambda line: None))
         return skipped
 
-    def keep_few_shot_images(self, ids: Tensor, images: Tensor, limit: int) -> None:
+    def keep_few_shot_images(self, ids: Optional[Tensor], images: Optional[Tensor], limit: int) -> None:
         """Keep the prepared images ``[n, 3, H, W]`` (content ``ids`` ``[n]``, new to the bank) beside those kept
         already, in bank row order, while the bank holds fewer than ``limit`` images (thresholds of few-shot banks
-        are learned from their views); drop them all once it holds more."""
-        if self.bank_size >= limit:
+        are learned from their views); drop them all once it holds more, or when ``images`` is None."""
+        if images is None or self.bank_size >= limit:
             self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
             return
         old = self.bank.index.cpu()[torch.isin(self.bank.index.cpu(), ids.cpu(), invert=True)]

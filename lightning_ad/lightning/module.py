@@ -217,8 +217,7 @@ class Spade(pl.LightningModule):
             rank_zero_info(f"adding the training images to the bank of {self.model.bank_size} images (images already "
                            "in it are skipped); everything learned from the bank is learned again.")
         self._collector = BankCollector(self.model, self.hparams.bank_dir, self.trainer, extend=extend)
-        known = self.model.bank_size if extend else 0
-        self._few_shot = self._train_count is None or self._train_count + known < self.hparams.few_shot_below
+        self._few_shot = self._train_count is None or self._train_count < self.hparams.few_shot_below
         self._kept_images: List[Any] = []
         self._parts, self._fallback_index, self._fit_started = [], 0, time.perf_counter()
 
@@ -230,6 +229,8 @@ class Spade(pl.LightningModule):
         self._collector.append(ids, features, tuple(data["image"].shape[-2:]), list(names))
         if self._few_shot:  # a few-shot bank keeps its images: its thresholds come from their views too
             self._kept_images.append((ids, data["image"].detach().float().cpu()))
+            if sum(len(i) for i, _ in self._kept_images) >= self.hparams.few_shot_below:  # the bank will not be few-shot
+                self._few_shot, self._kept_images = False, []
         self.step_anchor.grad = torch.zeros_like(self.step_anchor)
         self.optimizers().step()  # lr 0, zero gradient: advances global_step only
 
@@ -265,8 +266,9 @@ class Spade(pl.LightningModule):
     def _keep_few_shot_images(self, known: Optional[Tensor]) -> None:
         """Gather the images kept by a few-shot fit (one per content id) and keep those new to the bank in the model."""
         parts, self._kept_images = self._kept_images, []
-        if not self._few_shot:
-            return self.model.keep_few_shot_images(torch.zeros(0, dtype=torch.long), torch.zeros(0, 3, 1, 1), self.hparams.few_shot_below)
+        limit = self.hparams.few_shot_below
+        if not bool(gather_rows(torch.tensor([int(self._few_shot)])).all()):  # a process saw too many images to keep
+            return self.model.keep_few_shot_images(None, None, limit)
         ids = gather_rows(torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long))
         images = gather_rows(torch.cat([x for _, x in parts]) if parts else torch.zeros(0, 3, *self.model.image_size))
         keep = first_occurrences(ids)
