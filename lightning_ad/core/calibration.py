@@ -40,7 +40,7 @@ __all__ = ["CalibrationSettings", "FEW_SHOT_IMAGES", "calibrate", "decide_search
 
 #: Default of ``few_shot_below``: banks of fewer images than this learn their thresholds from views of the images too
 #: (and keep the images).
-FEW_SHOT_IMAGES = 16
+FEW_SHOT_IMAGES = 32
 
 
 class CalibrationSettings(NamedTuple):

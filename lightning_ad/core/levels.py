@@ -22,13 +22,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PIXEL_DISTANCES", "LEVEL_BALANCES", "local_mean", "aggregate_pyramid", "position_scores", "level_moments",
+from .filters import gaussian_blur
+
+__all__ = ["combine_levels", "PIXEL_DISTANCES", "LEVEL_BALANCES", "local_mean", "aggregate_pyramid", "position_scores", "level_moments",
            "balance_scales", "level_factors"]
 
 #: Accepted values of ``pixel_distance``.
@@ -81,3 +83,17 @@ def level_factors(weights: Optional[Sequence[float]], scales: Tensor) -> Tensor:
     equal)."""
     w = torch.ones_like(scales) if weights is None else torch.tensor([float(v) for v in weights], dtype=torch.float64)
     return w / (w.sum() * scales.double())
+
+
+def combine_levels(level_maps: Sequence[Tensor], size: Tuple[int, int], sigma: float,
+                   factors: Optional[Sequence[float]] = None) -> Tensor:
+    """The anomaly map from per-level maps ``[B, H_l, W_l]``: each upsampled to ``size`` (bilinear), their mean
+    (or their sum weighted by ``factors``, one per level: :func:`~lightning_ad.core.levels.level_factors`),
+    smoothed by a Gaussian of ``sigma`` pixels (none for 0): ``[B, H, W]``. Eager scoring and the exported graph
+    both call it."""
+    up = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in level_maps]
+    if factors is None:
+        combined = torch.stack(up).mean(dim=0).squeeze(1)
+    else:
+        combined = sum(float(f) * m for f, m in zip(factors, up)).squeeze(1)
+    return gaussian_blur(combined, sigma) if sigma > 0 else combined

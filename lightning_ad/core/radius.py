@@ -30,12 +30,15 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from .backbones import LEVEL_STRIDES
+from .knn import slab_knn
 from .windowed import window_cells, window_products
 
-__all__ = ["AUTO", "AUTO_TOLERANCE", "AUTO_IMAGES", "RadiusChoice", "radius_candidates", "evidence_level", "choose_radius"]
+__all__ = ["AUTO", "AUTO_TOLERANCE", "AUTO_IMAGES", "RadiusChoice", "radius_candidates", "evidence_level", "choose_radius",
+           "RadiusDecision"]
 
 #: The ``search_radius`` value that decides the radius at fit.
 AUTO = "auto"
@@ -125,3 +128,48 @@ def decode_radius(value: float) -> Optional[float]:
     if math.isnan(value):
         raise ValueError("the search radius is not decided")
     return None if math.isinf(value) else float(value)
+
+
+class RadiusDecision:
+    """The part of :class:`~lightning_ad.core.spade.SpadeModel` that decides ``search_radius: auto`` (a mixin: it
+    uses the model's bank, levels, ``level_search`` and ``decided_radius`` buffer)."""
+
+    def radius_rows(self) -> Tensor:
+        """``[n]`` bank rows whose leave-one-out distances decide ``search_radius: auto``: ``AUTO_IMAGES`` evenly spread
+        (none in a bank of one image: it has nothing to be compared with)."""
+        return self.spread_rows(AUTO_IMAGES, self.bank_size if self.bank_size > 1 else 0)
+
+    @property
+    def radius_candidates(self) -> Tuple[float, ...]:
+        """Radii that ``search_radius: auto`` chooses among (:func:`~lightning_ad.core.radius.radius_candidates`)."""
+        return radius_candidates(self.bank.level_shape(0), LEVEL_STRIDES[self.layers[0]])
+
+    def radius_evidence(self, rows: Tensor) -> Tensor:
+        """``[R, len(radius_candidates) + 1]`` float64: for each of the bank ``rows`` ``[R]``, the sum over its
+        positions at the :func:`~lightning_ad.core.radius.evidence_level` of the Euclidean distance to the nearest
+        feature of its ``gallery_k`` nearest other training images, within each candidate radius, then over every
+        position. With a sharded bank every process calls it, with the rows it holds (maybe none)."""
+        self.require_fitted()
+        rows = rows.to(self.bank.index.device)
+        position = evidence_level(self.layers)
+        stride = LEVEL_STRIDES[self.layers[position]]
+        if self.bank_size < 2:  # a bank of one image: nothing to compare it with
+            return torch.zeros(0, len(self.radius_candidates) + 1, dtype=torch.float64)
+        k = self.ks_in_use(left_out=True)[1]
+        neighbours = slab_knn(self.bank.pooled[rows].float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes,
+                              exclude=rows).indices
+        fmap = self.bank.pyramid_of(rows)[position]
+        sums = []
+        for radius in (*self.radius_candidates, None):
+            dist = self.level_search(position, fmap, neighbours, window_cells(radius, stride), 1)
+            sums.append(dist.double().clamp_min(0).sqrt().sum(dim=(1, 2)))
+        return torch.stack(sums, dim=1).cpu()
+
+    def set_search_radius(self, evidence: Tensor) -> RadiusChoice:
+        """Decide ``search_radius: auto`` from the :meth:`radius_evidence` rows of the training images (in bank
+        row order: the sum is then the same whatever the number of processes)."""
+        choice = choose_radius(evidence.sum(dim=0), self.radius_candidates, self.layers[evidence_level(self.layers)],
+                               int(evidence.shape[0]))
+        self.decided_radius.fill_(encode_radius(choice.radius))
+        self.radius_choice = choice
+        return choice

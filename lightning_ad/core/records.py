@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 from torch import Tensor
 
-__all__ = ["LeaveOneOut"]
+__all__ = ["Features", "SpadeOutput", "LeaveOneOut"]
+
+
+class Features(NamedTuple):
+    """Backbone output: ``pyramid`` (one ``[B, C_l, H_l, W_l]`` per level) and ``pooled`` ``[B, D]``."""
+
+    pyramid: List[Tensor]
+    pooled: Tensor
+
+
+class SpadeOutput(NamedTuple):
+    """``image_scores`` ``[B]`` and ``anomaly_maps`` ``[B, H, W]``: raw feature distances."""
+
+    image_scores: Tensor
+    anomaly_maps: Tensor
 
 
 class LeaveOneOut(NamedTuple):

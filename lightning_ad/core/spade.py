@@ -32,135 +32,38 @@ module is usable without a Trainer::
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..bank.content import content_ids
-from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, finish_stream, rename_legacy_keys
+from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, rename_legacy_keys
 from ..distributed import world_size
 from ..errors import ConfigurationError
 from . import checks
 from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build_backbone, validate_levels
-from .filters import gaussian_blur
+from .growth import BankGrowth
+from .image_scores import IMAGE_SCORES, image_score_from_parts, map_part_of, map_score
+from .inputs import check_image_range
 from .knn import DEFAULT_CHUNK_BYTES, slab_knn
-from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, balance_scales, level_factors, level_moments, position_scores
-from .positions import spread_positions
-from .records import LeaveOneOut
-from .radius import AUTO, AUTO_IMAGES, RadiusChoice, choose_radius, decode_radius, encode_radius, evidence_level, radius_candidates
+from .leave_one_out import LEVEL_BALANCE_IMAGES, LeaveOneOutScoring
+from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, combine_levels, position_scores
+from .radius import AUTO, RadiusChoice, RadiusDecision, decode_radius
+from .records import Features, LeaveOneOut, SpadeOutput
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
 
-if TYPE_CHECKING:
-    from .calibration import CalibrationSettings
-
 __all__ = [
-    "SpadeModel", "SpadeOutput", "combine_levels", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of", "image_score_from_parts", "BANK_DTYPES", "check_finite",
-    "check_image_range"]
-
-#: Accepted values of ``image_score`` (see the module docstring).
-IMAGE_SCORES = ("dn2", "max", "topq", "combined")
+    "SpadeModel", "SpadeOutput", "combine_levels", "LeaveOneOut", "Features", "IMAGE_SCORES", "map_score", "map_part_of",
+    "image_score_from_parts", "BANK_DTYPES", "check_finite", "check_image_range", "LEVEL_BALANCE_IMAGES"]
 
 
 #: Images per backbone call on a CPU (see :meth:`SpadeModel.extract`).
 _CPU_SLICE = 8
-#: Training images (evenly spread over the bank) whose leave-one-out maps set the level scales of ``level_balance``.
-LEVEL_BALANCE_IMAGES = 32
 
 
-def combine_levels(level_maps: Sequence[Tensor], size: Tuple[int, int], sigma: float,
-                   factors: Optional[Sequence[float]] = None) -> Tensor:
-    """The anomaly map from per-level maps ``[B, H_l, W_l]``: each upsampled to ``size`` (bilinear), their mean
-    (or their sum weighted by ``factors``, one per level: :func:`~lightning_ad.core.levels.level_factors`),
-    smoothed by a Gaussian of ``sigma`` pixels (none for 0): ``[B, H, W]``. Eager scoring and the exported graph
-    both call it."""
-    up = [F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False) for m in level_maps]
-    if factors is None:
-        combined = torch.stack(up).mean(dim=0).squeeze(1)
-    else:
-        combined = sum(float(f) * m for f, m in zip(factors, up)).squeeze(1)
-    return gaussian_blur(combined, sigma) if sigma > 0 else combined
-
-
-class Features(NamedTuple):
-    """Backbone output: ``pyramid`` (one ``[B, C_l, H_l, W_l]`` per level) and ``pooled`` ``[B, D]``."""
-
-    pyramid: List[Tensor]
-    pooled: Tensor
-
-
-class SpadeOutput(NamedTuple):
-    """``image_scores`` ``[B]`` and ``anomaly_maps`` ``[B, H, W]``: raw feature distances."""
-
-    image_scores: Tensor
-    anomaly_maps: Tensor
-
-
-def map_score(maps: Tensor, kind: str, q: float = 0.01) -> Tensor:
-    """``[B]`` image score of maps ``[B, H, W]``: their maximum (``max``) or the mean of their top ``q``
-    fraction of pixels (``topq``; at least one pixel, ``ceil(q * H * W)``).
-
-    Example:
-        >>> maps = torch.arange(8.0).reshape(1, 2, 4)
-        >>> map_score(maps, "max"), map_score(maps, "topq", 0.25)
-        (tensor([7.]), tensor([6.5000]))
-    """
-    flat = maps.flatten(1)
-    if kind == "max":
-        return flat.amax(dim=1)
-    count = max(1, math.ceil(q * flat.shape[1] - 1e-9))
-    return flat.topk(count, dim=1).values.mean(dim=1)
-
-
-def map_part_of(kind: str, maps: Tensor, q: float) -> Tensor:
-    """``[B]`` the map statistic of image score ``kind`` from maps ``[B, H, W]``: ``topq`` for ``topq``, else ``max``."""
-    return map_score(maps, "topq" if kind == "topq" else "max", q)
-
-
-def image_score_from_parts(kind: str, dn2: Tensor, map_part: Optional[Tensor], dn2_scale: float, map_scale: float) -> Tensor:
-    """``[B]`` image score ``kind`` from DN2 ``[B]`` and the map statistic ``[B]`` (:func:`map_part_of`);
-    ``combined`` divides each part by its scale (learned at fit)."""
-    if kind == "dn2":
-        return dn2
-    if map_part is None:
-        raise ValueError(f"image_score={kind!r} needs the map statistic")
-    if kind != "combined":
-        return map_part
-    if not all(math.isfinite(s) and s > 0 for s in (dn2_scale, map_scale)):
-        raise ConfigurationError(
-            "image_score='combined' needs the scales of its parts, learned from leave-one-out scores of the "
-            "training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
-        )
-    return dn2 / dn2_scale + map_part / map_scale
-
-
-#: Tolerance on the [0, 1] input range (interpolation may overshoot by rounding).
-_RANGE_SLACK = 1e-3
-
-
-def check_image_range(images: Tensor) -> Tensor:
-    """Refuse images that are not float ``[B, 3, H, W]`` in [0, 1] (e.g. 0..255), naming what to pass."""
-    if not images.is_floating_point():
-        raise ConfigurationError(
-            f"images are {images.dtype}: SpadeModel takes float images in [0, 1], [B, 3, H, W]. Convert with "
-            "images.float() / 255, or score files and arrays of any type with lightning_ad.Detector."
-        )
-    if images.numel():
-        low, high = float(images.min()), float(images.max())
-        if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
-            raise ConfigurationError(
-                f"image values span [{low:.4g}, {high:.4g}]: SpadeModel takes images in [0, 1] (the backbone "
-                "applies its own normalisation). Divide 0..255 images by 255 and do not normalise them yourself."
-            )
-    return images
-
-
-class SpadeModel(nn.Module):
+class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
     """SPADE: frozen backbone, memory bank, kNN scoring. Arguments are keyword-only.
 
     Args:
@@ -378,89 +281,6 @@ class SpadeModel(nn.Module):
                 pooled = torch.cat([q for _, q in parts])
             return Features(aggregate_pyramid(pyramid, self.aggregated), pooled)
 
-    def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32, settings: Optional["CalibrationSettings"] = None,
-                 say: Optional[Callable[[str], Any]] = None) -> List[Tuple[int, int]]:
-        """Build the bank from normal images (a tensor ``[N, 3, H, W]`` in [0, 1] or an iterable of batches), in memory
-        or on disk, then learn what fit learns from them (:func:`~lightning_ad.core.calibration.calibrate`:
-        ``search_radius: auto``, scales, thresholds by ``settings``, default quantiles). ``say``: where its report
-        lines go (None: nowhere). Returns ``[(skipped, kept)]``: positions of images whose content repeats an
-        earlier one (skipped)."""
-        self.reset_bank()
-        return self.add_images(images, batch_size, settings, say)
-
-    def add_images(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32, settings: Optional["CalibrationSettings"] = None,
-                   say: Optional[Callable[[str], Any]] = None) -> List[Tuple[int, int]]:
-        """Add normal images to the bank (as :meth:`fit_bank`; an empty model is fitted) and learn again everything
-        learned from the bank, as a fit on all the images would. An image whose content is already in the bank is
-        skipped: returns ``[(position of the skipped image, position of the earlier one or -1: the bank)]``."""
-        from .calibration import CalibrationSettings, calibrate  # calibration builds on this module
-
-        batches = images.split(batch_size) if isinstance(images, Tensor) else images
-        extend = self.is_fitted
-        known = {int(i): -1 for i in self.bank.index.tolist()}
-        parts, kept, size, seen, skipped = [], [], self.image_size if extend else None, 0, []
-        streams, writer = self.bank.streams and (not extend or self.bank.external), None
-        for batch in batches:
-            if size is not None and tuple(batch.shape[-2:]) != tuple(size):
-                raise ValueError(f"add_images: images of {tuple(batch.shape[-2:])} pixels cannot join a bank of {tuple(size)}")
-            size = tuple(batch.shape[-2:])
-            ids = content_ids(batch)
-            new = []
-            for position, image_id in enumerate(ids.tolist()):
-                if image_id in known:
-                    skipped.append((seen + position, known[image_id]))
-                else:
-                    known[image_id] = seen + position
-                    new.append(position)
-            seen += int(batch.shape[0])
-            if not new:
-                continue
-            batch, ids = batch[new], ids[new]
-            features = self.extract(batch)
-            if streams:  # files in a new folder of bank_dir: no fit overwrites the files of another bank
-                folder = os.path.join(self.bank.directory, f"bank-{uuid.uuid4().hex[:8]}") if self.bank.directory else None
-                writer = writer or self.bank.writer(folder)
-                writer.append(ids, features.pooled, features.pyramid, size)
-            else:
-                parts.append((ids, features))
-            kept.append((ids, batch.detach().cpu()))
-        if not seen or size is None:
-            raise ValueError("fit_bank needs at least one training image")
-        if writer is not None:
-            finish_stream(writer, self.bank, extend=extend)
-        elif parts:
-            ids = torch.cat([i for i, _ in parts])
-            self.bank.add(ids, torch.cat([f.pooled for _, f in parts]),
-                          [torch.cat([f.pyramid[i] for _, f in parts]) for i in range(len(self.layers))], size)
-        if kept:
-            settings = settings or CalibrationSettings()
-            self.keep_few_shot_images(torch.cat([i for i, _ in kept]), torch.cat([b for _, b in kept]), settings.few_shot_below)
-            self.forget_learned()
-            self.calibration = calibrate(self, settings, say=say or (lambda line: None))
-        return skipped
-
-    def keep_few_shot_images(self, ids: Optional[Tensor], images: Optional[Tensor], limit: int) -> None:
-        """Keep the prepared images ``[n, 3, H, W]`` (content ``ids`` ``[n]``, new to the bank) beside those kept
-        already, in bank row order, while the bank holds fewer than ``limit`` images (thresholds of few-shot banks
-        are learned from their views); drop them all once it holds more, or when ``images`` is None."""
-        if images is None or self.bank_size >= limit:
-            self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
-            return
-        old = self.bank.index.cpu()[torch.isin(self.bank.index.cpu(), ids.cpu(), invert=True)]
-        held = self.few_shot_images if self.few_shot_images.shape[0] else images.new_zeros(0, *images.shape[1:])
-        if held.shape[0] != old.numel():  # the bank's earlier images were not kept (a checkpoint of an older version)
-            self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
-            return
-        merged = torch.cat([held.to(images.device), images.to(torch.float32)])
-        order = torch.argsort(torch.cat([old, ids.cpu()]))
-        self.few_shot_images = merged[order.to(merged.device)].to(self.bank.index.device).contiguous()
-
-    def forget_learned(self) -> None:
-        """Back to nothing learned from the bank (thresholds, scales, the decided radius): before learning again."""
-        for buffer in (self.image_threshold, self.pixel_threshold, self.dn2_scale, self.map_scale, self.level_scales,
-                       self.decided_radius):
-            buffer.fill_(float("nan"))
-        self.radius_choice = None
 
     # ------------------------------------------------------------------ scoring
 
@@ -512,88 +332,6 @@ class SpadeModel(nn.Module):
         """``[B]`` image scores from DN2 ``[B]`` and the map statistic ``[B]`` (:meth:`map_part`)."""
         return image_score_from_parts(self.image_score, dn2, map_part, float(self.dn2_scale), float(self.map_scale))
 
-    def learn_scales(self, loo: "LeaveOneOut") -> None:
-        """Set ``dn2_scale`` and ``map_scale`` to the medians of leave-one-out DN2 and map maxima
-        (1 where a median is 0: identical training images)."""
-        if loo.map_part is None:
-            raise ValueError("learn_scales needs the map statistic of the leave-one-out scores")
-        for buffer, values in ((self.dn2_scale, loo.dn2), (self.map_scale, loo.map_part)):
-            median = float(values.double().quantile(0.5))
-            buffer.fill_(median if median > 0 else 1.0)
-
-    def spread_rows(self, samples: int, count: Optional[int] = None) -> Tensor:
-        """``[n]`` ``samples`` bank rows evenly spread over the first ``count`` (default: all), on the bank's device."""
-        count = self.bank_size if count is None else count
-        return torch.tensor(spread_positions(count, min(samples, count)), dtype=torch.long, device=self.bank.index.device)
-
-    def balance_rows(self) -> Tensor:
-        """``[n]`` bank rows whose leave-one-out maps set the level scales: ``LEVEL_BALANCE_IMAGES`` evenly spread."""
-        return self.spread_rows(LEVEL_BALANCE_IMAGES)
-
-    def level_moments(self, rows: Tensor, batch_size: int = 8) -> Tensor:
-        """``[L, 3]`` moments (:func:`~lightning_ad.core.levels.level_moments`) of the leave-one-out level maps of
-        bank ``rows``; those of several processes add up."""
-        self.require_fitted()
-        moments = torch.zeros(len(self.layers), 3, dtype=torch.float64, device=self.bank.index.device)
-        for chunk in rows.to(self.bank.index.device).split(batch_size):
-            moments += level_moments(self._left_out_level_maps(chunk)).to(moments.device)
-        return moments
-
-    def _left_out_level_maps(self, rows: Tensor) -> List[Tensor]:
-        """Level maps of bank ``rows``, each scored against the rest of the bank (:meth:`level_maps`)."""
-        _, neighbours = self.nearest_images(self.bank.pooled[rows].float(), exclude=rows)
-        return self.level_maps(self.bank.pyramid_of(rows), neighbours)
-
-    def set_level_scales(self, moments: Tensor) -> None:
-        """Set ``level_scales`` from the summed :meth:`level_moments` of the training images (``level_balance``)."""
-        self.level_scales.copy_(balance_scales(moments, self.level_balance).to(self.level_scales))
-
-    def level_factors(self) -> Optional[List[float]]:
-        """Factors of the levels in the combined map, one per level (None: the plain mean)."""
-        if self.level_balance == "none" and self.level_weights is None:
-            return None
-        scales = torch.ones_like(self.level_scales) if self.level_balance == "none" else self.level_scales
-        if not bool(torch.isfinite(scales).all()):
-            raise ConfigurationError(
-                f"level_balance={self.level_balance!r} needs the scales of the levels, learned from leave-one-out maps "
-                f"of the training images when the bank is fitted (at least max(image_k, gallery_k) + 1 images): fit again."
-            )
-        return level_factors(self.level_weights, scales.cpu()).tolist()
-
-    def leave_one_out(self, rows: Optional[Tensor] = None, keep: Optional[Tensor] = None, batch_size: int = 8,
-                      progress: Optional[Callable[[int], None]] = None) -> LeaveOneOut:
-        """Leave-one-out scores of bank ``rows`` (default: all) against the rest of the bank.
-
-        DN2 of every row; with a map-based image score, every row's map is computed (in
-        chunks of ``batch_size``) for its statistic. ``keep`` (``[N]`` bool over bank rows)
-        selects the rows whose maps are returned. ``progress(n)`` is called after each chunk.
-        """
-        self.require_fitted()
-        device = self.bank.index.device
-        rows = torch.arange(self.bank_size, device=device) if rows is None else rows.to(device)
-        keep = torch.zeros(self.bank_size, dtype=torch.bool, device=device) if keep is None else keep.to(device)
-        dn2 = self.nearest_images(self.bank.pooled[rows].float(), exclude=rows)[0]
-        mapped = rows if self.uses_maps else rows[keep[rows]]
-        parts, maps = [], []
-        for chunk in mapped.split(batch_size):
-            chunk_maps = self.combine(self._left_out_level_maps(chunk), self.image_size)
-            check_finite(chunk_maps, "anomaly maps")
-            if self.uses_maps:
-                parts.append(self.map_part(chunk_maps))
-            maps.append(chunk_maps[keep[chunk]])
-            if progress is not None:
-                progress(len(chunk))
-        part = (torch.cat(parts) if parts else dn2.new_zeros(0)) if self.uses_maps else None
-        maps = torch.cat(maps) if maps else torch.zeros(0, *self.image_size, device=device)
-        return LeaveOneOut(rows, dn2, part, maps)
-
-    def leave_one_out_image_scores(self) -> Tensor:
-        """``[N]`` image score of every training image against the rest of the bank."""
-        if not self.uses_maps:
-            rows = torch.arange(self.bank_size, device=self.bank.index.device)
-            return self.nearest_images(self.bank.pooled.float(), exclude=rows)[0]
-        loo = self.leave_one_out()
-        return self.image_scores(loo.dn2, loo.map_part)
 
     def level_maps(self, pyramid: Sequence[Tensor], neighbours: Tensor) -> List[Tensor]:
         """Per-level maps ``[B, H_l, W_l]``: mean distance (``pixel_distance``) to the kappa nearest gallery features."""
@@ -631,48 +369,6 @@ class SpadeModel(nn.Module):
         parts = [gallery_search(q, gallery, g, k, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
                  for q, g in zip(queries.split(step), groups.split(step))]
         return torch.cat(parts)  # an empty batch is one empty part (the searches return empty distances)
-
-    # ------------------------------------------------------------------ search_radius: auto
-
-    def radius_rows(self) -> Tensor:
-        """``[n]`` bank rows whose leave-one-out distances decide ``search_radius: auto``: ``AUTO_IMAGES`` evenly spread
-        (none in a bank of one image: it has nothing to be compared with)."""
-        return self.spread_rows(AUTO_IMAGES, self.bank_size if self.bank_size > 1 else 0)
-
-    @property
-    def radius_candidates(self) -> Tuple[float, ...]:
-        """Radii that ``search_radius: auto`` chooses among (:func:`~lightning_ad.core.radius.radius_candidates`)."""
-        return radius_candidates(self.bank.level_shape(0), LEVEL_STRIDES[self.layers[0]])
-
-    def radius_evidence(self, rows: Tensor) -> Tensor:
-        """``[R, len(radius_candidates) + 1]`` float64: for each of the bank ``rows`` ``[R]``, the sum over its
-        positions at the :func:`~lightning_ad.core.radius.evidence_level` of the Euclidean distance to the nearest
-        feature of its ``gallery_k`` nearest other training images, within each candidate radius, then over every
-        position. With a sharded bank every process calls it, with the rows it holds (maybe none)."""
-        self.require_fitted()
-        rows = rows.to(self.bank.index.device)
-        position = evidence_level(self.layers)
-        stride = LEVEL_STRIDES[self.layers[position]]
-        if self.bank_size < 2:  # a bank of one image: nothing to compare it with
-            return torch.zeros(0, len(self.radius_candidates) + 1, dtype=torch.float64)
-        k = self.ks_in_use(left_out=True)[1]
-        neighbours = slab_knn(self.bank.pooled[rows].float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes,
-                              exclude=rows).indices
-        fmap = self.bank.pyramid_of(rows)[position]
-        sums = []
-        for radius in (*self.radius_candidates, None):
-            dist = self.level_search(position, fmap, neighbours, window_cells(radius, stride), 1)
-            sums.append(dist.double().clamp_min(0).sqrt().sum(dim=(1, 2)))
-        return torch.stack(sums, dim=1).cpu()
-
-    def set_search_radius(self, evidence: Tensor) -> RadiusChoice:
-        """Decide ``search_radius: auto`` from the :meth:`radius_evidence` rows of the training images (in bank
-        row order: the sum is then the same whatever the number of processes)."""
-        choice = choose_radius(evidence.sum(dim=0), self.radius_candidates, self.layers[evidence_level(self.layers)],
-                               int(evidence.shape[0]))
-        self.decided_radius.fill_(encode_radius(choice.radius))
-        self.radius_choice = choice
-        return choice
 
     @property
     def level_cells(self) -> List[Optional[int]]:
@@ -714,26 +410,6 @@ class SpadeModel(nn.Module):
             )
         return self.score_features(self.extract(images), size)
 
-    def score_bank(self, rows: Optional[Tensor] = None, batch_size: int = 8) -> SpadeOutput:
-        """Leave-one-out scores of bank rows (training images) against the rest of the bank.
-
-        ``rows``: bank rows to score (default: all). Maps are at the bank's input size.
-        """
-        self.require_fitted()
-        if rows is None:
-            rows = torch.arange(self.bank_size, device=self.bank.index.device)
-        if not bool(self.bank.held()[rows].all()):
-            raise ValueError("score_bank: a sharded bank scores only the rows this process holds (bank.held())")
-        scores, maps = [], []
-        for chunk in rows.split(batch_size):
-            features = Features(self.bank.pyramid_of(chunk), self.bank.pooled[chunk].float())
-            out = self.score_features(features, self.image_size, exclude=chunk)
-            scores.append(out.image_scores)
-            maps.append(out.anomaly_maps)
-        self.end_scoring()
-        if not scores:
-            return SpadeOutput(torch.zeros(0), torch.zeros(0, *self.image_size))
-        return SpadeOutput(torch.cat(scores), torch.cat(maps))
 
     def end_scoring(self) -> None:
         """After a process's last scoring call of a pass: with a sharded bank under several processes,

@@ -78,7 +78,9 @@ from torch import Tensor, nn
 
 from ..core.levels import aggregate_pyramid, position_scores
 from ..core.padding import fix_same_padding
-from ..core.spade import SpadeModel, combine_levels, image_score_from_parts, map_part_of
+from ..core.image_scores import image_score_from_parts, map_part_of
+from ..core.levels import combine_levels
+from ..core.spade import SpadeModel
 from ..core.thresholds import decide, normalize_scores
 from ..core.knn import knn
 from ..core.windowed import gallery_search
