@@ -95,11 +95,13 @@ def test_a_grown_bank_equals_a_fresh_fit_on_all_its_images(tmp_path, storage):
     x, test = images(20), images(3, seed=1)
     options = dict(image_k=4, gallery_k=4, bank_storage=storage, bank_dir=str(tmp_path / "bank"))
     grown, fresh = model(**options), model(**options)
-    grown.fit_bank(x[:6])
+    limit = CalibrationSettings(few_shot_below=16)  # the bank crosses it: views below, plain leave-one-out above
+    grown.fit_bank(x[:6], settings=limit)
+    assert grown.few_shot_images.shape[0] == 6
     files = {p: p.read_bytes() for p in (tmp_path / "bank").rglob("*.bin")}
-    skipped = grown.add_images(torch.cat([x[6:], x[:1]]))  # 14 new images, one already in the bank
+    skipped = grown.add_images(torch.cat([x[6:], x[:1]]), settings=limit)  # 14 new images, one already in the bank
     assert skipped == [(14, -1)]
-    fresh.fit_bank(x[[5, 19, 0, 12, 3, 7, 1, 18, 2, 11, 4, 6, 8, 9, 10, 13, 14, 15, 16, 17]])  # another order
+    fresh.fit_bank(x[[5, 19, 0, 12, 3, 7, 1, 18, 2, 11, 4, 6, 8, 9, 10, 13, 14, 15, 16, 17]], settings=limit)  # another order
     assert grown.bank_size == fresh.bank_size == 20 and torch.equal(grown.bank.index, fresh.bank.index)
     assert grown.few_shot_images.shape[0] == 0  # 20 images: plain leave-one-out, images no longer kept
     for name in ("image_threshold", "pixel_threshold", "decided_radius"):
