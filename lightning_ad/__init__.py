@@ -4,7 +4,8 @@ from .lightning.console import quiet_lightning
 
 quiet_lightning()
 
-from .lightning.callbacks import PredictionWriter, TestReport  # noqa: E402
+from .lightning.prediction_writer import PredictionWriter  # noqa: E402
+from .lightning.test_report import TestReport  # noqa: E402
 from .data import DemoDataModule, FolderDataModule, MVTecDataModule  # noqa: E402
 from .inference.detector import Detection, Detector  # noqa: E402
 from .lightning.evaluation import Evaluation, evaluate  # noqa: E402

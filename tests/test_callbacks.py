@@ -1,4 +1,5 @@
-"""PredictionWriter and TestReport on a tiny generated data set, and the pictures of lightning_ad.inference.visualize."""
+"""PredictionWriter and TestReport on a tiny generated data set, and the pictures of lightning_ad.inference.visualize
+(overlays with their legend strip)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 from conftest import make_trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.inference import visualize as V
-from lightning_ad.lightning.callbacks import CSV_COLUMNS, PredictionWriter, TestReport, sanitize_relpath
+from lightning_ad.lightning.outputs import sanitize_relpath
+from lightning_ad.lightning.prediction_writer import CSV_COLUMNS, PredictionWriter
+from lightning_ad.lightning.test_report import TEST_CSV, TEST_CSV_COLUMNS, TestReport
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.core.metrics import binary_auroc
 from lightning_ad.core.thresholds import normalize_scores
@@ -108,11 +111,15 @@ def fitted(tmp_path_factory):
     return model, data, work
 
 
-def _read_csv(path: Path) -> List[Dict[str, str]]:
+def _read_csv(path: Path, columns=CSV_COLUMNS) -> List[Dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        assert tuple(reader.fieldnames) == columns
         return list(reader)
+
+
+def _legend_height(width: int, score: float, tau: float, theta: float) -> int:
+    return V.legend_strip(max(width, V.LEGEND_MIN_WIDTH), theta, score, tau).shape[0]
 
 
 # ---------------------------------------------------------------------- PredictionWriter
@@ -163,12 +170,14 @@ def test_prediction_writer_matches_predict_outputs(fitted, tmp_path):
             stored = np.asarray(im)
         assert stored.dtype == np.float32
         assert np.array_equal(stored, expected["anomaly_maps"].numpy())
+        score = float(expected["image_scores"])
         with Image.open(out / row["overlay_file"]) as im:
-            assert im.size == (SIZE, SIZE) and im.mode == "RGB"
+            assert im.size == (V.LEGEND_MIN_WIDTH, SIZE + _legend_height(SIZE, score, tau, theta)) and im.mode == "RGB"
             drawn = np.asarray(im)
         item = datamodule.predict_dataset[expected["index"]]
         reference = V.overlay(item["image"], expected["anomaly_maps"], theta, pred_mask=expected["pred_masks"])
-        assert np.array_equal(drawn, reference)
+        assert np.array_equal(drawn[:SIZE, :SIZE], reference)  # the picture itself, untouched by the legend
+        assert np.array_equal(drawn, V.with_legend(reference, theta, score, tau))
     assert (out / "maps" / "sub" / "deeper" / "a.tiff").is_file()
     assert (out / "maps" / "b.tiff").is_file()
     assert not list(out.glob(".*")), "temporary or part files left behind"
@@ -312,16 +321,18 @@ def test_test_report_writes_pictures(fitted, tmp_path):
 
     overlays = sorted(p.relative_to(folder / "overlays").as_posix() for p in (folder / "overlays").rglob("*.png"))
     assert overlays == sorted(f"{s.relpath.rsplit('.', 1)[0]}.png" for s in datamodule.test_dataset.samples)
-    theta = model.pixel_threshold
+    theta, tau = model.pixel_threshold, model.image_threshold
     for position, index in enumerate(results.index.tolist()):
         sample = datamodule.test_dataset.samples[index]
         item = datamodule.test_dataset[index]
+        score = float(results.score[position])
         with Image.open(folder / "overlays" / f"{sample.relpath.rsplit('.', 1)[0]}.png") as im:
-            assert im.size == (SIZE, SIZE)
+            assert im.size == (V.LEGEND_MIN_WIDTH, SIZE + _legend_height(SIZE, score, tau, theta))
             drawn = np.asarray(im)
         result_map = results.anomaly_map[position]
         reference = V.overlay(item["image"], result_map, theta, gt_mask=results.mask[position], pred_mask=result_map >= theta)
-        assert np.array_equal(drawn, reference)
+        assert np.array_equal(drawn[:SIZE, :SIZE], reference)
+        assert np.array_equal(drawn, V.with_legend(reference, theta, score, tau))
         if results.mask[position].any():
             assert (drawn == np.array(V.GT_COLOR, np.uint8)).all(-1).any(), "no ground-truth outline"
 
@@ -345,13 +356,76 @@ def test_test_report_max_overlays_and_disabled(fitted, tmp_path):
     assert not (tmp_path / "off").exists()
 
 
+def _check_test_table(rows: List[Dict[str, str]], model: Spade, samples) -> None:
+    """Each row of test_images.csv is the test run's record of that image (``model.test_results``), exactly."""
+    results = model.test_results
+    tau, theta = model.image_threshold, model.pixel_threshold
+    assert len(rows) == len(results) == len(samples) == 7
+    decisions = results.decision.tolist()
+    for position, row in enumerate(rows):
+        index = int(results.index[position])
+        label = int(results.label[position])
+        score = float(results.score[position])
+        assert row["path"] == results.path[position] == str(samples[index].path)
+        assert row["relpath"] == samples[index].relpath
+        assert int(row["label"]) == label == int(Path(row["path"]).parent.name == "defect")
+        assert float(row["image_score"]) == score  # exact round trip
+        assert float(row["normalized_score"]) == float(results.normalized_score[position])
+        assert float(row["normalized_score"]) == pytest.approx(score / (2 * tau) if score <= tau else 1 - tau / (2 * score))
+        assert int(row["decision"]) == int(decisions[position]) == int(score >= tau)
+        assert float(row["image_threshold"]) == tau and float(row["pixel_threshold"]) == theta
+        assert int(row["has_mask"]) == label  # the defective images have masks, the good ones none
+
+
+def test_test_report_csv_equals_test_results(fitted, tmp_path):
+    """test_images.csv: one row per test image, its scores and decisions those of the test run, exactly."""
+    model, data, work = fitted
+    datamodule = _datamodule(data)
+    metrics = _trainer(tmp_path / "run", [TestReport(max_overlays=2)]).test(model, datamodule=datamodule, verbose=False)[0]
+    folder = tmp_path / "run" / "test_report"
+    rows = _read_csv(folder / TEST_CSV, TEST_CSV_COLUMNS)
+    _check_test_table(rows, model, datamodule.test_dataset.samples)
+    # overlays: only the two drawn (max_overlays=2) are named, and they exist
+    named = [r["overlay_file"] for r in rows if r["overlay_file"]]
+    assert named == ["overlays/test/defect/000.png", "overlays/test/good/000.png"]
+    assert all((folder / name).is_file() for name in named)
+    # the logged metrics follow from the table alone
+    scores = torch.tensor([float(r["image_score"]) for r in rows], dtype=torch.float64)
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    assert float(binary_auroc(scores, labels)) == pytest.approx(metrics["test/image_auroc"], abs=1e-6)
+    assert not list(folder.glob(".*")), "temporary files left behind"
+
+    # an image threshold set by hand between the scores: both decisions occur, and F1 follows from the table
+    middle = float(np.median(scores.numpy()))
+    split = Spade.load_from_checkpoint(str(work / "fitted.ckpt"), image_threshold=middle)
+    metrics = _trainer(tmp_path / "split", [TestReport(max_overlays=0)]).test(split, datamodule=datamodule, verbose=False)[0]
+    rows = _read_csv(tmp_path / "split" / "test_report" / TEST_CSV, TEST_CSV_COLUMNS)
+    assert split.image_threshold == middle and all(float(r["image_threshold"]) == middle for r in rows)
+    _check_test_table(rows, split, datamodule.test_dataset.samples)
+    decided = torch.tensor([int(r["decision"]) for r in rows])
+    assert 0 < int(decided.sum()) < len(rows)
+    assert all(r["overlay_file"] == "" for r in rows)  # none drawn
+    tp, fp = int(((decided == 1) & (labels == 1)).sum()), int(((decided == 1) & (labels == 0)).sum())
+    fn = int(((decided == 0) & (labels == 1)).sum())
+    assert 2 * tp / (2 * tp + fp + fn) == pytest.approx(metrics["test/image_f1"], abs=1e-6)
+
+
+def test_former_callbacks_module_names_the_same_classes():
+    """Configs and code that name lightning_ad.lightning.callbacks.PredictionWriter keep working."""
+    import lightning_ad
+    from lightning_ad.lightning import callbacks
+
+    assert callbacks.PredictionWriter is PredictionWriter is lightning_ad.PredictionWriter
+    assert callbacks.TestReport is TestReport is lightning_ad.TestReport
+    assert callbacks.CSV_COLUMNS == CSV_COLUMNS and callbacks.sanitize_relpath is sanitize_relpath
+
+
 # ---------------------------------------------------------------------- two processes
 
 _CHILD = """
 import sys
 import pytorch_lightning as pl
-from lightning_ad import MVTecDataModule, Spade
-from lightning_ad.lightning.callbacks import PredictionWriter, TestReport
+from lightning_ad import MVTecDataModule, PredictionWriter, Spade, TestReport
 
 ckpt, data, inputs, root = sys.argv[1:5]
 model = Spade.load_from_checkpoint(ckpt)
@@ -411,6 +485,13 @@ def test_two_processes_write_each_image_once(fitted, tmp_path):
     assert not [o for o in overlays if Path(o).name.startswith(".")], "temporary files left behind"
     for name in ("roc_image.png", "roc_pixel.png", "score_histogram.png"):
         assert (report / name).is_file()
+    # the test table: every image once, in the test set's order, each naming the overlay another rank may have drawn
+    table = _read_csv(report / TEST_CSV, TEST_CSV_COLUMNS)
+    assert sorted(r["overlay_file"] for r in table) == [f"overlays/{o}" for o in expected_overlays]
+    single_test = _trainer(tmp_path / "single_test").test(model, datamodule=_datamodule(data), verbose=False)
+    assert single_test and [r["relpath"] for r in table] == model.test_results.relpath
+    for row, score in zip(table, model.test_results.score.tolist()):
+        assert float(row["image_score"]) == pytest.approx(score, rel=1e-5)
 
 
 # ---------------------------------------------------------------------- visualize
@@ -437,6 +518,60 @@ def test_heatmap_scale_and_outlines():
     # above the threshold is warmer (red channel) than below
     hot, cold = V.heatmap(np.full((2, 2), 10.0), theta), V.heatmap(np.full((2, 2), 0.5), theta)
     assert hot[0, 0, 0] > 150 > cold[0, 0, 0] and cold[0, 0, 2] > hot[0, 0, 2]
+
+
+def _bar_rows(strip: np.ndarray) -> List[int]:
+    """Rows of the colour bar: many distinct colours (text rows hold a few greys)."""
+    rows = [r for r in range(strip.shape[0]) if len({tuple(c) for c in strip[r]}) > 100]
+    assert rows and rows == list(range(rows[0], rows[-1] + 1)), rows
+    return rows
+
+
+def test_overlay_legend_shows_score_threshold_and_colour_bar():
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    tau, theta = 10.0, 2.0
+    out = V.with_legend(picture, theta, 12.5, tau)
+    width = V.LEGEND_MIN_WIDTH
+    assert out.dtype == np.uint8 and out.shape[1] == width > 40 and out.shape[0] > 48 + 20
+    assert np.array_equal(out[:48, :40], picture)  # the picture at the top left, untouched
+    assert (out[:48, 40:] == V.LEGEND_BACKGROUND).all()  # a small picture is padded, not scaled
+    strip = out[48:]
+    assert np.array_equal(strip, V.legend_strip(width, theta, 12.5, tau))
+    assert strip.std() > 20, "the legend strip is uniform"
+
+    # the colour bar: every colour from the heatmap's ramp, dark blue (0) on the left to dark red on the right
+    bar = _bar_rows(strip)
+    assert len(bar) >= 8
+    ramp = {tuple(c) for c in V.colorize(np.linspace(0, 1, 4096)[None])[0]}
+    row = strip[bar[len(bar) // 2]]
+    inside = [x for x in range(width) if tuple(row[x]) in ramp]
+    assert len(inside) > 0.9 * width
+    first, last = row[inside[0]].astype(int), row[inside[-1]].astype(int)
+    assert first[2] > 100 > first[0] and last[0] > 100 > last[2]
+    # the pixel threshold marked across the bar at its middle, where the ramp passes 0.5
+    marks = [x for x in range(width) if (strip[bar, x] == V.LEGEND_TEXT).all()]
+    assert len(marks) == 1 and abs(marks[0] - (inside[0] + inside[-1]) / 2) <= 1
+    assert tuple(V.colorize(np.array([[0.5]]))[0, 0]) in {tuple(c) for c in row[marks[0] - 2 : marks[0] + 3]}
+
+    # the score is drawn: white text above the bar, and another score changes only the text
+    assert (strip[: bar[0]].min(-1) > 200).any(), "no text above the bar"
+    other = V.legend_strip(width, theta, 8.0, tau)  # below tau: 'normal'
+    other_bar = _bar_rows(other)
+    assert np.array_equal(strip[bar[0]:], other[other_bar[0]:])
+    text, other_text = strip[: bar[0]], other[: other_bar[0]]
+    assert text.shape != other_text.shape or not np.array_equal(text, other_text)
+    # the threshold's labels under the bar: another theta changes them, not the bar
+    moved = V.legend_strip(width, 3.0, 12.5, tau)
+    assert np.array_equal(moved[bar], strip[bar])
+    assert not np.array_equal(moved[bar[-1] + 1 :], strip[bar[-1] + 1 :])
+    # no score: no text lines; no pixel threshold: no mark, the bar is relative
+    assert V.legend_strip(width, theta).shape[0] < strip.shape[0]
+    relative = V.legend_strip(width, math.nan, 12.5, math.nan)
+    relative_bar = _bar_rows(relative)
+    assert not any((relative[relative_bar, x] == V.LEGEND_TEXT).all() for x in range(width))
+    # a larger picture gets a larger font (a taller strip), so the legend stays readable at any size
+    assert V.legend_strip(1024, theta, 12.5, tau).shape[0] > strip.shape[0]
 
 
 @pytest.mark.parametrize("theta", [30.0, 7.5, 1e-3, 1e6])
@@ -504,7 +639,9 @@ def test_predicted_maps_and_overlays_are_at_each_images_own_size(fitted, tmp_pat
         inside = stored[np.isfinite(stored)]
         assert inside.max() <= float(served[f"{name}.png"].max()) + 1e-4 and inside.min() >= float(served[f"{name}.png"].min()) - 1e-4
         with Image.open(out / "overlays" / f"{name}.png") as im:
-            assert im.size == (width, height)
+            score = float(next(float(s) for batch in outputs for p, s in zip(batch.path, batch.score) if Path(p).stem == name))
+            legend = _legend_height(width, score, model.image_threshold, model.pixel_threshold)
+            assert im.size == (max(width, V.LEGEND_MIN_WIDTH), height + legend)  # the photo's size, the legend under it
             drawn = np.asarray(im.convert("RGB"))
         corner = drawn[: height // 8, : width // 8]
         assert (corner == 64).all(axis=-1).any(), "the uninspected border is not hatched"

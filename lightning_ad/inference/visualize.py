@@ -15,6 +15,10 @@ divided by its own maximum instead (per image, relative colours only).
 
 Outline colours (absent from the jet colour map): ground truth ``GT_COLOR``
 (magenta), prediction (map ``>= theta``) ``PRED_COLOR`` (white).
+
+Legend (:func:`with_legend`, under the overlays that ``test`` and ``predict`` save): the image's
+raw score, its normalised score and the decision at the image threshold, then the colour bar of
+the map's scale, ticked at the raw distances ``theta / 2``, ``theta`` (the middle) and ``2 theta``.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from ..core.metrics import binary_auroc, binary_roc
+from ..core.thresholds import decide, normalize_scores
 
 __all__ = [
     "GT_COLOR",
@@ -46,6 +51,8 @@ __all__ = [
     "mask_outline",
     "draw_outline",
     "overlay",
+    "legend_strip",
+    "with_legend",
     "roc_figure",
     "score_histogram_figure",
     "figure_to_png",
@@ -58,6 +65,11 @@ GT_COLOR: Tuple[int, int, int] = (255, 0, 255)
 PRED_COLOR: Tuple[int, int, int] = (255, 255, 255)
 #: Matplotlib colour map of the heatmaps (dark blue = 0, green-yellow = threshold, dark red = far above).
 DEFAULT_CMAP = "jet"
+#: Background and text colour of the legend strip.
+LEGEND_BACKGROUND: Tuple[int, int, int] = (24, 24, 24)
+LEGEND_TEXT: Tuple[int, int, int] = (255, 255, 255)
+#: The narrowest legend (pixels): a narrower picture is padded to it, so the text stays legible.
+LEGEND_MIN_WIDTH = 200
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -189,6 +201,126 @@ def overlay(
         out = draw_outline(out, gt_mask, GT_COLOR, width)
     if pred_mask is not None:
         out = draw_outline(out, pred_mask, PRED_COLOR, width)
+    return out
+
+
+# ---------------------------------------------------------------------- legend
+
+
+def _font(size: int) -> Any:
+    """Pillow's own font at ``size`` pixels (no file, no new dependency); its bitmap font without FreeType."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1, or built without FreeType
+        return ImageFont.load_default()
+
+
+def _wrap(pieces: Sequence[str], font: Any, width: float) -> list:
+    """Lines of ``pieces`` joined by two spaces, each at most ``width`` pixels wide where a piece fits."""
+    lines: list = []
+    for piece in pieces:
+        if lines and font.getlength(lines[-1] + "  " + piece) <= width:
+            lines[-1] += "  " + piece
+        else:
+            lines.append(piece)
+    return lines
+
+
+def legend_strip(
+    width: int,
+    pixel_threshold: float,
+    score: Optional[float] = None,
+    image_threshold: float = math.nan,
+    cmap: str = DEFAULT_CMAP,
+) -> np.ndarray:
+    """The legend of an overlay, ``width`` pixels wide: ``[h, width, 3]`` uint8 (``h`` follows the font).
+
+    Text (wrapped to the width): ``score <raw> (normalised <n>) >= | < image threshold <tau>:
+    anomalous | normal`` (the normalised score and the decision are those of
+    :func:`~lightning_ad.core.thresholds.normalize_scores` and
+    :func:`~lightning_ad.core.thresholds.decide`; without a known image threshold only the raw
+    score is shown). Under it, the colour bar of :func:`scale_map`: 0 at the left, the pixel
+    threshold ``theta`` in the middle (ticked, with ``theta / 2`` and ``2 theta`` at a quarter and three
+    quarters), tending to 1 (far above ``theta``) at the right. With no known pixel threshold, the bar
+    reads 0 to the image's own maximum. The font grows with the width (11 to 28 pixels).
+    """
+    width = int(width)
+    size = int(min(28, max(11, round(width / 32))))
+    font = _font(size)
+    pad = max(3, size // 3)
+    line_height = size + max(2, size // 4)
+    pieces = []
+    if score is not None and math.isfinite(float(score)):
+        raw = float(score)
+        tau = float(image_threshold) if image_threshold is not None else math.nan
+        pieces.append(f"score {raw:.4g}")
+        if math.isfinite(tau) and tau > 0:
+            normalized = float(normalize_scores(torch.tensor([raw], dtype=torch.float64), tau)[0])
+            anomalous = bool(decide(torch.tensor([raw], dtype=torch.float64), tau)[0])
+            pieces += [f"(normalised {normalized:.3f})", f"{'>=' if anomalous else '<'} image threshold {tau:.4g}:",
+                       "anomalous" if anomalous else "normal"]
+        else:
+            pieces.append("(no image threshold)")
+    theta = float(pixel_threshold) if pixel_threshold is not None else math.nan
+    known = math.isfinite(theta) and theta > 0
+    lines = _wrap(pieces, font, width - 2 * pad)
+    bar_top = pad + len(lines) * line_height + (pad if lines else 0)
+    bar_height = max(8, size)
+    tick = max(3, size // 3)
+    labels_top = bar_top + bar_height + tick + 1
+    height = labels_top + line_height + pad
+    strip = Image.new("RGB", (width, height), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(strip)
+    for row, line in enumerate(lines):
+        draw.text((pad, pad + row * line_height), line, fill=LEGEND_TEXT, font=font)
+    left, right = pad, width - pad  # the bar: columns [left, right)
+    span = max(1, right - left)
+    ramp = colorize(((np.arange(span) + 0.5) / span)[None, :], cmap)  # [1, span, 3]
+    strip.paste(Image.fromarray(np.repeat(ramp, bar_height, axis=0), "RGB"), (left, bar_top))
+    # most important first: a label that would touch one already drawn is left out
+    if known:
+        ticks = [(0.5, f"pixel thr {theta:.3g}", "middle"), (0.0, "0", "left"),
+                 (0.25, f"{theta / 2:.3g}", "middle"), (0.75, f"{2 * theta:.3g}", "middle")]
+    else:
+        ticks = [(0.0, "0", "left"), (1.0, "image max (no pixel threshold)", "right")]
+    taken: list = []
+    for position, text, anchor in ticks:
+        x = left + int(round(position * (span - 1)))
+        long = position == 0.5 and known
+        draw.line([(x, bar_top + bar_height), (x, bar_top + bar_height + tick * (2 if long else 1) - 1)],
+                  fill=LEGEND_TEXT)
+        if long:
+            draw.line([(x, bar_top), (x, bar_top + bar_height - 1)], fill=LEGEND_TEXT)  # the threshold across the bar
+        text_width = font.getlength(text)
+        start = {"left": x, "middle": x - text_width / 2, "right": x - text_width}[anchor]
+        start = min(max(start, 0), width - text_width)
+        if any(start < end + size / 2 and start + text_width + size / 2 > begin for begin, end in taken):
+            continue  # no room beside a label already drawn
+        taken.append((start, start + text_width))
+        draw.text((start, labels_top), text, fill=LEGEND_TEXT, font=font)
+    return np.asarray(strip)
+
+
+def with_legend(
+    picture: Any,
+    pixel_threshold: float,
+    score: Optional[float] = None,
+    image_threshold: float = math.nan,
+    cmap: str = DEFAULT_CMAP,
+    min_width: int = LEGEND_MIN_WIDTH,
+) -> np.ndarray:
+    """``picture`` ``[H, W, 3]`` with its :func:`legend_strip` under it: ``[H + h, max(W, min_width), 3]`` uint8.
+
+    The picture keeps its pixels at the top left; a picture narrower than ``min_width`` is padded on
+    the right with the legend's background, so that a small image still gets a legible legend.
+    """
+    rgb = image_to_uint8(picture)
+    height, width = rgb.shape[:2]
+    strip = legend_strip(max(width, int(min_width)), pixel_threshold, score, image_threshold, cmap)
+    out = np.empty((height + strip.shape[0], strip.shape[1], 3), np.uint8)
+    out[:height] = np.asarray(LEGEND_BACKGROUND, np.uint8)
+    out[:height, :width] = rgb
+    out[height:] = strip
     return out
 
 

@@ -38,7 +38,8 @@ class SpadeCLI(LightningCLI):
             help="After fit, run test on the fitted model with the same trainer and datamodule.",
         )
         # On by default, configurable as --prediction_writer.* and --test_report.* (enabled: false turns one off).
-        from .callbacks import PredictionWriter, TestReport
+        from .prediction_writer import PredictionWriter
+        from .test_report import TestReport
 
         parser.add_lightning_class_args(PredictionWriter, "prediction_writer")
         parser.add_lightning_class_args(TestReport, "test_report")
