@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_ad.inference.detector import load_model  # noqa: E402
+from lightning_ad.inference.checkpoint import load_model  # noqa: E402
 
 _QUERY_CHUNK = 128
 

@@ -14,7 +14,9 @@ from PIL import Image
 
 from conftest import make_mvtec, require_real, write_image, make_trainer as _trainer
 from lightning_ad import FolderDataModule, MVTecDataModule, Spade
-from lightning_ad.inference.detector import Detection, Detector, as_rgb_uint8, map_resize_matrices, overlay_for
+from lightning_ad.data.inputs import as_rgb_uint8
+from lightning_ad.inference.detection import Detection, overlay_for
+from lightning_ad.inference.detector import Detector
 from lightning_ad.errors import CheckpointError, DataError, ImageDecodeError
 from lightning_ad.lightning.results import ImageResults
 from lightning_ad.core.thresholds import normalize_scores
@@ -287,15 +289,6 @@ def test_maps_come_back_at_the_original_size_with_nan_borders(tiny, detector):
     assert (valid.any(axis=1).nonzero()[0][[0, -1]].tolist(), valid.any(axis=0).nonzero()[0][[0, -1]].tolist()) == ([60, 419], [80, 559])
     # the map inside is the model's map, resized: its range is that of the crop's map
     assert np.nanmax(found[0].anomaly_map) <= np.nanmax(found[3].anomaly_map) * 1.5
-
-
-def test_map_rule_without_crop_is_plain_bilinear():
-    contract = {"image_size": [48, 40], "crop_size": None}
-    rows, cols, valid = map_resize_matrices((100, 70), contract)
-    small = torch.rand(48, 40, dtype=torch.float64)
-    expected = torch.nn.functional.interpolate(small[None, None], size=(100, 70), mode="bilinear", align_corners=False)[0, 0]
-    assert valid.all()
-    assert torch.allclose(rows @ small @ cols.T, expected, atol=1e-12)
 
 
 def test_bad_inputs_raise_documented_errors(detector, tmp_path, tiny):

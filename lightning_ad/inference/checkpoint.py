@@ -1,26 +1,35 @@
-"""What a lightning_ad checkpoint holds beyond the state dict, and the checks on it.
+"""A lightning_ad checkpoint: what it holds beyond the state dict, the checks on it, and the way from its file to a model.
 
 A fitted checkpoint carries a ``lightning_ad`` section: the format, the backbone and
-levels the bank was fitted with, the bank's size and input size. :func:`read_checkpoint`
-opens a file with ``weights_only=True`` and refuses anything that is not a complete
+levels the bank was fitted with, the bank's size and input size, the input contract.
+:func:`read_checkpoint` opens a file with ``weights_only=True`` and refuses anything that is not a complete
 lightning_ad checkpoint; :func:`check_compatible` refuses a bank that would not fit the
 configured model. Both raise :class:`~lightning_ad.errors.CheckpointError` naming the
 file or setting and what to do.
+
+From a file to a model, in this module only: :func:`load_model` reads the file, checks it, builds the
+:class:`~lightning_ad.core.spade.SpadeModel` of its settings (:func:`model_settings`) and loads its state;
+:func:`fitted_contract` is its input contract and :func:`thresholds_in_use` its thresholds. The
+:class:`~lightning_ad.inference.detector.Detector` and the export start from these three.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..core.spade import SpadeModel
+from ..data.contract import ContractLike, InputContract
 from ..errors import CheckpointError
 
 __all__ = [
     "META_KEY", "FORMAT", "section", "SCORING_SETTINGS", "read_checkpoint", "check_compatible", "check_usable", "input_contract",
     "contract_mismatch", "scoring_changes", "saved_settings", "fitted_scoring", "LEGACY_SCORING", "thresholds_in_use",
-    "write_grown", "radius_record", "file_sha256",
+    "write_grown", "radius_record", "file_sha256", "fitted_contract", "saved_contract", "model_settings", "load_model",
 ]
 
 #: Key of the lightning_ad section of a checkpoint.
@@ -187,16 +196,18 @@ def fitted_scoring(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
 
 def input_contract(datamodule: Any) -> Optional[Dict[str, Any]]:
     """``{"image_size": [H, W], "crop_size": [h, w] or None}`` of a datamodule with a ``preprocess``
-    (resize, then centre-crop; None: no crop), else None."""
+    (resize, then centre-crop; None: no crop), else None (the dict form of
+    :meth:`InputContract.from_preprocess <lightning_ad.data.contract.InputContract.from_preprocess>`)."""
     preprocess = getattr(datamodule, "preprocess", None)
     if preprocess is None:
         return None
-    image_size, crop_size = list(preprocess.image_size), list(preprocess.crop_size)
-    return {"image_size": image_size, "crop_size": None if crop_size == image_size else crop_size}
+    return InputContract.from_preprocess(preprocess).as_dict()
 
 
-def contract_mismatch(saved: Optional[Dict[str, Any]], current: Optional[Dict[str, Any]]) -> Optional[str]:
-    """An error message when a datamodule prepares images otherwise than the checkpoint's fit did."""
+def contract_mismatch(saved: Optional[ContractLike], current: Optional[ContractLike]) -> Optional[str]:
+    """An error message when a datamodule prepares images otherwise than the checkpoint's fit did (contracts in either
+    form)."""
+    saved, current = (c.as_dict() if isinstance(c, InputContract) else c for c in (saved, current))
     if not saved or not current or saved == current:
         return None
     return (
@@ -227,3 +238,76 @@ def scoring_changes(saved: Dict[str, Any], current: Dict[str, Any], bank_size: O
             continue  # the bank is few-shot under both, or under neither
         changes.append(f"{name} {saved[name]!r} -> {current[name]!r}")
     return changes
+
+
+# ---------------------------------------------------------------------- from a checkpoint to a model
+
+
+def fitted_contract(meta: Dict[str, Any]) -> InputContract:
+    """The :class:`~lightning_ad.data.contract.InputContract` of a checkpoint's lightning_ad section.
+
+    Checkpoints written before the contract was recorded served the bank's size
+    (``meta["image_size"]``) with no crop.
+    """
+    contract = meta.get("input")
+    if isinstance(contract, dict) and contract.get("image_size") is not None:
+        return InputContract.from_dict(contract)
+    size = meta.get("image_size")
+    if not size or len(size) != 2 or not all(int(v) > 0 for v in size):
+        raise CheckpointError("this checkpoint records no input size (lightning_ad section without 'image_size'): fit again.")
+    return InputContract(size, None)
+
+
+def saved_contract(meta: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`fitted_contract` in its dict form ``{"image_size": [H, W], "crop_size": [h, w] or None}``."""
+    return fitted_contract(meta).as_dict()
+
+
+def model_settings(hyper_parameters: Dict[str, Any], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """:class:`SpadeModel` keyword arguments of a checkpoint: every parameter of its signature that the
+    checkpoint's hyper-parameters name (scoring settings older checkpoints predate at the values they
+    were fitted with; ``knn_chunk_bytes`` is ``chunk_bytes``), the others at their defaults; weights
+    ``random`` (the state dict brings the real ones). Backbone and levels fall back to the lightning_ad
+    section of checkpoints that predate their hyper-parameters."""
+    saved = {**saved_settings(hyper_parameters), "weights": "random"}
+    if "knn_chunk_bytes" in saved:
+        saved["chunk_bytes"] = saved["knn_chunk_bytes"]
+    for name in ("backbone", "layers"):
+        if name not in saved and name in meta:
+            saved[name] = meta[name]
+    names = set(inspect.signature(SpadeModel).parameters) - {"backbone_module"}
+    return {name: saved[name] for name in names if name in saved}
+
+
+def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict[str, Any]]:
+    """``(model, hyper_parameters, lightning_ad section)`` of a fitted checkpoint (CPU, eval mode).
+
+    Raises :class:`~lightning_ad.errors.CheckpointError` for a missing file, a file not
+    written by lightning_ad, or a checkpoint without a complete bank.
+    """
+    checkpoint = read_checkpoint(path)
+    meta = checkpoint[META_KEY]
+    check_usable(meta, fitting=False)
+    hp = dict(checkpoint.get("hyper_parameters") or {})
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict.")
+    try:
+        with warnings.catch_warnings():
+            # the state dict brings the trained weights: the random initialisation is never used
+            warnings.filterwarnings("ignore", message=r".*uses RANDOM weights.*", category=UserWarning)
+            model = SpadeModel(**model_settings(hp, meta))
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - hyper-parameters this version cannot build
+        raise CheckpointError(f"checkpoint {str(path)!r}: cannot build its model ({type(err).__name__}: {err}).") from None
+    check_compatible(meta, model.backbone_name, model.layers, model.aggregate_levels, source=f"checkpoint {str(path)!r}")
+    own = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
+    try:
+        model.load_state_dict(own)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {str(path)!r}: its state dict does not load ({str(err).splitlines()[0][:300]}).") from None
+    model.eval()
+    return model, hp, meta

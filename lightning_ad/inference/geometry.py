@@ -7,6 +7,8 @@
 * The way back (:func:`map_resize_matrices`): a map at the crop's size ``[h, w]`` to the photo's
   size ``[H0, W0]``, NaN where the crop removed the pixel (the rule of :mod:`lightning_ad.inference.detector`).
 
+The contract is an :class:`~lightning_ad.data.contract.InputContract` or its dict form (as a checkpoint stores it).
+
 Every matrix is computed from the photo's size with tensor operations (no Python branch on
 it), so an exported graph takes photos of any size: the size is read from the input at run
 time (``torch._shape_as_tensor``), in eager mode and in a traced graph alike.
@@ -22,12 +24,13 @@ result rounded to uint8 before the vertical pass).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..core.tracing import with_onnx_symbolic
+from ..data.contract import ContractLike, InputContract
 
 __all__ = ["crop_offsets", "resize_weights", "PhotoPreprocess", "map_resize_matrices", "restore_map"]
 
@@ -145,10 +148,11 @@ class PhotoPreprocess(nn.Module):
     stay uint8 until the end.
     """
 
-    def __init__(self, contract: Dict[str, Any]) -> None:
+    def __init__(self, contract: ContractLike) -> None:
         super().__init__()
-        self.resized = [int(v) for v in contract["image_size"]]
-        self.crop = [int(v) for v in (contract["crop_size"] or self.resized)]
+        contract = InputContract.of(contract)
+        self.resized = list(contract.image_size)
+        self.crop = list(contract.crop)
         self.top, self.left = crop_offsets(self.resized, self.crop)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -182,19 +186,19 @@ def _axis_matrix(out_len: Length, resized_len: int, crop_len: int, offset: int) 
     return weights, valid
 
 
-def map_resize_matrices(original: Sequence[Length], contract: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor]:
+def map_resize_matrices(original: Sequence[Length], contract: ContractLike) -> Tuple[Tensor, Tensor, Tensor]:
     """``(rows [H0, h], cols [W0, w], valid [H0, W0] bool)``: ``rows @ map @ cols.T`` is the map at
     the original size ``(H0, W0)`` (ints, or 0-dim tensors read at run time), NaN (not inspected)
     where ``valid`` is False. See the rule of :mod:`lightning_ad.inference.detector`."""
-    resized = contract["image_size"]
-    crop = contract["crop_size"] or resized
+    contract = InputContract.of(contract)
+    resized, crop = contract.image_size, contract.crop
     top, left = crop_offsets(resized, crop)
-    rows, valid_y = _axis_matrix(original[0], int(resized[0]), int(crop[0]), top)
-    cols, valid_x = _axis_matrix(original[1], int(resized[1]), int(crop[1]), left)
+    rows, valid_y = _axis_matrix(original[0], resized[0], crop[0], top)
+    cols, valid_x = _axis_matrix(original[1], resized[1], crop[1], left)
     return rows, cols, valid_y[:, None] & valid_x[None, :]
 
 
-def restore_map(anomaly_map: Tensor, original: Sequence[int], contract: Dict[str, Any]) -> Tensor:
+def restore_map(anomaly_map: Tensor, original: Sequence[int], contract: ContractLike) -> Tensor:
     """Maps ``[..., h, w]`` -> float32 ``[..., H0, W0]`` at the original size, NaN where not inspected."""
     rows, cols, valid = map_resize_matrices(original, contract)
     full = torch.matmul(torch.matmul(rows.float(), anomaly_map.float()), cols.float().T)

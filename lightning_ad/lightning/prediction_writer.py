@@ -24,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from ..data.images import image_size
 from ..errors import ConfigurationError
 from ..inference import visualize as V
-from ..inference.detector import Detection, overlay_for
+from ..inference.detection import Detection, overlay_for
 from ..inference.photo_map import restore_map_and_mask
 from .outputs import OutputNames, batch_image, dataloaders, dataset_relpaths, is_within, save_csv, save_map_tiff, save_png
 from .results import ImageResults
@@ -37,7 +37,7 @@ _PART_PREFIX = ".predictions.part-"
 
 
 def detection_at_original_size(results: ImageResults, i: int, contract: Optional[Dict[str, Any]]) -> Optional[Detection]:
-    """Image ``i`` of ``results`` as a :class:`~lightning_ad.inference.detector.Detection` at its file's own size
+    """Image ``i`` of ``results`` as a :class:`~lightning_ad.inference.detection.Detection` at its file's own size
     (map NaN where the crop removed a border: :func:`~lightning_ad.inference.photo_map.restore_map_and_mask`), or
     None when it has no file or the input contract is unknown."""
     path = results.path[i]
