@@ -30,9 +30,10 @@ from conftest import REPO, make_mvtec, real_data_root, require_real
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
-from lightning_ad.inference.detector import Detector, as_rgb_uint8  # noqa: E402
+from lightning_ad.data.inputs import as_rgb_uint8  # noqa: E402
+from lightning_ad.inference.detector import Detector  # noqa: E402
+from lightning_ad.serve.answers import regions  # noqa: E402
 from lightning_ad.serve.client import Client, free_port, multipart, stop_server, wait_until_healthy  # noqa: E402
-from lightning_ad.serve.payload import regions  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

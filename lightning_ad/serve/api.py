@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 
 from .growth import FOLLOW_INTERVAL_S
-from .payload import Limits, RequestError, check_filename, decode_image, finite_or_none, inspected_box, png_base64, regions, truthy
+from .answers import finite_or_none, inspected_box, png_base64, regions
+from .payload import Limits, RequestError, check_filename, decode_image, truthy
 
 try:  # the [serve] extra
     import litserve as ls
@@ -69,10 +70,10 @@ class Refused:
 
 def result_dict(detection: Any, filename: Optional[str] = None, overlay: Optional[np.ndarray] = None,
                 bank_size: Optional[int] = None) -> Dict[str, Any]:
-    """The JSON answer of one :class:`~lightning_ad.inference.detector.Detection`.
+    """The JSON answer of one :class:`~lightning_ad.inference.detection.Detection`.
 
     ``score`` / ``normalized_score`` / ``decision`` / thresholds are the detection's own
-    values; ``boxes`` are the 8-connected regions of its mask (:func:`~lightning_ad.serve.payload.regions`)
+    values; ``boxes`` are the 8-connected regions of its mask (:func:`~lightning_ad.serve.answers.regions`)
     in the image's pixels; ``inspected`` is the part of the image the model saw (the
     checkpoint's centre crop mapped back); ``bank_size``: the images in the bank that scored it;
     ``overlay_png`` (base64 PNG) only when given.

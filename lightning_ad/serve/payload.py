@@ -1,4 +1,4 @@
-"""Request bodies in, checked pictures out; detections in, JSON out. No server code here.
+"""Request bodies in, checked pictures out. No server code here (the JSON of the answers: :mod:`lightning_ad.serve.answers`).
 
 Bodies (``POST /predict``)
     * ``multipart/form-data`` with one file part (any field name; ``file`` by convention) and,
@@ -12,7 +12,7 @@ Bodies (``POST /predict``)
 
 Images
     Decoded in memory, never written to disk, by the library's rules (EXIF orientation,
-    16-bit scaling, grey -> RGB, alpha dropped: :func:`lightning_ad.inference.detector.as_rgb_uint8`),
+    16-bit scaling, grey -> RGB, alpha dropped: :func:`lightning_ad.data.inputs.as_rgb_uint8`),
     after these checks, in this order:
 
     ============================  ======  ===========================================
@@ -37,7 +37,7 @@ Images
     ============================  ======  ===========================================
 
     Supported formats: PNG, JPEG, BMP, TIFF, WebP and PNM (the extensions the data folders
-    read, :data:`lightning_ad.data.io.IMAGE_EXTENSIONS`). Other PIL decoders (EPS, ...) are never
+    read, :data:`lightning_ad.data.folders.IMAGE_EXTENSIONS`). Other PIL decoders (EPS, ...) are never
     tried.
 
 Bodies (``POST /normal``, :func:`parse_images`)
@@ -53,10 +53,8 @@ import base64
 import binascii
 import io
 import json
-import math
 import warnings
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -64,8 +62,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..core import checks
-from ..data.io import IMAGE_FORMATS
+from ..data.images import IMAGE_FORMATS
+from ..data.inputs import as_rgb_uint8
 from ..errors import DataError
+from .multipart import MultipartError, disposition, param, split_multipart
 
 __all__ = [
     "Limits",
@@ -78,9 +78,6 @@ __all__ = [
     "check_filename",
     "open_image",
     "decode_image",
-    "regions",
-    "inspected_box",
-    "png_base64",
     "truthy",
     "PIL_FORMATS",
 ]
@@ -94,8 +91,6 @@ _IMAGE_TYPES = ("image/", "application/octet-stream")
 _BODY_OVERHEAD = 64 * 1024
 #: Most images one ``POST /normal`` request may hold (its body may be this many times :attr:`Limits.max_body`).
 MAX_NORMAL_IMAGES = 16
-#: Most parts of a multipart body (files and fields).
-_MAX_PARTS = 24
 
 
 @dataclass(frozen=True)
@@ -195,58 +190,6 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def _param(content_type: str, name: str) -> Optional[str]:
-    message = Message()
-    message["content-type"] = content_type
-    value = message.get_param(name, header="content-type")
-    return str(value) if isinstance(value, str) else None
-
-
-def _split_multipart(body: bytes, boundary: str, advice: str = "send one image per request") -> List[Tuple[Dict[str, str], bytes]]:
-    """``[(headers lower-cased, content)]`` of a multipart body held in memory (RFC 7578)."""
-    delimiter = b"--" + boundary.encode("latin-1")
-    start = body.find(delimiter)
-    if start < 0 or (start > 0 and body[start - 2 : start] != b"\r\n"):
-        raise RequestError(400, "bad_request", "malformed multipart body: the boundary of the Content-Type header is not in the body.")
-    parts: List[Tuple[Dict[str, str], bytes]] = []
-    position = start + len(delimiter)
-    while True:
-        if body[position : position + 2] == b"--":
-            return parts
-        if body[position : position + 2] != b"\r\n":
-            raise RequestError(400, "bad_request", "malformed multipart body: a boundary is not followed by a line break.")
-        end = body.find(b"\r\n" + delimiter, position + 2)
-        if end < 0:
-            raise RequestError(400, "bad_request", "malformed multipart body: it ends before its closing boundary (truncated upload?).")
-        part = body[position + 2 : end]
-        split = part.find(b"\r\n\r\n")
-        if split < 0 and not part.startswith(b"\r\n"):
-            raise RequestError(400, "bad_request", "malformed multipart body: a part has no blank line after its headers.")
-        head, content = (b"", part[2:]) if part.startswith(b"\r\n") else (part[:split], part[split + 4 :])
-        headers: Dict[str, str] = {}
-        for line in head.split(b"\r\n"):
-            key, sep, value = line.partition(b":")
-            if not sep:
-                raise RequestError(400, "bad_request", "malformed multipart body: a part header line has no ':'.")
-            headers[key.strip().lower().decode("latin-1")] = value.strip().decode("utf-8", "replace")
-        parts.append((headers, content))
-        position = end + 2 + len(delimiter)
-        if len(parts) > _MAX_PARTS:
-            raise RequestError(400, "bad_request", f"the multipart body has more than {_MAX_PARTS} parts; {advice}.")
-
-
-def _disposition(headers: Mapping[str, str]) -> Tuple[Optional[str], Optional[str]]:
-    """``(field name, file name)`` of a part's Content-Disposition."""
-    raw = headers.get("content-disposition")
-    if not raw:
-        raise RequestError(400, "bad_request", "malformed multipart body: a part has no Content-Disposition header.")
-    message = Message()
-    message["content-disposition"] = raw
-    name = message.get_param("name", header="content-disposition")
-    filename = message.get_filename()
-    return (str(name) if isinstance(name, str) else None), (str(filename) if filename is not None else None)
-
-
 def _check_part_type(headers: Mapping[str, str], filename: Optional[str]) -> None:
     declared = _media_type(headers.get("content-type", ""))
     if declared and not declared.startswith(_IMAGE_TYPES):
@@ -276,12 +219,15 @@ def _b64(text: Any, limits: Limits) -> bytes:
 
 def _multipart_files(content_type: str, body: bytes, advice: str) -> Tuple[List[Tuple[Dict[str, str], str, bytes]], bool]:
     """``([(part headers, file name, content)], overlay field)`` of a multipart body."""
-    boundary = _param(content_type, "boundary")
+    boundary = param(content_type, "boundary")
     if not boundary:
         raise RequestError(400, "bad_request", "multipart/form-data without a boundary parameter.")
+    try:
+        parts = [(headers, *disposition(headers), content) for headers, content in split_multipart(body, boundary, advice)]
+    except MultipartError as err:
+        raise RequestError(400, "bad_request", str(err)) from None
     files, overlay = [], False
-    for headers, content in _split_multipart(body, boundary, advice):
-        name, filename = _disposition(headers)
+    for headers, name, filename, content in parts:
         if filename is not None:
             files.append((headers, filename, content))
         elif name == "overlay":
@@ -441,8 +387,6 @@ def open_image(data: bytes, limits: Limits, filename: Optional[str] = None) -> I
 
 def decode_image(data: bytes, limits: Limits, filename: Optional[str] = None) -> np.ndarray:
     """``data`` -> ``[H, W, 3]`` uint8 RGB as displayed, or a :class:`RequestError` (4xx)."""
-    from ..inference.detector import as_rgb_uint8
-
     im = open_image(data, limits, filename)
     what = _named(filename)
     with warnings.catch_warnings():
@@ -469,55 +413,3 @@ def decode_images(uploads: List[Upload], limits: Limits) -> List[np.ndarray]:
         except RequestError as err:
             raise _item(position, len(uploads), err) from None
     return out
-
-
-# ---------------------------------------------------------------------- results
-
-
-def regions(mask: Optional[np.ndarray], anomaly_map: np.ndarray) -> List[Dict[str, Any]]:
-    """Bounding boxes of the 8-connected regions of ``mask`` in the image's own pixels, largest first.
-
-    Each is ``{"x", "y", "width", "height", "area", "peak"}``: the top-left corner, the size
-    (``x + width`` is one past the last column), the region's pixel count and its largest raw
-    map value.
-
-    >>> m = np.zeros((6, 8), bool); m[1:3, 2:5] = True; m[4, 7] = True
-    >>> [(r["x"], r["y"], r["width"], r["height"], r["area"]) for r in regions(m, m.astype(np.float32))]
-    [(2, 1, 3, 2, 6), (7, 4, 1, 1, 1)]
-    """
-    if mask is None or not mask.any():
-        return []
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    index = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    peaks = ndimage.maximum(np.nan_to_num(anomaly_map, nan=-np.inf), labels, index)
-    out = []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        rows, cols = box
-        out.append({"x": int(cols.start), "y": int(rows.start), "width": int(cols.stop - cols.start),
-                    "height": int(rows.stop - rows.start), "area": int(areas[label - 1]), "peak": float(peaks[label - 1])})
-    out.sort(key=lambda r: (-r["area"], r["y"], r["x"]))
-    return out
-
-
-def inspected_box(anomaly_map: np.ndarray) -> Optional[Dict[str, int]]:
-    """The box of the pixels the model inspected (finite map values; the crop removed the rest)."""
-    finite = np.isfinite(anomaly_map)
-    rows, cols = finite.any(axis=1).nonzero()[0], finite.any(axis=0).nonzero()[0]
-    if rows.size == 0:
-        return None
-    return {"x": int(cols[0]), "y": int(rows[0]), "width": int(cols[-1] - cols[0] + 1), "height": int(rows[-1] - rows[0] + 1)}
-
-
-def png_base64(rgb: np.ndarray) -> str:
-    """``[H, W, 3]`` uint8 -> base64 of a PNG (fast compression)."""
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "PNG", compress_level=1)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    return float(value) if value is not None and math.isfinite(value) else None
-
