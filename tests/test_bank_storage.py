@@ -158,3 +158,24 @@ def test_disk_bank_on_bottle_through_the_cli(tmp_path):
     np.testing.assert_array_equal(memory["score"], disk["score"])
     for key in memory["maps"]:
         np.testing.assert_array_equal(memory["maps"][key], disk["maps"][key])
+
+
+def test_a_bank_that_does_not_fit_is_refused_naming_every_difference():
+    from lightning_ad.bank import MANIFEST_FORMAT, MemoryBank, encode_manifest
+
+    def refusal(state) -> str:
+        with pytest.raises(CheckpointError) as err:
+            MemoryBank((1, 2), (24, 40), 1280, owner="lite").load_state_dict(state)
+        return str(err.value)
+
+    head = "the memory bank in this state dict does not fit the configured model (backbone='lite', layers=[1, 2]): "
+    state = {"index": torch.arange(2), "image_size": torch.tensor([64, 64]), "manifest": torch.zeros(0, dtype=torch.uint8),
+             "pooled": torch.zeros(2, 100), "level1": torch.zeros(3, 16, 16, 24), "level3": torch.zeros(2, 4, 4, 7)}
+    assert refusal(state) == head + ("levels [1, 3] (configured: [1, 2]); pooled size (100,) (lite: 1280); bank tensors disagree "
+                                     "on the number of images [2, 3]. Configure the backbone and layers the bank was fitted "
+                                     "with, or fit again.")
+    files = {"format": MANIFEST_FORMAT, "levels": [1, 3], "dtype": "float16", "shapes": [[16, 16, 24], [4, 4, 7]], "shards": []}
+    state = {**state, "manifest": encode_manifest(files), "pooled": torch.zeros(2, 1280)}
+    assert refusal(state) == head + ("levels [1, 3] (configured: [1, 2]); channels [24, 7] (lite: [24, 40]); bank_dtype "
+                                     "'float16' (configured: 'float32'). Configure the backbone, layers and bank_dtype the "
+                                     "bank was fitted with, or fit again.")

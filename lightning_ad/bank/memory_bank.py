@@ -2,7 +2,8 @@
 
 :class:`MemoryBank` owns the bank (so it is part of ``state_dict`` and of every checkpoint),
 sizes it when a state dict is loaded (the size is unknown before fit), checks that an
-incoming bank fits the backbone and levels, and serves rows by training-image row. Its
+incoming bank fits the backbone and levels (:func:`~lightning_ad.bank.loading.check_fits`), and serves rows
+by training-image row. Its
 interface is small, so that storage changes behind it and :class:`~lightning_ad.core.spade.SpadeModel`
 does not:
 
@@ -23,7 +24,8 @@ Storage (``storage``, ``sharding``, ``placement``):
 * ``disk``: fit streams each batch's pyramid into raw files (one per level and process,
   ``level<l>.rank<r>.bin``, rows in the order they arrived, channels last, in the bank
   dtype); test reads the rows of each image's nearest training images on demand
-  (:class:`LevelFile`, plain reads). ``sharded``: each process keeps only the rows it extracted (padding
+  (:class:`~lightning_ad.bank.disk.LevelFile`, plain reads; :mod:`lightning_ad.bank.loading` finds and checks
+  the files). ``sharded``: each process keeps only the rows it extracted (padding
   repeats of the sampler dropped), in memory or on disk. In both cases the checkpoint holds
   the pooled vectors and a manifest of the files (name, absolute path, size, SHA-256,
   the ids of their rows); loading verifies every file it reads and refuses a missing or
@@ -44,8 +46,9 @@ from torch import Tensor, nn
 
 from ..distributed import rank_and_world
 from ..errors import CheckpointError, ConfigurationError
-from .disk import BankWriter, LevelFile
-from .manifest import MANIFEST_FORMAT, decode_manifest, encode_manifest, file_sha256
+from .disk import BankWriter
+from .loading import check_fits, map_shard
+from .manifest import MANIFEST_FORMAT, decode_manifest, encode_manifest
 from .rows import check_finite
 from .settings import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, dtype_name
 
@@ -347,7 +350,7 @@ class MemoryBank(nn.Module):
             if own is not None and shard_no == rank:
                 mapped[shard_no] = own
             else:
-                mapped[shard_no] = self._map_shard(manifest["shards"][shard_no], verify)
+                mapped[shard_no] = map_shard(manifest["shards"][shard_no], self._shapes, self.dtype, self.directory, verify)
         where = torch.full((count, 2), -1, dtype=torch.long)
         if self.storage == "disk":
             slot = {shard_no: i for i, shard_no in enumerate(needed)}
@@ -375,38 +378,6 @@ class MemoryBank(nn.Module):
             where[rows, 1] = torch.arange(rows.numel())
         self._where = where
 
-    def _resolve(self, entry: Dict[str, Any]) -> Path:
-        path = Path(entry["path"])
-        if not path.is_file() and self.directory:
-            path = Path(self.directory) / entry["name"]
-        if not path.is_file():
-            raise CheckpointError(
-                f"bank file {entry['name']!r} is missing (recorded at {entry['path']!r}"
-                + (f", not in bank_dir {self.directory!r}" if self.directory else "")
-                + "). A disk or sharded bank's checkpoint needs its bank files: keep them where fit wrote them, "
-                "or pass --model.bank_dir FOLDER holding them.")
-        return path
-
-    def _map_shard(self, shard: Dict[str, Any], verify: bool) -> List["LevelFile"]:
-        """One shard's level files, read by rows on demand (after checking size and SHA-256)."""
-        count = int(shard["index"].numel())
-        tensors = []
-        for entry, shape in zip(shard["files"], self._shapes):
-            path = self._resolve(entry)
-            size = path.stat().st_size
-            element = torch.tensor([], dtype=self.dtype).element_size()
-            expected = count * shape[0] * shape[1] * shape[2] * element
-            if size != entry["bytes"] or size != expected:
-                raise CheckpointError(
-                    f"bank file {str(path)!r} has {size} bytes, the checkpoint expects {entry['bytes']}: it is not "
-                    "the file this checkpoint was fitted with. Fit again, or restore the bank files.")
-            if verify and file_sha256(path) != entry["sha256"]:
-                raise CheckpointError(
-                    f"bank file {str(path)!r} does not match the checkpoint's SHA-256 ({entry['sha256'][:12]}...): it "
-                    "was changed or belongs to another fit. Fit again, or restore the bank files.")
-            tensors.append(LevelFile(path, count, shape, self.dtype))
-        return tensors
-
     # ------------------------------------------------------------------ saving and loading
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[override]
@@ -422,14 +393,13 @@ class MemoryBank(nn.Module):
         incoming = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
         extra = decode_manifest(incoming["manifest"]) if incoming.get("manifest") is not None else None
         if extra is not None:
-            self._check_manifest(extra, incoming)
-
+            check_fits(self, incoming, extra)
             rank, processes = rank_and_world()
             self.attach(incoming["index"], incoming["pooled"], tuple(incoming["image_size"].tolist()), extra,
                         rank=rank, processes=processes)
             return
         if "pooled" in incoming:
-            self._check_incoming(incoming)
+            check_fits(self, incoming)
             self.reset()
             device = self.index.device
             if "index" in incoming:
@@ -442,46 +412,6 @@ class MemoryBank(nn.Module):
         if prefix + "manifest" in missing_keys:  # checkpoints from before the manifest: an in-memory bank
             missing_keys.remove(prefix + "manifest")
         self._place()
-
-    def _check_manifest(self, manifest: Dict[str, Any], incoming: Dict[str, Tensor]) -> None:
-        problems = []
-        if list(manifest.get("levels", [])) != list(self.levels):
-            problems.append(f"levels {manifest.get('levels')} (configured: {list(self.levels)})")
-        shapes = manifest.get("shapes", [])
-        if [int(s[-1]) for s in shapes] != list(self.channels):
-            problems.append(f"channels {[s[-1] for s in shapes]} ({self.owner}: {list(self.channels)})")
-        if manifest.get("dtype") != dtype_name(self.dtype):
-            problems.append(f"bank_dtype {manifest.get('dtype')!r} (configured: {dtype_name(self.dtype)!r})")
-        pooled = incoming.get("pooled")
-        if pooled is None or pooled.ndim != 2 or pooled.shape[1] != self.pooled_dim:
-            problems.append(f"pooled size {None if pooled is None else tuple(pooled.shape[1:])} ({self.owner}: {self.pooled_dim})")
-        if problems:
-            raise CheckpointError(
-                f"the memory bank in this state dict does not fit the configured model (backbone={self.owner!r}, "
-                f"layers={list(self.levels)}): " + "; ".join(problems)
-                + ". Configure the backbone, layers and bank_dtype the bank was fitted with, or fit again.")
-
-    def _check_incoming(self, incoming: Dict[str, Tensor]) -> None:
-        levels_in = sorted(int(k[len("level"):]) for k in incoming if k.startswith("level"))
-        problems = []
-        if levels_in != list(self.levels):
-            problems.append(f"levels {levels_in} (configured: {list(self.levels)})")
-        pooled = incoming["pooled"]
-        if pooled.ndim != 2 or pooled.shape[1] != self.pooled_dim:
-            problems.append(f"pooled size {tuple(pooled.shape[1:])} ({self.owner}: {self.pooled_dim})")
-        for level, channels in zip(self.levels, self.channels):
-            value = incoming.get(self._key(level))
-            if value is not None and (value.ndim != 4 or value.shape[-1] != channels):
-                problems.append(f"level {level} has {value.shape[-1] if value.ndim else '?'} channels ({self.owner}: {channels})")
-        sizes = {int(v.shape[0]) for k, v in incoming.items() if k not in ("image_size", "manifest")}
-        if len(sizes) > 1:
-            problems.append(f"bank tensors disagree on the number of images {sorted(sizes)}")
-        if problems:
-            raise CheckpointError(
-                f"the memory bank in this state dict does not fit the configured model (backbone={self.owner!r}, "
-                f"layers={list(self.levels)}): " + "; ".join(problems)
-                + ". Configure the backbone and layers the bank was fitted with, or fit again."
-            )
 
     def make_manifest(self, shards: List[Dict[str, Any]], shapes: List[Tuple[int, int, int]]) -> Dict[str, Any]:
         """The manifest of a bank made of ``shards`` (the :meth:`BankWriter.close` entries, in rank order)."""
