@@ -74,10 +74,13 @@ def check_fits(bank: Any, incoming: Dict[str, Tensor], manifest: Optional[Dict[s
 
 
 def bank_file(entry: Dict[str, Any], directory: Optional[str]) -> Path:
-    """The file of a manifest entry: at its recorded path, else by its name in ``directory`` (the bank folder)."""
+    """The file of a manifest entry: at its recorded path, else by its name in ``directory`` (the bank folder), or in
+    the folder of ``directory`` that has the name of the folder it was recorded in (fit writes each bank's files into
+    a ``bank-<id>`` folder of bank_dir)."""
     path = Path(entry["path"])
     if not path.is_file() and directory:
-        path = Path(directory) / entry["name"]
+        beside = Path(directory) / Path(entry["path"]).parent.name / entry["name"]
+        path = beside if beside.is_file() else Path(directory) / entry["name"]
     if not path.is_file():
         raise CheckpointError(
             f"bank file {entry['name']!r} is missing (recorded at {entry['path']!r}"
