@@ -188,9 +188,12 @@ class Detector:
             say(f"skipped {names[position]}: its content is already in the "
                 + ("bank." if earlier < 0 else f"images given ({names[earlier]})."))
         changed = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        learned = dict(model.calibration or {})
+        if hp.get("threshold_method") == "f1":  # kept from the validation set: their record stays as it was
+            learned = {k: v for k, v in learned.items() if k not in ("image", "pixel") or hp.get(f"{k}_threshold") is not None}
         meta = {**self._meta, "bank_size": model.bank_size, "bank_changed": changed if model.bank_size > before else
                 self._meta.get("bank_changed"), "threshold_source": {**self._meta.get("threshold_source", {}),
-                                                                     **(model.calibration or {})}}
+                                                                     **learned}}
         grown = Detector(model, self.input_contract, float(model.image_threshold), float(model.pixel_threshold),
                          device=self.device, batch_size=self.batch_size, meta=meta)
         if save_to is not None:
