@@ -78,9 +78,9 @@ def main() -> None:
             model.set_bank(Features([torch.cat([f.pyramid[i] for f in extracted]) for i in range(3)],
                                     torch.cat([f.pooled for f in extracted])), (SIZE, SIZE), torch.tensor(rows))
         if radius == "auto":  # decided as Lightning's fit does: each process its rows, gathered in row order
-            from lightning_ad.lightning.calibration import decide_search_radius
+            from lightning_ad.core.calibration import decide_search_radius
 
-            decide_search_radius(model, rank)
+            decide_search_radius(model)
             step(rank, f"search radius decided: {model.search_radius}")
         if rank == 0:
             torch.save(model.state_dict(), out / "state.pt")
