@@ -32,7 +32,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,17 +44,23 @@ from lightning_ad.serve.client import Client, free_port, multipart, stop_server,
 
 
 def fit(data_root: Path, category: str, work: Path, n_train: int, image_size: int, crop_size: int) -> Path:
+    """A checkpoint fitted on the first ``n_train`` good images of ``category`` (the folder's default test split)."""
+    return fit_on(sorted((data_root / category / "train" / "good").glob("*.png"))[:n_train], work, image_size, crop_size)
+
+
+def fit_on(images: List[Path], work: Path, image_size: int, crop_size: int, **folder: Any) -> Path:
+    """A checkpoint fitted on ``images`` (linked into ``work/train``, never copied; ``folder``: more
+    ``FolderDataModule`` arguments), K = 5, through a plain Trainer."""
     import pytorch_lightning as pl
 
     from lightning_ad import FolderDataModule, Spade
 
-    base = data_root / category
     train = work / "train"
     train.mkdir(parents=True)
-    for path in sorted((base / "train" / "good").glob("*.png"))[:n_train]:
+    for path in images:
         (train / path.name).symlink_to(path.resolve())  # a relative target would resolve from the link
     dm = FolderDataModule(normal_dir=str(train), mask_pattern=None, image_size=image_size, crop_size=crop_size,
-                          batch_size=16, num_workers=0)
+                          batch_size=16, num_workers=0, **folder)
     trainer = pl.Trainer(default_root_dir=str(work / "run"), max_epochs=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
     with warnings.catch_warnings():

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -38,35 +37,15 @@ from lightning_ad.inference.detector import Detector  # noqa: E402
 from lightning_ad.serve.client import Client, free_port, stop_server, wait_until_healthy  # noqa: E402
 from lightning_ad.serve.growth import TOKEN_ENV  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve import fit_on, test_images as probes  # noqa: E402  (benchmarks/serve.py)
+
 TOKEN = "benchmark-token-" + os.urandom(12).hex()
 
 
 def fit(train: List[Path], work: Path, image_size: int, crop_size: int) -> Path:
-    import pytorch_lightning as pl
-
-    from lightning_ad import FolderDataModule, Spade
-
-    folder = work / "train"
-    folder.mkdir(parents=True)
-    for path in train:
-        (folder / path.name).symlink_to(path.resolve())
-    dm = FolderDataModule(normal_dir=str(folder), mask_pattern=None, image_size=image_size, crop_size=crop_size,
-                          batch_size=16, num_workers=0, normal_test_split=0.0)  # every image in the bank
-    trainer = pl.Trainer(default_root_dir=str(work / "run"), max_epochs=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(Spade(image_k=5, gallery_k=5), datamodule=dm)
-    (ckpt,) = sorted((work / "run").rglob("*.ckpt"))
-    return ckpt
-
-
-def probes(data_root: Path, category: str, per_group: int) -> List[Tuple[str, bytes]]:
-    out = []
-    for group in sorted(p for p in (data_root / category / "test").iterdir() if p.is_dir()):
-        for path in sorted(group.glob("*.png"))[:per_group]:
-            out.append((f"{group.name}_{path.name}", path.read_bytes()))
-    return out
+    """A checkpoint whose bank holds every image of ``train`` (no test split)."""
+    return fit_on(train, work, image_size, crop_size, normal_test_split=0.0)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
