@@ -25,6 +25,7 @@ def map_score(maps: Tensor, kind: str, q: float = 0.01) -> Tensor:
     fraction of pixels (``topq``; at least one pixel, ``ceil(q * H * W)``).
 
     Example:
+        >>> import torch
         >>> maps = torch.arange(8.0).reshape(1, 2, 4)
         >>> map_score(maps, "max"), map_score(maps, "topq", 0.25)
         (tensor([7.]), tensor([6.5000]))
