@@ -49,7 +49,7 @@ def tiny(tmp_path_factory):
     detector = Detector.from_checkpoint(ckpt)
     out = base / "out"
     out.mkdir()
-    return {"base": base, "ckpt": ckpt, "images": images, "other": other, "detector": detector, "out": out,
+    return {"base": base, "root": root, "ckpt": ckpt, "images": images, "other": other, "detector": detector, "out": out,
             "expected": detector(list(images)), "expected_other": detector(list(other))}
 
 
@@ -455,3 +455,36 @@ def test_onnx_combines_the_levels_as_the_model_does(tiny, tmp_path, aggregated, 
     assert score_rel < 1e-5 and map_rel < 1e-5
     default = tiny["expected"]  # the checkpoint's own settings give other maps
     assert not np.allclose(np.nan_to_num(outputs[3]), np.nan_to_num(np.stack([d.anomaly_map for d in default])), rtol=1e-3)
+
+
+def test_a_disk_bank_is_exported_as_it_scores(tiny, tmp_path):
+    """A bank kept in files goes into the graph whole: the ONNX file of a disk-bank checkpoint equals its Detector
+    (and the Detector of the same images fitted in memory)."""
+    dm = MVTecDataModule(str(tiny["root"]), category="widget", image_size=IMAGE_SIZE, crop_size=CROP, batch_size=4,
+                         num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path / "run").fit(Spade(image_k=3, gallery_k=3, threshold_samples=4, bank_storage="disk",
+                                                 bank_dir=str(tmp_path / "bank")), datamodule=dm)
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))
+    detector = Detector.from_checkpoint(ckpt)
+    assert detector.model.bank.external
+    expected = detector(list(tiny["images"]))
+    np.testing.assert_allclose([d.score for d in expected], [d.score for d in tiny["expected"]], rtol=1e-6)
+    export_detector(ckpt, "onnx", tmp_path / "disk.onnx")
+    score_rel, map_rel = assert_matches(run_onnx(tmp_path / "disk.onnx", tiny["images"]), expected, rtol=1e-5)
+    assert score_rel < 1e-5 and map_rel < 1e-5
+
+
+def test_export_wraps_the_model_and_scores_nothing_itself():
+    """The exported module is the model's own scoring: inference/export.py defines and imports no search, level map
+    or image score (the photo's geometry and the decisions are all it adds)."""
+    import ast
+
+    tree = ast.parse(Path(export_module.__file__).read_text())
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    scoring_words = ("knn", "search", "level", "nearest", "image_score", "combine")
+    assert not [name for name in defined if any(word in name.lower() for word in scoring_words)]
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    kernels = {"core.knn", "core.windowed", "core.levels", "core.image_scores", "core.padding"}
+    assert not {name for name in imported if name.lstrip(".") in kernels}

@@ -167,6 +167,17 @@ class MemoryBank(nn.Module):
         bank = self.levels_hwc()[position]
         return bank.reshape(bank.shape[0], bank.shape[1] * bank.shape[2], bank.shape[3])
 
+    def in_memory(self) -> "MemoryBank":
+        """This bank when its levels are in-memory buffers on its own device; else an in-memory, replicated copy of
+        every row held (read from files or the host): what a traced graph holds (:mod:`lightning_ad.inference.export`)."""
+        if self._where is None and self.placement != "host":
+            return self
+        copy = MemoryBank(self.levels, self.channels, self.pooled_dim, self.dtype, owner=self.owner)
+        held = self.held()
+        copy.add(self.index[held], self.pooled[held], [level.permute(0, 3, 1, 2) for level in self.levels_hwc()],
+                 self.input_size)
+        return copy
+
     def gallery(self, position: int, neighbours: Tensor, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
         """What :func:`~lightning_ad.core.knn.grouped_knn` searches for ``neighbours`` ``[B, M]`` (bank rows).
 

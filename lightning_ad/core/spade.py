@@ -31,6 +31,7 @@ module is usable without a Trainer::
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -45,13 +46,14 @@ from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build
 from .growth import BankGrowth
 from .image_scores import IMAGE_SCORES, image_score_from_parts, map_part_of, map_score
 from .inputs import check_image_range
-from .knn import DEFAULT_CHUNK_BYTES, slab_knn
+from .knn import DEFAULT_CHUNK_BYTES, knn, slab_knn
 from .leave_one_out import LEVEL_BALANCE_IMAGES, LeaveOneOutScoring
 from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, combine_levels, position_scores
 from .radius import AUTO, RadiusChoice, RadiusDecision, decode_radius
 from .records import Features, LeaveOneOut, SpadeOutput
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
+from .tracing import exporting
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
 
 __all__ = [
@@ -267,13 +269,14 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
 
     def extract(self, images: Tensor) -> Features:
         """Images ``[B, 3, H, W]`` in [0, 1] -> :class:`Features` (no gradient)."""
-        check_image_range(images)
+        if not exporting():  # a traced graph takes what its own preprocessing gives
+            check_image_range(images)
         images = images.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout; the bank's too
         # on a CPU in slices of a few images, whose activations stay in cache (Lite0, 2 cores: 14.1 ms per image
-        # in batches of 32, 10.4 in slices of 8)
-        step = _CPU_SLICE if images.device.type == "cpu" else max(1, images.shape[0])
+        # in batches of 32, 10.4 in slices of 8); traced, one pass that follows the batch of its input
+        sliced = images.device.type == "cpu" and not exporting() and images.shape[0] > _CPU_SLICE
         with torch.no_grad():
-            parts = [self.backbone(part) for part in images.split(step)]
+            parts = [self.backbone(part) for part in images.split(_CPU_SLICE)] if sliced else [self.backbone(images)]
             if len(parts) == 1:
                 pyramid, pooled = list(parts[0][0]), parts[0][1]
             else:
@@ -304,10 +307,14 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         """
         self.require_fitted()
         image_k, gallery_k = self.ks_in_use(left_out=exclude is not None)
-        result = slab_knn(pooled.float(), self.bank.pooled, max(image_k, gallery_k), chunk_bytes=self.chunk_bytes,
-                          exclude=exclude)
-        scores = result.distances[:, :image_k].mean(dim=1)
-        return scores, result.indices[:, :gallery_k]
+        if exporting():  # each image a batch item of one query, so that the graph follows the batch of its input
+            found = knn(pooled.float().unsqueeze(1), self.bank.pooled, max(image_k, gallery_k), chunk_bytes=self.chunk_bytes)
+            distances, indices = found.distances[:, 0], found.indices[:, 0]
+        else:
+            found = slab_knn(pooled.float(), self.bank.pooled, max(image_k, gallery_k), chunk_bytes=self.chunk_bytes,
+                             exclude=exclude)
+            distances, indices = found.distances, found.indices
+        return distances[:, :image_k].mean(dim=1), indices[:, :gallery_k]
 
     def ks_in_use(self, left_out: bool = False) -> Tuple[int, int]:
         """``(image_k, gallery_k)`` as scoring uses them: each at most the bank's images (one fewer ``left_out``,
@@ -365,6 +372,8 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
             return sharded_grouped_knn(queries, neighbours, self.bank, position, k, images,
                                        self.chunk_bytes, queries.device, cells)
         gallery, groups = self.bank.gallery(position, neighbours, queries.device)
+        if exporting():  # one search that follows the batch of its input
+            return gallery_search(queries, gallery, groups, k, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
         step = self.search_batch(position, cells)
         parts = [gallery_search(q, gallery, g, k, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
                  for q, g in zip(queries.split(step), groups.split(step))]
@@ -390,13 +399,16 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
 
     def score_features(self, features: Features, size: Tuple[int, int], exclude: Optional[Tensor] = None) -> SpadeOutput:
         """Scores and maps from extracted features (``exclude``: leave-one-out bank rows)."""
-        check_finite(features.pooled, "test features (pooled)")
+        checked = not exporting()  # a traced graph holds no check of its data
+        if checked:
+            check_finite(features.pooled, "test features (pooled)")
         scores, neighbours = self.nearest_images(features.pooled, exclude=exclude)
         maps = self.combine(self.level_maps(features.pyramid, neighbours), size)
         if self.uses_maps:
             scores = self.image_scores(scores, self.map_part(maps))
-        check_finite(scores, "image scores")
-        check_finite(maps, "anomaly maps")
+        if checked:
+            check_finite(scores, "image scores")
+            check_finite(maps, "anomaly maps")
         return SpadeOutput(scores, maps)
 
     def forward(self, images: Tensor) -> SpadeOutput:
@@ -410,6 +422,18 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
             )
         return self.score_features(self.extract(images), size)
 
+
+    def for_export(self, size: Tuple[int, int]) -> "SpadeModel":
+        """A twin of this fitted model that traces into a graph for inputs of ``size`` ``(H, W)``: the same settings,
+        buffers and scoring, its backbone's "same" padding fixed for that size
+        (:func:`~lightning_ad.core.padding.fix_same_padding`) and its bank in memory
+        (:meth:`~lightning_ad.bank.MemoryBank.in_memory`). This model is left as it is."""
+        from .padding import fix_same_padding
+
+        self.require_fitted()
+        twin = copy.copy(self)
+        twin._modules = {**self._modules, "backbone": fix_same_padding(self.backbone, size), "bank": self.bank.in_memory()}
+        return twin
 
     def end_scoring(self) -> None:
         """After a process's last scoring call of a pass: with a sharded bank under several processes,

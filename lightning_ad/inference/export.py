@@ -24,18 +24,13 @@ Inside, in order:
    weights computed from the photo's size at run time, horizontal pass then vertical, each
    rounded to ``uint8``), with the centre crop folded in; then ``/ 255`` in float32: the model
    sees the pixels that :class:`~lightning_ad.data.transforms.Preprocess` gives;
-2. the backbone (its own input normalisation included; TensorFlow-style "same" padding fixed for the
-   crop by :func:`~lightning_ad.core.padding.fix_same_padding`), with the 3x3 means of the checkpoint's
-   ``aggregate_levels`` (:func:`~lightning_ad.core.levels.aggregate_pyramid`);
-3. the kNN scoring, the library's functions traced: the image-level neighbours by
-   :func:`~lightning_ad.core.knn.knn` (exact squared distances), and the pixel search that eager scoring runs:
-   :func:`~lightning_ad.core.windowed.gallery_search` (the position-aware window of the
-   checkpoint's ``search_radius``, or every position), scored as ``pixel_distance`` says
-   (:func:`~lightning_ad.core.levels.position_scores`);
-4. level maps upsampled, averaged (with the checkpoint's level factors) and smoothed by :func:`~lightning_ad.core.spade.combine_levels`,
-   as :class:`~lightning_ad.core.spade.SpadeModel` does, then brought to the photo's size by
-   :func:`~lightning_ad.inference.geometry.restore_map`; the normalised score and the decisions by
-   :func:`~lightning_ad.core.thresholds.normalize_scores` and :func:`~lightning_ad.core.thresholds.decide`.
+2. the fitted :class:`~lightning_ad.core.spade.SpadeModel`'s own forward, traced (:meth:`SpadeModel.for_export
+   <lightning_ad.core.spade.SpadeModel.for_export>`: its backbone's TensorFlow-style "same" padding fixed for the
+   crop, its bank in memory): features, kNN search, level maps and image score are the code that scores eagerly,
+   which takes the batch-generic form of each step while it is traced (:func:`~lightning_ad.core.tracing.exporting`);
+3. the map brought to the photo's size by :func:`~lightning_ad.inference.geometry.restore_map`; the normalised
+   score and the decisions by :func:`~lightning_ad.core.thresholds.normalize_scores` and
+   :func:`~lightning_ad.core.thresholds.decide`.
 
 ``--input_size H W`` fixes the accepted size (the ONNX input is declared ``[B, H, W, 3]``);
 photos of another size must then be resized to it first, with the resampling the metadata
@@ -76,19 +71,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..core.levels import aggregate_pyramid, position_scores
-from ..core.padding import fix_same_padding
-from ..core.image_scores import image_score_from_parts, map_part_of
-from ..core.levels import combine_levels
 from ..core.spade import SpadeModel
 from ..core.thresholds import decide, normalize_scores
-from ..core.knn import knn
-from ..core.windowed import gallery_search
+from ..data.contract import ContractLike, InputContract
 from ..data.transforms import as_hw
 from ..errors import ConfigurationError
 from ..files import atomic_path, plain_mode
-from .checkpoint import thresholds_in_use
-from .detector import load_model, saved_contract, scoring_facts
+from .checkpoint import fitted_contract, load_model, thresholds_in_use
+from .detector import scoring_facts
 from .geometry import PhotoPreprocess, restore_map
 
 __all__ = [
@@ -119,84 +109,32 @@ METADATA_KEY = "lightning_ad"
 class ExportableSpade(nn.Module):
     """A fitted :class:`SpadeModel` with the input contract and thresholds: decoded photos in, the five outputs out.
 
-    ``forward(images uint8 [B, H, W, 3])`` returns the outputs of the module docstring, maps at
-    the photos' own size. The photos' size is read at run time (:mod:`lightning_ad.inference.geometry`);
-    ``input_size`` only records a fixed size that :class:`_Checked` (TorchScript) and the ONNX
-    input declaration enforce. Every other setting is fixed at construction, so the module traces
-    into a graph without Python control flow on data.
+    ``forward(images uint8 [B, H, W, 3])`` returns the outputs of the module docstring, maps at the photos' own
+    size. It only wraps the model: the photo's resize and crop (:class:`~lightning_ad.inference.geometry.PhotoPreprocess`)
+    before, the map's restoration to the photo's size and the decisions after; the scoring in between is the
+    model's own forward (:meth:`SpadeModel.for_export`: the eager code, traced). The photos' size is read at run
+    time; ``input_size`` only records a fixed size that :class:`_Checked` (TorchScript) and the ONNX input
+    declaration enforce.
     """
 
-    def __init__(self, model: SpadeModel, contract: Dict[str, Any], input_size: Optional[Tuple[int, int]],
+    def __init__(self, model: SpadeModel, contract: ContractLike, input_size: Optional[Tuple[int, int]],
                  image_threshold: float, pixel_threshold: float) -> None:
         super().__init__()
         model.require_fitted()
-        resized = [int(v) for v in contract["image_size"]]
-        crop = [int(v) for v in (contract["crop_size"] or resized)]
+        model.image_scores(torch.zeros(1), torch.zeros(1))  # refuses a combined score whose scales were never learned
+        self.contract = InputContract.of(contract)
+        self.crop = self.contract.crop
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
-        self.contract = {"image_size": resized, "crop_size": None if crop == resized else crop}
-        self.crop = (crop[0], crop[1])
-        # 1. preprocessing: the photo's resize and crop, bit for bit the Detector's
         self.preprocess = PhotoPreprocess(self.contract)
-        # 2. backbone, and the levels averaged over 3x3 neighbourhoods
-        self.backbone = fix_same_padding(model.backbone, self.crop)  # it only sees the crop
-        self.aggregated = model.aggregated
-        # 3. bank and kNN settings
-        bank = model.bank
-        self.register_buffer("bank_pooled", bank.pooled.float().contiguous())
-        (self.image_k, self.gallery_k), self.kappa = model.ks_in_use(), model.kappa  # a few-shot bank: all its images
-        self.k_images = max(self.image_k, self.gallery_k)
-        self.level_shapes: List[Tuple[int, int, int]] = []
-        for position, level in enumerate(bank.levels_hwc()):
-            rows = level.float()  # [N, H_l, W_l, C_l]
-            n, h_l, w_l, c_l = rows.shape
-            self.register_buffer(f"level{position}", rows.reshape(n, h_l * w_l, c_l).contiguous())
-            self.level_shapes.append((int(h_l), int(w_l), int(c_l)))
-        self.level_cells, self.chunk_bytes = model.level_cells, model.chunk_bytes
-        self.pixel_distance = model.pixel_distance
-        # 4. the mean of the levels, smoothing, thresholds
-        self.level_factors = model.level_factors()
-        self.sigma = float(model.sigma)
+        self.model = model.for_export(self.crop)
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
-        # 5. the image score: DN2, a statistic of the served map, or both over their learned scales
-        self.image_score, self.image_score_q = model.image_score, float(model.image_score_q)
-        self.dn2_scale, self.map_scale = float(model.dn2_scale), float(model.map_scale)
-        image_score_from_parts(self.image_score, torch.zeros(1), torch.zeros(1), self.dn2_scale, self.map_scale)  # refuses unlearned scales
-
-    # ------------------------------------------------------------------ parts
-
-    def image_scores(self, dn2: Tensor, maps: Tensor) -> Tensor:
-        """``[B]`` the checkpoint's image score from DN2 ``[B]`` and the served maps ``[B, h, w]``."""
-        part = None if self.image_score == "dn2" else map_part_of(self.image_score, maps, self.image_score_q)
-        return image_score_from_parts(self.image_score, dn2, part, self.dn2_scale, self.map_scale)
-
-    def nearest_images(self, pooled: Tensor) -> Tuple[Tensor, Tensor]:
-        """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``, by the library's exact
-        kNN (each photo a batch item of one query, so that the graph follows the batch of its input)."""
-        found = knn(pooled.float().unsqueeze(1), self.bank_pooled, self.k_images, chunk_bytes=self.chunk_bytes)
-        distances, index = found.distances[:, 0], found.indices[:, 0]
-        return distances[:, : self.image_k].mean(dim=1), index[:, : self.gallery_k]
-
-    def level_map(self, position: int, fmap: Tensor, neighbours: Tensor) -> Tensor:
-        """``[B, H_l, W_l]``: mean distance (``pixel_distance``) of each position to its kappa nearest gallery features,
-        by the search eager scoring runs (:func:`~lightning_ad.core.windowed.gallery_search`: a window, or
-        every position)."""
-        h_l, w_l, c_l = self.level_shapes[position]
-        queries = fmap.float().permute(0, 2, 3, 1).reshape(-1, h_l * w_l, c_l)
-        bank = getattr(self, f"level{position}")  # [N, P, C]
-        distance = gallery_search(queries, bank, neighbours, self.kappa, cells=self.level_cells[position], grid=(h_l, w_l),
-                                  chunk_bytes=self.chunk_bytes)
-        return position_scores(distance, self.pixel_distance).reshape(-1, h_l, w_l)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         shape = torch._shape_as_tensor(images)  # [B, H, W, 3], read at run time
-        pyramid, pooled = self.backbone(self.preprocess(images))
-        pyramid = aggregate_pyramid(pyramid, self.aggregated)
-        scores, neighbours = self.nearest_images(pooled)
-        maps = combine_levels([self.level_map(i, fmap, neighbours) for i, fmap in enumerate(pyramid)], self.crop,
-                              self.sigma, self.level_factors)  # [B, h, w]
-        scores = self.image_scores(scores, maps)
-        full = restore_map(maps, (shape[1], shape[2]), self.contract)  # [B, H, W], NaN outside the crop
+        scored = self.model(self.preprocess(images))
+        scores = scored.image_scores
+        full = restore_map(scored.anomaly_maps, (shape[1], shape[2]), self.contract)  # NaN outside the crop
         normalized = normalize_scores(scores, self.image_threshold)
         return scores.float(), normalized, decide(scores, self.image_threshold), full, decide(full, self.pixel_threshold)
 
@@ -248,7 +186,7 @@ RESAMPLE = ("bilinear with antialiasing on uint8 RGB, as torchvision.transforms.
             "antialias=True) on a uint8 [3, H, W] tensor computes it, or Pillow's Image.resize((W, H), Image.BILINEAR)")
 
 
-def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Optional[Tuple[int, int]],
+def export_metadata(model: SpadeModel, contract: ContractLike, input_size: Optional[Tuple[int, int]],
                     image_threshold: float, pixel_threshold: float, fmt: str) -> Dict[str, Any]:
     """The JSON facts stored in the exported file (``input.size`` None: photos of any size)."""
     return {
@@ -256,8 +194,7 @@ def export_metadata(model: SpadeModel, contract: Dict[str, Any], input_size: Opt
         "format": fmt,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "[B, H, W, 3] RGB, decoded photos",
                   "size": None if input_size is None else list(input_size), "resample": RESAMPLE},
-        "contract": {"image_size": list(contract["image_size"]),
-                     "crop_size": list(contract["crop_size"]) if contract.get("crop_size") else None},
+        "contract": InputContract.of(contract).as_dict(),
         "outputs": list(OUTPUT_NAMES),
     }
 
@@ -268,7 +205,7 @@ def build_exportable(ckpt_path: Union[str, Path], input_size: Optional[Sequence[
     ``input_size`` None: photos of any size."""
     size = as_hw(list(input_size), "input_size") if input_size is not None else None
     model, hp, meta = load_model(ckpt_path)
-    contract = saved_contract(meta)
+    contract = fitted_contract(meta)
     image_t, pixel_t = thresholds_in_use(model, hp, meta)
     module = ExportableSpade(model, contract, size, image_t, pixel_t).eval()
     return module, export_metadata(model, contract, size, image_t, pixel_t, fmt="")
@@ -286,7 +223,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 def _example(module: ExportableSpade) -> Tensor:
     """The tracing input: the fixed input size, or a size no photo shares with the contract (nothing
     about the size may be folded into the graph as a constant)."""
-    height, width = module.input_size or (int(module.contract["image_size"][0]) + 37, int(module.contract["image_size"][1]) + 53)
+    height, width = module.input_size or (module.contract.image_size[0] + 37, module.contract.image_size[1] + 53)
     return torch.zeros(1, height, width, 3, dtype=torch.uint8)
 
 
