@@ -54,9 +54,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_ad.data import MVTecDataModule  # noqa: E402
 from lightning_ad.core.metrics import binary_auroc, per_region_overlap  # noqa: E402
 from lightning_ad.core.spade import SpadeModel, combine_levels  # noqa: E402
+from lightning_ad.data import MVTecDataModule  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -37,10 +37,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from knn_candidates import datamodule  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 from lightning_ad.core.knn import grouped_knn  # noqa: E402
 from lightning_ad.core.spade import SpadeModel  # noqa: E402
-
-from knn_candidates import datamodule  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 BLOCK_Q, BLOCK_G, CHANNELS = 256, 4096, 25
 

@@ -38,7 +38,8 @@ from lightning_ad.serve.client import Client, free_port, stop_server, wait_until
 from lightning_ad.serve.growth import TOKEN_ENV  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import fit_on, test_images as probes  # noqa: E402  (benchmarks/serve.py)
+from serve import fit_on  # noqa: E402  (benchmarks/serve.py)
+from serve import test_images as probes  # noqa: E402
 
 TOKEN = "benchmark-token-" + os.urandom(12).hex()
 

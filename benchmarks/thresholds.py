@@ -21,11 +21,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 from lightning_ad.core.metrics import f1_optimal_threshold, precision_recall_f1  # noqa: E402
 from lightning_ad.core.positions import spread_positions  # noqa: E402
 from lightning_ad.core.spade import SpadeModel  # noqa: E402
 from lightning_ad.core.thresholds import quantile_threshold  # noqa: E402
+from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 
 
 def main() -> None:
@@ -83,6 +83,7 @@ def report(title: str, normal: torch.Tensor, scores: torch.Tensor, target: torch
     rows.append(("F1-optimal (test)", float(threshold), precision, recall, f1))
     for name, threshold, precision, recall, f1 in rows:
         print(f"{name} | {threshold:9.3f} | {float(precision):9.3f} | {float(recall):6.3f} | {float(f1):.3f}")
+
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-
 def gather_rows(tensor: Tensor) -> Tensor:
     """Concatenate every rank's ``[n_r, ...]`` rows, in rank order (``n_r`` may differ or be 0).
 
@@ -48,7 +47,6 @@ def gather_rows(tensor: Tensor) -> Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes)]).to(device=tensor.device, dtype=dtype)
 
 
-
 def gather_objects(obj: Any) -> List[Any]:
     """Every rank's picklable ``obj``, in rank order."""
     if world_size() == 1:
@@ -56,7 +54,6 @@ def gather_objects(obj: Any) -> List[Any]:
     out: List[Optional[Any]] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
 
 
 def first_occurrences(index: Tensor) -> Tensor:
@@ -67,7 +64,6 @@ def first_occurrences(index: Tensor) -> Tensor:
     keep = torch.ones_like(sorted_index, dtype=torch.bool)
     keep[1:] = sorted_index[1:] != sorted_index[:-1]
     return order[keep]
-
 
 
 def rank_and_world() -> Tuple[int, int]:

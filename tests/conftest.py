@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -60,8 +60,8 @@ def main() -> None:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
         step(rank, "joined the group")
     from lightning_ad.bank import finish_stream
-    from lightning_ad.distributed import gather_objects
     from lightning_ad.core.spade import Features, SpadeModel
+    from lightning_ad.distributed import gather_objects
 
     model = SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
                        bank_dir=str(out / "bank"), search_radius=radius).eval()

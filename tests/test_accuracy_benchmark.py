@@ -6,10 +6,10 @@ import importlib.util
 import json
 import sys
 
-import pytorch_lightning as pl
 import pytest
-
+import pytorch_lightning as pl
 from conftest import REPO, make_trainer
+
 from lightning_ad import DemoDataModule, Spade
 
 
@@ -66,8 +66,8 @@ def test_misaligned_test_images_are_shifted_with_their_masks(tmp_path, capsys):
     import numpy as np
     import torch
     import torchvision.transforms.v2.functional as TF
-
     from conftest import make_mvtec
+
     from lightning_ad.data import Preprocess
     from lightning_ad.data.images import load_image
     from lightning_ad.data.masks import load_mask

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import make_mvtec, require_real
-from lightning_ad.errors import CheckpointError
-from lightning_ad.core.spade import SpadeModel
+from PIL import Image
 from test_distributed import cli, write_config
+
+from lightning_ad.core.spade import SpadeModel
+from lightning_ad.errors import CheckpointError
 
 SETTINGS = [("disk", "replicated", "auto"), ("memory", "sharded", "auto"), ("disk", "sharded", "auto"),
             ("memory", "replicated", "host")]

@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_trainer
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from conftest import make_trainer
 from lightning_ad import MVTecDataModule, Spade
+from lightning_ad.core.metrics import binary_auroc
+from lightning_ad.core.thresholds import normalize_scores
+from lightning_ad.errors import ConfigurationError
 from lightning_ad.inference import visualize as V
 from lightning_ad.lightning.outputs import sanitize_relpath
 from lightning_ad.lightning.prediction_writer import CSV_COLUMNS, PredictionWriter
 from lightning_ad.lightning.test_report import TEST_CSV, TEST_CSV_COLUMNS, TestReport
-from lightning_ad.errors import ConfigurationError
-from lightning_ad.core.metrics import binary_auroc
-from lightning_ad.core.thresholds import normalize_scores
 
 SIZE = 64
 CATEGORY = "widget"

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import encoded, noise_image, write_image
 from PIL import Image
 
 from lightning_ad.data.folders import is_image_file, list_images, safe_relpath
 from lightning_ad.data.images import check_image, image_size, load_image
-from lightning_ad.data.masks import load_mask, mask_problem
 from lightning_ad.data.mask_files import conventional_masks
+from lightning_ad.data.masks import load_mask, mask_problem
 from lightning_ad.errors import DataError, ImageDecodeError, MaskError
-
-from conftest import encoded, noise_image, write_image
-
 
 # ---------------------------------------------------------------------- folders
 

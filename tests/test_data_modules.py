@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SIZE, make_image_folder, make_magnetic_tile, make_mvtec, noise_image, square_mask, write_image
 from PIL import Image
 
 from lightning_ad.data import FolderDataModule, MVTecDataModule
 from lightning_ad.data.datamodule import AnomalyDataModule
 from lightning_ad.data.dataset import ANOMALOUS, NORMAL, Sample
 from lightning_ad.errors import ConfigurationError, DataError, ImageDecodeError, MaskError
-
-from conftest import SIZE, make_image_folder, make_magnetic_tile, make_mvtec, noise_image, square_mask, write_image
 
 
 def make_category(root: Path, name: str = "widget", n_train: int = 4, n_good: int = 2, n_bad: int = 2) -> Path:

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, file_bytes, read_array
 from PIL import Image
 
 import lightning_ad
 from lightning_ad.data import demo_install, demo_render
 from lightning_ad.data.demo_install import DEMO_CATEGORY, DemoDatasetError, make_demo_dataset
 from lightning_ad.data.demo_render import DEMO_DEFECT_TYPES, DEMO_MASK_FRACTION
-
-from conftest import REPO, file_bytes, read_array
 
 SMALL = dict(n_train=4, n_test_good=3, n_test_per_defect=2, image_size=96)
 

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_mvtec, require_real, write_image
+from conftest import make_trainer as _trainer
 from PIL import Image
 
-from conftest import make_mvtec, require_real, write_image, make_trainer as _trainer
 from lightning_ad import FolderDataModule, MVTecDataModule, Spade
+from lightning_ad.core.thresholds import normalize_scores
 from lightning_ad.data.inputs import as_rgb_uint8
+from lightning_ad.errors import CheckpointError, DataError, ImageDecodeError
 from lightning_ad.inference.detection import Detection, overlay_for
 from lightning_ad.inference.detector import Detector
-from lightning_ad.errors import CheckpointError, DataError, ImageDecodeError
 from lightning_ad.lightning.results import ImageResults
-from lightning_ad.core.thresholds import normalize_scores
 
 #: The tiny set's contract: resize to 64, centre crop 48 (offset 8).
 IMAGE_SIZE, CROP = 64, 48

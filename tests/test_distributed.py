@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import make_mvtec
 
 TOL = 1e-5  # of the largest value: convolutions round differently with other batch make-ups

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, make_mvtec, make_trainer
 from PIL import Image
 
-from conftest import REPO, make_mvtec, make_trainer
 from lightning_ad import MVTecDataModule, Spade
-from lightning_ad.inference import export as export_module
 from lightning_ad.data.transforms import Preprocess
-from lightning_ad.inference.detector import Detector, as_rgb_uint8
 from lightning_ad.errors import CheckpointError, ConfigurationError
+from lightning_ad.inference import export as export_module
+from lightning_ad.inference.detector import Detector, as_rgb_uint8
 from lightning_ad.inference.export import OUTPUT_NAMES, ExportableSpade, build_exportable, export_detector, export_main
 from lightning_ad.inference.geometry import PhotoPreprocess
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_mvtec, make_trainer, textured
+
 from lightning_ad import Detector, MVTecDataModule, Spade
 from lightning_ad.core.calibration import CalibrationSettings
 from lightning_ad.core.spade import SpadeModel
@@ -205,6 +205,7 @@ def test_growing_with_another_input_contract_is_refused(few_shot_checkpoint, tmp
 @pytest.mark.parametrize("shots", [1, 2, 4])
 def test_real_bottle_fit_on_a_few_images_sets_both_thresholds_and_says_how(tmp_path, caplog, shots):
     from conftest import require_real
+
     from lightning_ad.lightning.cli import main
 
     good = sorted((require_real("mvtec_ad", "bottle") / "train" / "good").glob("*.png"))[:shots]

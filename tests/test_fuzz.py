@@ -13,13 +13,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import encoded
 from PIL import Image
 
 from lightning_ad.data.images import check_image, image_size, load_image
 from lightning_ad.data.masks import load_mask
 from lightning_ad.errors import DataError
-
-from conftest import encoded
 
 SEED = 20240611
 PER_CALL_SECONDS = 5

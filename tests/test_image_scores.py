@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_trainer as _trainer
 from test_spade_model import reference_spade
 from test_thresholds import dm
 
-from conftest import make_trainer as _trainer
 from lightning_ad import Spade
-from lightning_ad.inference import checkpoint as ckpt
-from lightning_ad.errors import ConfigurationError
 from lightning_ad.core.positions import spread_positions
 from lightning_ad.core.spade import IMAGE_SCORES, SpadeModel
+from lightning_ad.errors import ConfigurationError
+from lightning_ad.inference import checkpoint as ckpt
 
 K = 3
 

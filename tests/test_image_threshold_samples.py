@@ -12,14 +12,14 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_mvtec, make_trainer
 from test_thresholds import dm
+
 from lightning_ad import Spade
+from lightning_ad.core.positions import spread_positions
+from lightning_ad.errors import ConfigurationError
 from lightning_ad.inference import checkpoint as ckpt
 from lightning_ad.lightning import module as module_mod
-from lightning_ad.errors import ConfigurationError
-from lightning_ad.core.positions import spread_positions
 
 N_TRAIN = 9
 

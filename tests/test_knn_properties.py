@@ -4,16 +4,15 @@ integer-level scores) with random shapes, odd sizes, offsets, ties and continuou
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from references import ref_auroc, ref_pro
 
 from lightning_ad.core.knn import brute_force_knn, grouped_knn, knn
 from lightning_ad.core.metrics import binary_auroc, per_region_overlap
-from references import ref_auroc, ref_pro
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

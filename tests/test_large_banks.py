@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lightning_ad.bank import LevelFile, MemoryBank
-from lightning_ad.errors import CheckpointError
 from lightning_ad.core.knn import knn, slab_knn
+from lightning_ad.errors import CheckpointError
 
 
 def test_slab_knn_finds_the_neighbours_of_one_search():

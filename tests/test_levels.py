@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_trainer
 from test_thresholds import dm
 
-from conftest import make_trainer
 from lightning_ad import Detector, Spade
 from lightning_ad.core.filters import gaussian_blur
 from lightning_ad.core.levels import aggregate_pyramid, balance_scales, level_factors, level_moments, local_mean, position_scores

@@ -16,9 +16,8 @@ import torch
 import torchmetrics
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from torchmetrics.classification import BinaryAUROC
-
 from references import ref_auroc, ref_pro
+from torchmetrics.classification import BinaryAUROC
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_trainer as trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import make_trainer as trainer
-from lightning_ad.bank.content import content_ids
 from lightning_ad import MVTecDataModule, Spade
-from lightning_ad.errors import ConfigurationError
+from lightning_ad.bank.content import content_ids
 from lightning_ad.core.metrics import binary_auroc, per_region_overlap, precision_recall_f1
+from lightning_ad.errors import ConfigurationError
 
 
 def datamodule(root: Path, **kwargs) -> MVTecDataModule:

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from lightning_ad.errors import ConfigurationError
 from lightning_ad.core.positions import interleaved_split, spread_positions
+from lightning_ad.errors import ConfigurationError
 
 
 def test_spread_positions_matches_the_formula_for_small_sizes():

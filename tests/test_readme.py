@@ -5,7 +5,6 @@ import sys
 from typing import List, Tuple
 
 import pytest
-
 from conftest import REPO
 
 README = REPO / "README.md"

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_trainer as trainer
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from conftest import make_trainer as trainer
 from lightning_ad import Detector, Spade
 from lightning_ad.core.backbones import backbone_channels
-from lightning_ad.lightning.cli import main as cli_main
+from lightning_ad.core.spade import SpadeModel
 from lightning_ad.data import MVTecDataModule
 from lightning_ad.errors import CheckpointError, ConfigurationError
-from lightning_ad.core.spade import SpadeModel
+from lightning_ad.lightning.cli import main as cli_main
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_trainer
 from test_cli import fitted, run  # noqa: F401 - the fitted CLI checkpoint fixture
 from test_thresholds import dm
 
-from conftest import make_trainer
 from lightning_ad import Detector, Spade
-from lightning_ad.inference import checkpoint as ckpt
-from lightning_ad.errors import ConfigurationError
 from lightning_ad.core.spade import SpadeModel
+from lightning_ad.errors import ConfigurationError
+from lightning_ad.inference import checkpoint as ckpt
 
 
 def test_checkpoints_record_it_and_older_ones_search_every_position(tiny_mvtec, tmp_path):

@@ -24,9 +24,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, make_mvtec, real_data_root, require_real
+from PIL import Image
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 

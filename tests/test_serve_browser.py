@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_mvtec
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
-from lightning_ad.serve.client import Client  # noqa: E402
 from test_serve import ServerProcess, bottle_dir, fit_serving_checkpoint  # noqa: E402
+
+from lightning_ad.serve.client import Client  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

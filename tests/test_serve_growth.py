@@ -22,10 +22,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, encoded, make_mvtec, textured
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
+
+from test_serve import ServerProcess  # noqa: E402
 
 from lightning_ad.errors import ConfigurationError  # noqa: E402
 from lightning_ad.inference.checkpoint import file_sha256  # noqa: E402
@@ -33,7 +34,6 @@ from lightning_ad.inference.detector import Detector  # noqa: E402
 from lightning_ad.serve.client import Client, free_port  # noqa: E402
 from lightning_ad.serve.growth import TOKEN_ENV, check_bearer, choose_served  # noqa: E402
 from lightning_ad.serve.server import resolve_token  # noqa: E402
-from test_serve import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,9 @@ def good_images(seed: int, count: int) -> List[Tuple[str, bytes]]:
 
 def near_copy(data: bytes, seed: int) -> bytes:
     """A good picture a little off ``data`` (another image's content, close to it in the features)."""
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
     noise = np.random.default_rng(seed).integers(-3, 4, rgb.shape)

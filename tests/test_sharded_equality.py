@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO
-from sharded_worker import N_TRAIN, N_TEST
+from sharded_worker import N_TEST, N_TRAIN
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 

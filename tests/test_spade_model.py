@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from lightning_ad.errors import ConfigurationError
 from lightning_ad.bank.content import content_ids
 from lightning_ad.core.spade import Features, SpadeModel
+from lightning_ad.errors import ConfigurationError
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_trainer as trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_trainer as trainer
 from lightning_ad import MVTecDataModule, Spade
 from lightning_ad.core.metrics import binary_auroc, f1_optimal_threshold
 from lightning_ad.core.positions import spread_positions

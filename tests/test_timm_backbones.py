@@ -11,8 +11,8 @@ import sys
 import pytest
 import timm
 import torch
-
 from conftest import REPO
+
 from lightning_ad.core.backbones import TimmBackbone, backbone_channels, build_backbone
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

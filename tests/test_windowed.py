@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import require_real
 
 from lightning_ad.core.windowed import gallery_search, min_window_candidates, window_cells, windowed_knn
-
-from conftest import require_real
 
 
 def brute_force_windowed(queries, bank, groups, cells, k):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..distributed import first_occurrences, gather_objects, gather_rows, rank_and_world
 import torch
 
+from ..distributed import first_occurrences, gather_objects, gather_rows, rank_and_world
 from ..errors import ConfigurationError
 
 __all__ = ["finish_stream"]

@@ -17,14 +17,12 @@ __all__ = ["sharded_grouped_knn", "drain_sharded"]
 _DONE = -1
 
 
-
 def _exchange(count: int, device: torch.device) -> List[int]:
     """Every rank's ``count``, in rank order."""
     mine = torch.tensor([count], device=device, dtype=torch.long)
     parts = [torch.zeros_like(mine) for _ in range(world_size())]
     dist.all_gather(parts, mine)
     return [int(part) for part in parts]
-
 
 
 def _padded_gather(tensor: Tensor, longest: int, fill: float) -> Tensor:
@@ -35,12 +33,10 @@ def _padded_gather(tensor: Tensor, longest: int, fill: float) -> Tensor:
     return torch.cat(parts)
 
 
-
 def _comm_device(device: torch.device) -> torch.device:
     if dist.get_backend() == "nccl" and device.type != "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return device
-
 
 
 def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor], bank: Any, position: int, k: int,
@@ -92,7 +88,6 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     rank = dist.get_rank()
     own = counts[rank] if counts[rank] != _DONE else 0
     return combined[rank * longest : rank * longest + own].to(device)
-
 
 
 def drain_sharded(bank: Any, level_cells: Sequence[Optional[int]], gallery_k: int, kappa: int, chunk_bytes: int,

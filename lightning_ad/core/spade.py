@@ -284,7 +284,6 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
                 pooled = torch.cat([q for _, q in parts])
             return Features(aggregate_pyramid(pyramid, self.aggregated), pooled)
 
-
     # ------------------------------------------------------------------ scoring
 
     def require_fitted(self) -> None:
@@ -338,7 +337,6 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
     def image_scores(self, dn2: Tensor, map_part: Optional[Tensor]) -> Tensor:
         """``[B]`` image scores from DN2 ``[B]`` and the map statistic ``[B]`` (:meth:`map_part`)."""
         return image_score_from_parts(self.image_score, dn2, map_part, float(self.dn2_scale), float(self.map_scale))
-
 
     def level_maps(self, pyramid: Sequence[Tensor], neighbours: Tensor) -> List[Tensor]:
         """Per-level maps ``[B, H_l, W_l]``: mean distance (``pixel_distance``) to the kappa nearest gallery features."""
@@ -421,7 +419,6 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
                 f"{self.image_size[1]} images: use the same image_size and crop_size as for fit."
             )
         return self.score_features(self.extract(images), size)
-
 
     def for_export(self, size: Tuple[int, int]) -> "SpadeModel":
         """A twin of this fitted model that traces into a graph for inputs of ``size`` ``(H, W)``: the same settings,

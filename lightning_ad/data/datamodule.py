@@ -41,8 +41,8 @@ from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .folders import list_images, safe_relpath
 from .images import check_image, image_size
-from .masks import load_mask
 from .mask_files import drop_conventional_masks
+from .masks import load_mask
 from .transforms import Preprocess, Size, aspect_advice
 
 __all__ = ["AnomalyDataModule", "default_num_workers", "OwnerSampler"]

@@ -64,18 +64,23 @@ from ..core.calibration import CalibrationSettings
 from ..core.spade import SpadeModel
 from ..core.thresholds import decide, normalize_scores
 from ..data.contract import ContractLike, InputContract
-from ..data.inputs import ImageInput, read_images
-from ..errors import CheckpointError, ConfigurationError, DataError
-from . import checkpoint as ckpt
-from .detection import Detection
-from .photo_map import restore_map_and_mask
 
 # Names this module held before they moved, still importable from here; import them from their homes:
 # the inputs (lightning_ad.data.inputs), checkpoint reading (.checkpoint), the record's picture (.detection).
-from ..data.inputs import as_rgb_uint8  # noqa: F401
+from ..data.inputs import (
+    ImageInput,
+    as_rgb_uint8,  # noqa: F401
+    read_images,
+)
+from ..errors import CheckpointError, ConfigurationError, DataError
+from . import checkpoint as ckpt
 from .checkpoint import load_model, model_settings, saved_contract  # noqa: F401
-from .detection import overlay_for  # noqa: F401
+from .detection import (
+    Detection,
+    overlay_for,  # noqa: F401
+)
 from .geometry import crop_offsets, map_resize_matrices, restore_map  # noqa: F401
+from .photo_map import restore_map_and_mask
 
 __all__ = ["Detector", "scoring_facts"]
 

@@ -50,7 +50,6 @@ def gather_features(
     return index[keep], Features([level[keep] for level in pyramid], pooled[keep]), tuple(image_size)
 
 
-
 class BankCollector:
     """One process's training features during fit, made into ``model``'s bank by :meth:`finish` (collective).
 

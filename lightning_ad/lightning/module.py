@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import pytorch_lightning as pl
@@ -38,10 +38,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from ..core import checks
-from ..core.knn import DEFAULT_CHUNK_BYTES
 from ..bank.content import content_ids
+from ..core import checks
 from ..core.calibration import FEW_SHOT_IMAGES, CalibrationSettings, calibrate
+from ..core.knn import DEFAULT_CHUNK_BYTES
 from ..core.radius import AUTO
 from ..core.spade import SpadeModel
 from ..core.thresholds import Thresholds, calibration_overlap, f1_thresholds

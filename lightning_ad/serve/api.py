@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .growth import FOLLOW_INTERVAL_S
 from .answers import finite_or_none, inspected_box, png_base64, regions
+from .growth import FOLLOW_INTERVAL_S
 from .payload import Limits, RequestError, check_filename, decode_image, truthy
 
 try:  # the [serve] extra

@@ -9,8 +9,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from .inputs import _check_same_shape, _check_scores, _check_target
-from .roc import binary_auroc
 from .pro import _check_max_fpr, _to_nhw, per_region_overlap
+from .roc import binary_auroc
 
 __all__ = ['AUROC', 'PRO']
 

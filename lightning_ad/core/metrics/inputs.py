@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 
-
 def _as_tensor(x: Any, name: str) -> Tensor:
     if isinstance(x, Tensor):
         return x
