@@ -6,19 +6,30 @@ Builders write small image files in the layouts the datamodules read:
   ``ground_truth/<defect>/<stem>_mask.png``);
 * :func:`make_image_folder` / :func:`make_magnetic_tile`: plain folders of ``<stem>.jpg``
   with, optionally, the mask ``<stem>.png`` beside each (the Magnetic Tile layout).
+
+Then what several test modules run: fits (:func:`fit_checkpoint`, the session's CLI fit :func:`fitted`), the
+command line (:func:`run`, :func:`cli` on several processes) and a server process (:class:`ServerProcess`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
+import yaml
 from PIL import Image
+
+from lightning_ad import FolderDataModule, MVTecDataModule, Spade
+from lightning_ad.serve.client import free_port, stop_server, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 #: The one setting that locates the real data (MVTec AD bottle, Magnetic Tile).
@@ -168,3 +179,232 @@ def make_trainer(root: Path, **kwargs) -> pl.Trainer:
                    enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0)
     options.update(kwargs)
     return pl.Trainer(**options)
+
+
+# ---------------------------------------------------------------------- fits
+
+
+def dm(root, **kwargs):
+    """The datamodule of a :func:`make_mvtec` set (``widget``, 64 x 64, no crop, batches of 4)."""
+    return MVTecDataModule(str(root), "widget", image_size=64, crop_size=64, batch_size=4, num_workers=0, **kwargs)
+
+
+def only_checkpoint(root: Path) -> Path:
+    """The one checkpoint below ``root``."""
+    found = sorted(root.rglob("*.ckpt"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def fit_checkpoint(base: Path, datamodule: pl.LightningDataModule, **spade) -> Path:
+    """Fit ``Spade`` in a plain Trainer and return the checkpoint it wrote."""
+    options = dict(image_k=3, gallery_k=3, threshold_samples=4)
+    options.update(spade)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(base / "run").fit(Spade(**options), datamodule=datamodule)
+    return only_checkpoint(base / "run")
+
+
+# ---------------------------------------------------------------------- the command line
+
+
+def run(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m lightning_ad ARGS`` in ``cwd``, its output captured (one process)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("LIGHTNING_AD_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "lightning_ad", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def write_config(path: Path, data_root: Path) -> Path:
+    """A CLI config of a :func:`make_mvtec` set at ``data_root`` (Lite0, K = 3, 64 x 64), written to ``path``."""
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        "model": {"backbone": "efficientnet_lite0", "image_k": 3, "gallery_k": 3, "threshold_samples": 5},
+        "data": {
+            "class_path": "lightning_ad.MVTecDataModule",
+            "init_args": {"root": str(data_root), "category": "widget", "image_size": 64, "crop_size": 64,
+                          "batch_size": 2, "num_workers": 0},
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m lightning_ad ARGS`` on ``processes`` CPU devices (DDP when several); it must succeed."""
+    devices = ["--trainer.devices", str(processes)]
+    if processes > 1:
+        devices += ["--trainer.strategy", "ddp"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory):
+    """A CLI fit of a tiny MVTec set (DN2 image score): ``(folder, config, checkpoint)``; tests only read it."""
+    base = tmp_path_factory.mktemp("cli")
+    data = make_mvtec(base / "data")
+    config = base / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "default_root_dir": str(base / "runs")},
+        "model": {"image_k": 3, "gallery_k": 3, "threshold_samples": 2, "image_score": "dn2"},
+        "data": {"class_path": "lightning_ad.MVTecDataModule",
+                 "init_args": {"root": str(data), "category": "widget", "image_size": 64, "crop_size": 64,
+                               "batch_size": 4, "num_workers": 0}},
+    }))
+    result = run(["fit", "--config", str(config)], base)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (ckpt,) = sorted((base / "runs").rglob("*.ckpt"))
+    assert f"fitted checkpoint: {ckpt}" in result.stdout + result.stderr
+    return base, config, ckpt
+
+
+# ---------------------------------------------------------------------- a server process
+
+
+def bottle_dir() -> Path:
+    return real_data_root() / "mvtec_ad" / "bottle"
+
+
+def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
+    """A fitted checkpoint and the test images to post: a few bottle images (symlinked, never
+    copied) at 128 -> crop 112 when the data is there, else a tiny generated set (64 -> 48)."""
+    bottle = bottle_dir()
+    if (bottle / "train" / "good").is_dir():
+        folders = {name: base / name for name in ("train", "good", "bad")}
+        for folder in folders.values():
+            folder.mkdir(parents=True)
+        for path in sorted((bottle / "train" / "good").glob("*.png"))[:12]:
+            (folders["train"] / path.name).symlink_to(path.resolve())
+        tests = sorted((bottle / "test" / "good").glob("*.png"))[:3]
+        bad = [sorted((bottle / "test" / group).glob("*.png"))[i] for group in ("broken_large", "contamination") for i in (0, 1)]
+        for path in tests:
+            (folders["good"] / path.name).symlink_to(path.resolve())
+        for i, path in enumerate(bad):
+            (folders["bad"] / f"{i}_{path.name}").symlink_to(path.resolve())
+        dm = FolderDataModule(normal_dir=str(folders["train"]), abnormal_dirs=[str(folders["bad"])],
+                              normal_test_dir=str(folders["good"]), mask_pattern=None, image_size=128, crop_size=112,
+                              batch_size=12, num_workers=0)
+        return fit_checkpoint(base, dm, image_k=3, gallery_k=3), tests + bad
+    root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=3, size=64)
+    dm = MVTecDataModule(str(root), category="widget", image_size=64, crop_size=48, batch_size=4, num_workers=0)
+    return fit_checkpoint(base, dm), sorted((root / "widget" / "test").rglob("*.png"))
+
+
+class ServerProcess:
+    """``python -m lightning_ad.serve`` in its own session, working folder and TMPDIR."""
+
+    def __init__(self, ckpt: Path, workdir: Path, *extra: str, startup_s: float = 150.0,
+                 env: Optional[Dict[str, str]] = None) -> None:
+        self.workdir = workdir
+        self.tmpdir = workdir / "tmp"
+        self.tmpdir.mkdir(parents=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "server.log"
+        env = dict(os.environ if env is None else env, TMPDIR=str(self.tmpdir),
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "-m", "lightning_ad.serve", "--ckpt_path", str(ckpt), "--port", str(self.port), *extra]
+        self.run_dir = workdir / "cwd"
+        self.run_dir.mkdir()
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        if not wait_until_healthy(self.url, lambda: self.process.poll() is None, startup_s):
+            exited = self.process.poll() is not None
+            self.stop()
+            problem = f"exited with {self.process.returncode}" if exited else f"was not ready after {startup_s} s"
+            raise RuntimeError(f"the server {problem}:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        stop_server(self.process)
+
+
+# ---------------------------------------------------------------------- small runs with random weights (failure rules)
+
+#: Side of the images of :func:`make_small_set`, pixels (served at 32 x 32).
+SMALL = 36
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine OpenMP threads that wait on each other make a
+    32x32 forward pass take seconds instead of milliseconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_small_set(root: Path, n_train: int = 6) -> Path:
+    """An MVTec-layout category ``widget`` of random 36 x 36 images: ``n_train`` good, 2 good and 2 ``crack`` test
+    images (a white 12 x 12 square, with its mask). Returns ``root``."""
+    rng = np.random.default_rng(0)
+    base = root / "widget"
+    for i in range(n_train):
+        write_image(base / "train" / "good" / f"{i:03d}.png", rng.integers(60, 200, (SMALL, SMALL, 3), dtype=np.uint8))
+    for i in range(2):
+        write_image(base / "test" / "good" / f"{i:03d}.png", rng.integers(60, 200, (SMALL, SMALL, 3), dtype=np.uint8))
+        image = rng.integers(60, 200, (SMALL, SMALL, 3), dtype=np.uint8)
+        image[8:20, 8:20] = 255
+        mask = np.zeros((SMALL, SMALL), np.uint8)
+        mask[8:20, 8:20] = 255
+        write_image(base / "test" / "crack" / f"{i:03d}.png", image)
+        write_image(base / "ground_truth" / "crack" / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def small_set(tmp_path) -> Path:
+    """A fresh :func:`make_small_set` (tests may break its files)."""
+    return make_small_set(tmp_path / "data")
+
+
+def small_datamodule(root: Path, **kwargs) -> MVTecDataModule:
+    """The datamodule of a :func:`make_small_set` (32 x 32, batches of 2)."""
+    args = dict(root=str(root), category="widget", image_size=32, crop_size=32, batch_size=2, num_workers=0)
+    args.update(kwargs)
+    return MVTecDataModule(**args)
+
+
+def random_spade(**kwargs) -> Spade:
+    """``Spade`` with random backbone weights, K = 2, sigma 1 (keyword arguments override)."""
+    args = dict(weights="random", image_k=2, gallery_k=2, sigma=1.0)
+    args.update(kwargs)
+    return Spade(**args)
+
+
+def count_backbone_calls(model: Spade) -> list:
+    """The batch sizes the backbone of ``model`` is called with from now on (a list that fills)."""
+    calls: list = []
+    model.model.backbone.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    return calls
+
+
+@pytest.fixture
+def small_fit(small_set, tmp_path):
+    """A :func:`random_spade` fitted on :func:`small_set` and the checkpoint its fit wrote."""
+    torch.manual_seed(0)
+    model = random_spade()
+    trainer = make_trainer(tmp_path / "run")
+    trainer.fit(model, datamodule=small_datamodule(small_set))
+    path = trainer.checkpoint_callback.best_model_path
+    assert path and os.path.isfile(path)
+    return model, path
+
+
+class CrashMidFit(pl.Callback):
+    """Raises ``RuntimeError("killed halfway")`` after the second training batch (the bank is not complete)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("killed halfway")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import make_mvtec, require_real, write_image
+from conftest import fit_checkpoint, make_mvtec, require_real, write_image
 from conftest import make_trainer as _trainer
 from PIL import Image
 
@@ -24,22 +24,6 @@ from lightning_ad.lightning.results import ImageResults
 
 #: The tiny set's contract: resize to 64, centre crop 48 (offset 8).
 IMAGE_SIZE, CROP = 64, 48
-
-
-def _checkpoint(root: Path) -> Path:
-    found = sorted(root.rglob("*.ckpt"))
-    assert len(found) == 1, found
-    return found[0]
-
-
-def fit_checkpoint(base: Path, datamodule: pl.LightningDataModule, **spade) -> Path:
-    """Fit ``Spade`` in a plain Trainer and return the checkpoint it wrote."""
-    options = dict(image_k=3, gallery_k=3, threshold_samples=4)
-    options.update(spade)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _trainer(base / "run").fit(Spade(**options), datamodule=datamodule)
-    return _checkpoint(base / "run")
 
 
 def predict_records(ckpt: Path, datamodule: pl.LightningDataModule, root: Path) -> ImageResults:

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import dm
 from conftest import make_trainer as _trainer
-from test_spade_model import reference_spade
-from test_thresholds import dm
+from references import reference_spade
 
 from lightning_ad import Spade
 from lightning_ad.core.positions import spread_positions

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import math
-import sys
 import warnings
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,16 +16,7 @@ from hypothesis import strategies as st
 from references import ref_auroc, ref_pro
 from torchmetrics.classification import BinaryAUROC
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-try:
-    import lightning_ad.core.metrics as M
-except Exception:  # the package __init__ may import modules that are still being written
-    _spec = importlib.util.spec_from_file_location("lightning_ad.core.metrics", ROOT / "lightning_ad" / "metrics.py")
-    M = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = M
-    _spec.loader.exec_module(M)
+import lightning_ad.core.metrics as M
 
 
 # --------------------------------------------------------------------------- #

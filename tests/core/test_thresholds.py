@@ -5,18 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import dm
 from conftest import make_trainer as trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_ad import MVTecDataModule, Spade
+from lightning_ad import Spade
 from lightning_ad.core.metrics import binary_auroc, f1_optimal_threshold
 from lightning_ad.core.positions import spread_positions
 from lightning_ad.core.thresholds import normalize_scores, quantile_threshold
-
-
-def dm(root, **kwargs):
-    return MVTecDataModule(str(root), "widget", image_size=64, crop_size=64, batch_size=4, num_workers=0, **kwargs)
 
 
 @given(st.lists(st.floats(0, 1e4, allow_nan=False, width=32), min_size=2, max_size=50), st.floats(1e-3, 1e4))

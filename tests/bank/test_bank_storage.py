@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_mvtec, require_real
+from conftest import cli, make_mvtec, require_real, write_config
 from PIL import Image
-from test_distributed import cli, write_config
 
 from lightning_ad.core.spade import SpadeModel
 from lightning_ad.errors import CheckpointError

@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import make_mvtec
+from conftest import cli, make_mvtec, write_config
 
 TOL = 1e-5  # of the largest value: convolutions round differently with other batch make-ups
-
-
-def write_config(path: Path, data_root: Path) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        "model": {"backbone": "efficientnet_lite0", "image_k": 3, "gallery_k": 3, "threshold_samples": 5},
-        "data": {
-            "class_path": "lightning_ad.MVTecDataModule",
-            "init_args": {"root": str(data_root), "category": "widget", "image_size": 64, "crop_size": 64,
-                          "batch_size": 2, "num_workers": 0},
-        },
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.CompletedProcess:
-    devices = ["--trainer.devices", str(processes)]
-    if processes > 1:
-        devices += ["--trainer.strategy", "ddp"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cwd.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def fit(config: Path, out: Path, processes: int) -> Path:

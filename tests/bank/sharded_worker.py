@@ -1,4 +1,4 @@
-"""One process of a sharded-bank run for tests/test_sharded_equality.py (CPU, gloo, 1 thread).
+"""One process of a sharded-bank run for tests/bank/test_sharded_equality.py (CPU, gloo, 1 thread).
 
     python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE RADIUS (pixels, or none)
 

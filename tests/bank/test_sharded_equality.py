@@ -1,6 +1,6 @@
 """A sharded bank on several processes (CPU, gloo) scores bitwise as the replicated in-memory bank.
 
-Each run is ``tests/sharded_worker.py`` on 1, 2 or 3 processes: features are extracted one image
+Each run is ``tests/bank/sharded_worker.py`` on 1, 2 or 3 processes: features are extracted one image
 at a time (so they do not depend on how images are batched), each process writes the rows the
 ``DistributedSampler`` gives it (10 training images: 3 processes pad with 2 repeats), and test
 images are split unevenly (5 over 2 or 3 processes), so processes serve each other's searches.

@@ -9,16 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
-from conftest import REPO, make_mvtec
-
-
-def run(args, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("LIGHTNING_AD_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "lightning_ad", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+from conftest import REPO, make_mvtec, run
 
 
 def test_readme_main_command_on_the_embedded_demo(tmp_path):
@@ -48,25 +40,6 @@ def test_every_shipped_config_parses():
         parsed = yaml.safe_load(result.stdout)
         assert parsed["model"]["layers"] == [1, 2, 3] and parsed["model"]["kappa"] == 1
         assert parsed["model"]["sigma"] == 4.0
-
-
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cli")
-    data = make_mvtec(base / "data")
-    config = base / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "default_root_dir": str(base / "runs")},
-        "model": {"image_k": 3, "gallery_k": 3, "threshold_samples": 2, "image_score": "dn2"},
-        "data": {"class_path": "lightning_ad.MVTecDataModule",
-                 "init_args": {"root": str(data), "category": "widget", "image_size": 64, "crop_size": 64,
-                               "batch_size": 4, "num_workers": 0}},
-    }))
-    result = run(["fit", "--config", str(config)], base)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (ckpt,) = sorted((base / "runs").rglob("*.ckpt"))
-    assert f"fitted checkpoint: {ckpt}" in result.stdout + result.stderr
-    return base, config, ckpt
 
 
 def _metrics(folder: Path) -> dict:

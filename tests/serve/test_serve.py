@@ -20,11 +20,11 @@ import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import pytest
-from conftest import REPO, make_mvtec, real_data_root, require_real
+from conftest import REPO, ServerProcess, bottle_dir, fit_serving_checkpoint, require_real
 from PIL import Image
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
@@ -32,7 +32,7 @@ pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip 
 from lightning_ad.data.inputs import as_rgb_uint8  # noqa: E402
 from lightning_ad.inference.detector import Detector  # noqa: E402
 from lightning_ad.serve.answers import regions  # noqa: E402
-from lightning_ad.serve.client import Client, free_port, multipart, stop_server, wait_until_healthy  # noqa: E402
+from lightning_ad.serve.client import Client, free_port, multipart  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,68 +42,6 @@ MAX_MEGAPIXELS = 1.0
 
 
 # ---------------------------------------------------------------------- checkpoint and server (shared with the browser test)
-
-
-def bottle_dir() -> Path:
-    return real_data_root() / "mvtec_ad" / "bottle"
-
-
-def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
-    """A fitted checkpoint and the test images to post: a few bottle images (symlinked, never
-    copied) at 128 -> crop 112 when the data is there, else a tiny generated set (64 -> 48)."""
-    from test_detector import fit_checkpoint
-
-    from lightning_ad import FolderDataModule, MVTecDataModule
-
-    bottle = bottle_dir()
-    if (bottle / "train" / "good").is_dir():
-        folders = {name: base / name for name in ("train", "good", "bad")}
-        for folder in folders.values():
-            folder.mkdir(parents=True)
-        for path in sorted((bottle / "train" / "good").glob("*.png"))[:12]:
-            (folders["train"] / path.name).symlink_to(path.resolve())
-        tests = sorted((bottle / "test" / "good").glob("*.png"))[:3]
-        bad = [sorted((bottle / "test" / group).glob("*.png"))[i] for group in ("broken_large", "contamination") for i in (0, 1)]
-        for path in tests:
-            (folders["good"] / path.name).symlink_to(path.resolve())
-        for i, path in enumerate(bad):
-            (folders["bad"] / f"{i}_{path.name}").symlink_to(path.resolve())
-        dm = FolderDataModule(normal_dir=str(folders["train"]), abnormal_dirs=[str(folders["bad"])],
-                              normal_test_dir=str(folders["good"]), mask_pattern=None, image_size=128, crop_size=112,
-                              batch_size=12, num_workers=0)
-        return fit_checkpoint(base, dm, image_k=3, gallery_k=3), tests + bad
-    root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=3, size=64)
-    dm = MVTecDataModule(str(root), category="widget", image_size=64, crop_size=48, batch_size=4, num_workers=0)
-    return fit_checkpoint(base, dm), sorted((root / "widget" / "test").rglob("*.png"))
-
-
-class ServerProcess:
-    """``python -m lightning_ad.serve`` in its own session, working folder and TMPDIR."""
-
-    def __init__(self, ckpt: Path, workdir: Path, *extra: str, startup_s: float = 150.0,
-                 env: Optional[Dict[str, str]] = None) -> None:
-        self.workdir = workdir
-        self.tmpdir = workdir / "tmp"
-        self.tmpdir.mkdir(parents=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "server.log"
-        env = dict(os.environ if env is None else env, TMPDIR=str(self.tmpdir),
-                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cmd = [sys.executable, "-m", "lightning_ad.serve", "--ckpt_path", str(ckpt), "--port", str(self.port), *extra]
-        self.run_dir = workdir / "cwd"
-        self.run_dir.mkdir()
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(cmd, cwd=self.run_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        if not wait_until_healthy(self.url, lambda: self.process.poll() is None, startup_s):
-            exited = self.process.poll() is not None
-            self.stop()
-            problem = f"exited with {self.process.returncode}" if exited else f"was not ready after {startup_s} s"
-            raise RuntimeError(f"the server {problem}:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        stop_server(self.process)
 
 
 # ---------------------------------------------------------------------- fixtures

@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_mvtec
+from conftest import ServerProcess, bottle_dir, fit_serving_checkpoint, make_mvtec
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
-
-from test_serve import ServerProcess, bottle_dir, fit_serving_checkpoint  # noqa: E402
 
 from lightning_ad.serve.client import Client  # noqa: E402
 

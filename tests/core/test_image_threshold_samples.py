@@ -12,8 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_mvtec, make_trainer
-from test_thresholds import dm
+from conftest import dm, make_mvtec, make_trainer
 
 from lightning_ad import Spade
 from lightning_ad.core.positions import spread_positions

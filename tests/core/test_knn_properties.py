@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis): the kNN engine against brute force, the metrics against
-straightforward references. Complements tests/test_knn.py and tests/test_metrics.py (fixed cases,
+straightforward references. Complements tests/core/test_knn.py and tests/core/test_metrics.py (fixed cases,
 integer-level scores) with random shapes, odd sizes, offsets, ties and continuous scores."""
 
 from __future__ import annotations

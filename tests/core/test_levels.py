@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_trainer
-from test_thresholds import dm
+from conftest import dm, make_trainer
 
 from lightning_ad import Detector, Spade
 from lightning_ad.core.filters import gaussian_blur

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
+from references import reference_spade
 
 from lightning_ad.bank.content import content_ids
 from lightning_ad.core.spade import Features, SpadeModel
@@ -20,57 +18,6 @@ def images():
     test = torch.rand(3, 3, 64, 64, generator=gen) * 0.3 + 0.35
     test[1, :, 20:34, 20:34] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]  # a red patch
     return train, test
-
-
-def neighbourhood_mean(fmap: torch.Tensor) -> torch.Tensor:
-    """``[N, C, H, W]`` float64 mean of each position's 3x3 neighbours inside the map, from shifted copies."""
-    fmap = fmap.double()
-    padded = F.pad(fmap, (1, 1, 1, 1))
-    inside = F.pad(torch.ones_like(fmap[:, :1]), (1, 1, 1, 1))
-    h, w = fmap.shape[-2:]
-    total = sum(padded[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
-    count = sum(inside[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))
-    return total / count
-
-
-def reference_spade(model: SpadeModel, train: torch.Tensor, test: torch.Tensor, image_k: int, gallery_k: int, kappa: int, sigma: float,
-                    radius=None):
-    """The method written out plainly: full float64 distance matrices, scipy smoothing; with ``radius``
-    (input pixels) the gallery positions farther than ``ceil(radius / stride)`` cells in y or x are left out.
-    The model's ``aggregate_levels`` (3x3 means), ``pixel_distance`` and level factors are followed."""
-    with torch.no_grad():
-        train_pyr, train_pool = model.backbone(train)
-        test_pyr, test_pool = model.backbone(test)
-    train_pyr = [neighbourhood_mean(f) if flag else f for f, flag in zip(train_pyr, model.aggregated)]
-    test_pyr = [neighbourhood_mean(f) if flag else f for f, flag in zip(test_pyr, model.aggregated)]
-    d_img = torch.cdist(test_pool.double(), train_pool.double()) ** 2
-    sorted_d, order = d_img.sort(dim=1)
-    scores = sorted_d[:, :image_k].mean(dim=1)
-    maps = []
-    for b in range(test.shape[0]):
-        level_maps = []
-        for tr, te in zip(train_pyr, test_pyr):
-            c, h, w = te.shape[1:]
-            gallery = tr[order[b, :gallery_k]].permute(0, 2, 3, 1).reshape(-1, c).double()
-            queries = te[b].permute(1, 2, 0).reshape(-1, c).double()
-            diff = queries[:, None, :] - gallery[None, :, :]
-            dist = (diff * diff).sum(-1)
-            if radius is not None:
-                cells = int(np.ceil(radius / (test.shape[-1] // w)))
-                ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-                ys, xs = ys.flatten(), xs.flatten()
-                near = ((ys[:, None] - ys[None, :]).abs() <= cells) & ((xs[:, None] - xs[None, :]).abs() <= cells)
-                dist = dist.masked_fill(~near.repeat(1, gallery_k), float("inf"))
-            nearest = dist.topk(kappa, dim=1, largest=False).values
-            if model.pixel_distance == "euclidean":
-                nearest = nearest.sqrt()
-            level = nearest.mean(dim=1).reshape(1, 1, h, w)
-            level_maps.append(F.interpolate(level, size=test.shape[-2:], mode="bilinear", align_corners=False)[0, 0])
-        factors = model.level_factors()
-        combined = (torch.stack(level_maps).mean(0) if factors is None else
-                    sum(float(f) * m for f, m in zip(factors, level_maps))).numpy()
-        maps.append(ndimage.gaussian_filter(combined, sigma) if sigma > 0 else combined)
-    return scores, torch.from_numpy(np.stack(maps))
 
 
 #: The paper's levels (no aggregation, squared distances), and today's defaults with a weighted, balanced mean.

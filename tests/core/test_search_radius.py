@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_trainer
-from test_cli import fitted, run  # noqa: F401 - the fitted CLI checkpoint fixture
-from test_thresholds import dm
+from conftest import dm, make_trainer, run
 
 from lightning_ad import Detector, Spade
 from lightning_ad.core.spade import SpadeModel

@@ -22,11 +22,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, encoded, make_mvtec, textured
+from conftest import REPO, ServerProcess, encoded, fit_checkpoint, make_mvtec, textured
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
-
-from test_serve import ServerProcess  # noqa: E402
 
 from lightning_ad.errors import ConfigurationError  # noqa: E402
 from lightning_ad.inference.checkpoint import file_sha256  # noqa: E402
@@ -65,7 +63,6 @@ def near_copy(data: bytes, seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from test_detector import fit_checkpoint
 
     from lightning_ad import MVTecDataModule
 
