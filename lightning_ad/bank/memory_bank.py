@@ -129,27 +129,27 @@ class MemoryBank(nn.Module):
             return torch.ones(len(self), dtype=torch.bool, device=self.index.device)
         return (self._where[:, 0] >= 0).to(self.index.device)
 
-    def level_shape(self, position: int) -> Tuple[int, int]:
-        """``(H_l, W_l)`` of the ``position``-th level held."""
+    def level_shape(self, slot: int) -> Tuple[int, int]:
+        """``(H_l, W_l)`` of the ``slot``-th level held."""
         if self._shapes is not None:
-            return int(self._shapes[position][0]), int(self._shapes[position][1])
-        bank = getattr(self, self._key(self.levels[position]))
+            return int(self._shapes[slot][0]), int(self._shapes[slot][1])
+        bank = getattr(self, self._key(self.levels[slot]))
         return int(bank.shape[1]), int(bank.shape[2])
 
-    def _rows(self, position: int, rows: Tensor) -> Tensor:
+    def _rows(self, slot: int, rows: Tensor) -> Tensor:
         """Pyramid rows ``[R, H, W, C]`` of bank rows ``rows`` (held ones), read from where they are."""
         rows = rows.to("cpu", torch.long) if self._where is not None else rows
         if self._where is None:
-            bank = getattr(self, self._key(self.levels[position]))
+            bank = getattr(self, self._key(self.levels[slot]))
             return bank[rows.to(bank.device)]
         where = self._where[rows]
         if bool((where[:, 0] < 0).any()):
             raise RuntimeError("bank rows requested that this process does not hold (sharded bank)")
-        height, width, channels = self._shapes[position]
+        height, width, channels = self._shapes[slot]
         out = torch.empty((rows.numel(), height, width, channels), dtype=self.dtype)
         for segment in torch.unique(where[:, 0]).tolist():
             mask = where[:, 0] == segment
-            out[mask] = self._segments[segment][position][where[mask, 1]]
+            out[mask] = self._segments[segment][slot][where[mask, 1]]
         return out
 
     def levels_hwc(self) -> List[Tensor]:
@@ -160,11 +160,11 @@ class MemoryBank(nn.Module):
         if self._where is None:
             return [getattr(self, self._key(level)) for level in self.levels]
         rows = self.held().nonzero().flatten().cpu()
-        return [self._rows(position, rows) for position in range(len(self.levels))]
+        return [self._rows(slot, rows) for slot in range(len(self.levels))]
 
-    def level(self, position: int) -> Tensor:
-        """Pyramid rows of the ``position``-th level held: ``[N, H_l * W_l, C_l]`` (see :meth:`levels_hwc`)."""
-        bank = self.levels_hwc()[position]
+    def level(self, slot: int) -> Tensor:
+        """Pyramid rows of the ``slot``-th level held: ``[N, H_l * W_l, C_l]`` (see :meth:`levels_hwc`)."""
+        bank = self.levels_hwc()[slot]
         return bank.reshape(bank.shape[0], bank.shape[1] * bank.shape[2], bank.shape[3])
 
     def in_memory(self) -> "MemoryBank":
@@ -178,7 +178,7 @@ class MemoryBank(nn.Module):
                  self.input_size)
         return copy
 
-    def gallery(self, position: int, neighbours: Tensor, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+    def gallery(self, slot: int, neighbours: Tensor, device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
         """What :func:`~lightning_ad.core.knn.grouped_knn` searches for ``neighbours`` ``[B, M]`` (bank rows).
 
         Returns ``(bank [U, H*W, C], groups [B, M])``. For in-memory levels on ``device`` this is
@@ -188,11 +188,11 @@ class MemoryBank(nn.Module):
         """
         device = device if device is not None else self.index.device
         if self._where is None and self.placement != "host":
-            bank = getattr(self, self._key(self.levels[position]))
+            bank = getattr(self, self._key(self.levels[slot]))
             if bank.device == torch.device(device) or bank.device.type == torch.device(device).type == "cpu":
                 return bank.reshape(bank.shape[0], -1, bank.shape[3]), neighbours
         unique, groups = torch.unique(neighbours, return_inverse=True)
-        rows = self._rows(position, unique)
+        rows = self._rows(slot, unique)
         rows = rows.reshape(rows.shape[0], -1, rows.shape[3])
         if rows.device != torch.device(device):
             if torch.device(device).type == "cuda" and rows.device.type == "cpu":
@@ -371,11 +371,11 @@ class MemoryBank(nn.Module):
         else:  # memory: read the held rows once, in bank order
             rows = held.nonzero().flatten()
             segment = []
-            for position, shape in enumerate(self._shapes):
+            for slot, shape in enumerate(self._shapes):
                 out = torch.empty((rows.numel(), *shape), dtype=self.dtype)
                 for shard_no in needed:
                     mask = owner[rows, 0] == shard_no
-                    out[mask] = mapped[shard_no][position][owner[rows[mask], 1]]
+                    out[mask] = mapped[shard_no][slot][owner[rows[mask], 1]]
                 segment.append(out)
             if self.sharding == "replicated" or bool(held.all()):
                 level_device = self._level_device()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Tuple
 
 import torch
 from torch import Tensor
 
-from ..errors import NumericalError
+from ..distributed import gather_objects
+from ..errors import ConfigurationError, NumericalError
 
-__all__ = ["check_finite"]
+__all__ = ["check_finite", "shapes_seen_by_any_process"]
 
 
 def check_finite(tensor: Tensor, what: str) -> Tensor:
@@ -45,3 +46,13 @@ class _GrowingRows:
 
     def rows(self) -> Tensor:
         return self.data[: self.count]
+
+
+def shapes_seen_by_any_process(shapes: Any) -> Any:
+    """The first ``shapes`` (what this process's training batches looked like, None without one) that any process
+    saw, in rank order: a process without batches shapes its empty rows after it. Collective. Raises
+    :class:`~lightning_ad.errors.ConfigurationError` when no process saw a training batch."""
+    known = next((s for s in gather_objects(shapes) if s is not None), None)
+    if known is None:
+        raise ConfigurationError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
+    return known

@@ -8,6 +8,7 @@ import torch
 
 from ..distributed import first_occurrences, gather_objects, gather_rows, rank_and_world
 from ..errors import ConfigurationError
+from .rows import shapes_seen_by_any_process
 
 __all__ = ["finish_stream"]
 
@@ -24,9 +25,7 @@ def finish_stream(writer: Any, bank: Any, extend: bool = False) -> None:
     old = bank.external_state() if extend and len(bank) else None
     shard = writer.close()
     info = (writer.image_size, writer.shapes) if writer.shapes is not None else None
-    known = next((s for s in gather_objects(info) if s is not None), None)
-    if known is None:
-        raise ConfigurationError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
+    known = shapes_seen_by_any_process(info)
     image_size, shapes = known
     device = bank.index.device
     index = gather_rows(shard["index"].to(device))

@@ -29,9 +29,9 @@ from torch import Tensor
 
 from ..distributed import gather_rows, rank_and_world
 from ..errors import ConfigurationError
-from .positions import spread_positions
 from .radius import AUTO, RadiusChoice
 from .records import LeaveOneOut
+from .spread import spread_indices
 from .thresholds import Thresholds, quantile_threshold
 from .views import THRESHOLD_VIEWS, views_of
 
@@ -88,7 +88,7 @@ def leave_one_out_selection(count: int, uses_maps: bool, samples: Optional[int],
     """
     def spread(limit: Optional[int]) -> Tensor:
         mask = torch.zeros(count, dtype=torch.bool)
-        mask[spread_positions(count, count if limit is None else min(limit, count))] = True
+        mask[spread_indices(count, count if limit is None else min(limit, count))] = True
         return mask
 
     return (spread(image_samples) if uses_maps else spread(None)), spread(samples)

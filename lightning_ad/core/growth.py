@@ -55,12 +55,12 @@ class BankGrowth:
             size = tuple(batch.shape[-2:])
             ids = content_ids(batch)
             new = []
-            for position, image_id in enumerate(ids.tolist()):
+            for at, image_id in enumerate(ids.tolist()):
                 if image_id in known:
-                    skipped.append((seen + position, known[image_id]))
+                    skipped.append((seen + at, known[image_id]))
                 else:
-                    known[image_id] = seen + position
-                    new.append(position)
+                    known[image_id] = seen + at
+                    new.append(at)
             seen += int(batch.shape[0])
             if not new:
                 continue

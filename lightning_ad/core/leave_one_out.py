@@ -15,8 +15,8 @@ from torch import Tensor
 from ..bank import check_finite
 from ..errors import ConfigurationError
 from .levels import balance_scales, level_factors, level_moments
-from .positions import spread_positions
 from .records import Features, LeaveOneOut, SpadeOutput
+from .spread import spread_indices
 
 __all__ = ["LeaveOneOutScoring", "LEVEL_BALANCE_IMAGES"]
 
@@ -39,7 +39,7 @@ class LeaveOneOutScoring:
     def spread_rows(self, samples: int, count: Optional[int] = None) -> Tensor:
         """``[n]`` ``samples`` bank rows evenly spread over the first ``count`` (default: all), on the bank's device."""
         count = self.bank_size if count is None else count
-        return torch.tensor(spread_positions(count, min(samples, count)), dtype=torch.long, device=self.bank.index.device)
+        return torch.tensor(spread_indices(count, min(samples, count)), dtype=torch.long, device=self.bank.index.device)
 
     def balance_rows(self) -> Tensor:
         """``[n]`` bank rows whose leave-one-out maps set the level scales: ``LEVEL_BALANCE_IMAGES`` evenly spread."""

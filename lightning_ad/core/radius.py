@@ -151,17 +151,17 @@ class RadiusDecision:
         position. With a sharded bank every process calls it, with the rows it holds (maybe none)."""
         self.require_fitted()
         rows = rows.to(self.bank.index.device)
-        position = evidence_level(self.layers)
-        stride = LEVEL_STRIDES[self.layers[position]]
+        slot = evidence_level(self.layers)
+        stride = LEVEL_STRIDES[self.layers[slot]]
         if self.bank_size < 2:  # a bank of one image: nothing to compare it with
             return torch.zeros(0, len(self.radius_candidates) + 1, dtype=torch.float64)
         k = self.ks_in_use(left_out=True)[1]
         neighbours = slab_knn(self.bank.pooled[rows].float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes,
                               exclude=rows).indices
-        fmap = self.bank.pyramid_of(rows)[position]
+        fmap = self.bank.pyramid_of(rows)[slot]
         sums = []
         for radius in (*self.radius_candidates, None):
-            dist = self.level_search(position, fmap, neighbours, window_cells(radius, stride), 1)
+            dist = self.level_search(slot, fmap, neighbours, window_cells(radius, stride), 1)
             sums.append(dist.double().clamp_min(0).sqrt().sum(dim=(1, 2)))
         return torch.stack(sums, dim=1).cpu()
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..distributed import world_size
+from ..distributed import communication_device, exchange_counts, padded_all_gather, world_size
 from .windowed import gallery_search
 
 __all__ = ["sharded_grouped_knn", "drain_sharded"]
@@ -17,29 +17,7 @@ __all__ = ["sharded_grouped_knn", "drain_sharded"]
 _DONE = -1
 
 
-def _exchange(count: int, device: torch.device) -> List[int]:
-    """Every rank's ``count``, in rank order."""
-    mine = torch.tensor([count], device=device, dtype=torch.long)
-    parts = [torch.zeros_like(mine) for _ in range(world_size())]
-    dist.all_gather(parts, mine)
-    return [int(part) for part in parts]
-
-
-def _padded_gather(tensor: Tensor, longest: int, fill: float) -> Tensor:
-    padded = tensor.new_full((longest, *tensor.shape[1:]), fill)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat(parts)
-
-
-def _comm_device(device: torch.device) -> torch.device:
-    if dist.get_backend() == "nccl" and device.type != "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor], bank: Any, position: int, k: int,
+def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor], bank: Any, slot: int, k: int,
                         gallery_k: int, chunk_bytes: int, device: torch.device, cells: Optional[int] = None
                         ) -> Optional[Tensor]:
     """:func:`~lightning_ad.core.windowed.gallery_search` (every position, or a window of ``cells``) over a bank
@@ -53,19 +31,19 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     level and batch; a process with nothing left calls it with ``queries=None`` (see
     :func:`drain_sharded`), and then gets ``None`` back when every process is done.
     """
-    height, width = bank.level_shape(position)
-    channels = bank.channels[position]
+    height, width = bank.level_shape(slot)
+    channels = bank.channels[slot]
     positions = height * width
-    comm = _comm_device(device)
-    counts = _exchange(_DONE if queries is None else int(queries.shape[0]), comm)
+    comm = communication_device(device)
+    counts = exchange_counts(_DONE if queries is None else int(queries.shape[0]), comm)
     if all(c == _DONE for c in counts):
         return None
     longest = max(max(counts), 1)
     if queries is None or neighbours is None:
         queries = torch.zeros((0, positions, channels), device=comm)
         neighbours = torch.zeros((0, gallery_k), dtype=torch.long, device=comm)
-    all_q = _padded_gather(queries.to(comm, torch.float32), longest, 0.0)
-    all_n = _padded_gather(neighbours.to(comm, torch.long), longest, -1)
+    all_q = torch.cat(padded_all_gather(queries.to(comm, torch.float32), longest, 0.0))
+    all_n = torch.cat(padded_all_gather(neighbours.to(comm, torch.long), longest, -1))
     held = bank.held().to(comm)
     valid = all_n >= 0
     mine = valid & held[all_n.clamp_min(0)]
@@ -74,7 +52,7 @@ def sharded_grouped_knn(queries: Optional[Tensor], neighbours: Optional[Tensor],
     for m in sorted(set(counts_held.tolist()) - {0}):
         items = (counts_held == m).nonzero().flatten()
         groups = all_n[items][mine[items]].view(len(items), m)  # each item's held rows, slot order kept
-        gallery, local = bank.gallery(position, groups, device=comm)
+        gallery, local = bank.gallery(slot, groups, device=comm)
         kk = min(k, m * positions if cells is None else m * (2 * cells + 1) ** 2)
         found = gallery_search(all_q[items], gallery, local, kk, cells=cells, grid=(height, width), chunk_bytes=chunk_bytes)
         result[items, :, :kk] = found
@@ -97,6 +75,6 @@ def drain_sharded(bank: Any, level_cells: Sequence[Optional[int]], gallery_k: in
     if world_size() == 1 or bank.sharding != "sharded":
         return
     while True:
-        for position, cells in enumerate(level_cells):
-            if sharded_grouped_knn(None, None, bank, position, kappa, gallery_k, chunk_bytes, device, cells) is None:
+        for slot, cells in enumerate(level_cells):
+            if sharded_grouped_knn(None, None, bank, slot, kappa, gallery_k, chunk_bytes, device, cells) is None:
                 return

@@ -38,10 +38,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .. import checks
 from ..bank import BANK_DEVICES, BANK_DTYPES, BANK_SHARDINGS, BANK_STORAGES, MemoryBank, check_finite, rename_legacy_keys
 from ..distributed import world_size
 from ..errors import ConfigurationError
-from . import checks
 from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build_backbone, validate_levels
 from .growth import BankGrowth
 from .image_scores import IMAGE_SCORES, image_score_from_parts, map_part_of, map_score
@@ -342,18 +342,18 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         """Per-level maps ``[B, H_l, W_l]``: mean distance (``pixel_distance``) to the kappa nearest gallery features."""
         self.require_fitted()
         maps = []
-        for position, fmap in enumerate(pyramid):
-            dist = self.level_search(position, fmap, neighbours, self.level_cells[position], self.kappa)
+        for slot, fmap in enumerate(pyramid):
+            dist = self.level_search(slot, fmap, neighbours, self.level_cells[slot], self.kappa)
             maps.append(position_scores(dist, self.pixel_distance).reshape(fmap.shape[0], *fmap.shape[-2:]))
         return maps
 
-    def level_search(self, position: int, fmap: Tensor, neighbours: Tensor, cells: Optional[int], k: int) -> Tensor:
+    def level_search(self, slot: int, fmap: Tensor, neighbours: Tensor, cells: Optional[int], k: int) -> Tensor:
         """``[B, H_l W_l, k]`` ascending squared distances of the features ``fmap`` ``[B, C, H_l, W_l]`` of the
-        ``position``-th level to their k nearest among the positions of their ``neighbours`` ``[B, gallery_k]``
+        ``slot``-th level to their k nearest among the positions of their ``neighbours`` ``[B, gallery_k]``
         (bank rows): within ``cells`` cells of the same place, or every position (``None``)."""
-        level = self.layers[position]
+        level = self.layers[slot]
         batch, channels, height, width = fmap.shape
-        bank_hw = self.bank.level_shape(position)
+        bank_hw = self.bank.level_shape(slot)
         if bank_hw != (height, width):
             stride = LEVEL_STRIDES[level]
             raise ValueError(
@@ -367,12 +367,12 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
             checks.k_at_most("kappa", k, min_window_candidates(cells, height, width, images),
                              f"candidates of a corner position at level {level} ({cells} cells)")
         if self.bank.sharding == "sharded" and world_size() > 1:
-            return sharded_grouped_knn(queries, neighbours, self.bank, position, k, images,
+            return sharded_grouped_knn(queries, neighbours, self.bank, slot, k, images,
                                        self.chunk_bytes, queries.device, cells)
-        gallery, groups = self.bank.gallery(position, neighbours, queries.device)
+        gallery, groups = self.bank.gallery(slot, neighbours, queries.device)
         if exporting():  # one search that follows the batch of its input
             return gallery_search(queries, gallery, groups, k, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
-        step = self.search_batch(position, cells)
+        step = self.search_batch(slot, cells)
         parts = [gallery_search(q, gallery, g, k, cells=cells, grid=(height, width), chunk_bytes=self.chunk_bytes)
                  for q, g in zip(queries.split(step), groups.split(step))]
         return torch.cat(parts)  # an empty batch is one empty part (the searches return empty distances)
@@ -382,13 +382,13 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         """Window half-width in cells at each level (``None``: every position), from ``search_radius``."""
         return [window_cells(self.search_radius, LEVEL_STRIDES[level]) for level in self.layers]
 
-    def search_batch(self, position: int, cells: Optional[int]) -> int:
+    def search_batch(self, slot: int, cells: Optional[int]) -> int:
         """Batch items searched together at a level with a window of ``cells``: as many as keep their galleries
         laid out for the windowed search within ``chunk_bytes`` (at least one); the global search blocks itself."""
         if cells is None:
             return 2**31
-        height, width = self.bank.level_shape(position)
-        return max(1, self.chunk_bytes // gallery_bytes(cells, height, width, self.channels[position], self.gallery_k))
+        height, width = self.bank.level_shape(slot)
+        return max(1, self.chunk_bytes // gallery_bytes(cells, height, width, self.channels[slot], self.gallery_k))
 
     def combine(self, level_maps: Sequence[Tensor], size: Tuple[int, int]) -> Tensor:
         """Upsample each level map to ``size`` (bilinear), average the levels (:meth:`level_factors`), smooth:

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import checks
 from .metrics import f1_optimal_threshold
 
-__all__ = ["Thresholds", "calibration_overlap", "quantile_threshold", "quantile_thresholds", "f1_thresholds", "normalize_scores",
+__all__ = ["Thresholds", "check_threshold_settings", "calibration_overlap", "quantile_threshold", "quantile_thresholds", "f1_thresholds", "normalize_scores",
            "decide"]
 
 
@@ -147,3 +148,17 @@ def calibration_overlap(source: Dict[str, Any], paths: Iterable[str]) -> Optiona
         return None
     return (f"{reused} of the {len(paths)} test images set this checkpoint's F1 thresholds (its validation split): "
             "the test F1 is optimistic. Test with the same --data.val_split to hold them out.")
+
+
+def check_threshold_settings(method: Any, image_quantile: Any, pixel_quantile: Any, samples: Any, image_threshold: Any,
+                       pixel_threshold: Any, pro_max_fpr: Any, image_samples: Any = None) -> None:
+    """The threshold and evaluation settings of :class:`~lightning_ad.lightning.module.Spade`
+    (``samples``: threshold_samples, ``image_samples``: image_threshold_samples)."""
+    checks.one_of("threshold_method", method, ("quantile", "f1"))
+    checks.fraction("image_quantile", image_quantile)
+    checks.fraction("pixel_quantile", pixel_quantile)
+    checks.positive_int("threshold_samples", samples, optional=True)
+    checks.positive_int("image_threshold_samples", image_samples, optional=True)
+    checks.positive_number("image_threshold", image_threshold, optional=True, unit="a raw score")
+    checks.positive_number("pixel_threshold", pixel_threshold, optional=True, unit="a raw map value")
+    checks.fraction("pro_max_fpr", pro_max_fpr)

@@ -36,7 +36,8 @@ import torch.distributed as dist
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..core.positions import interleaved_split, spread_positions
+from .. import checks
+from ..core.spread import interleaved_split, spread_indices
 from ..errors import ConfigurationError, DataError, ImageDecodeError, MaskError
 from .dataset import ANOMALOUS, NORMAL, UNLABELLED, AnomalyDataset, Sample
 from .folders import list_images, safe_relpath
@@ -105,10 +106,8 @@ class AnomalyDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.preprocess = Preprocess(image_size, crop_size)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"data batch_size={batch_size!r} must be a positive integer")
-        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
-            raise ConfigurationError(f"data num_workers={num_workers!r} must be an integer >= 0")
+        checks.positive_int("data batch_size", batch_size)
+        checks.non_negative_int("data num_workers", num_workers, optional=True)
         if not isinstance(val_split, (int, float)) or not 0 <= val_split < 1:
             raise ConfigurationError(f"data val_split={val_split!r} must lie in [0, 1)")
         self.batch_size = batch_size
@@ -197,7 +196,7 @@ class AnomalyDataModule(pl.LightningDataModule):
     @staticmethod
     def _typical_size(samples: Sequence[Sample]) -> Tuple[int, int]:
         """The median ``(height, width)`` of up to 32 evenly spread samples (read from their headers)."""
-        sizes = [image_size(samples[i].path) for i in spread_positions(len(samples), 32)]
+        sizes = [image_size(samples[i].path) for i in spread_indices(len(samples), 32)]
         return (sorted(h for h, _ in sizes)[len(sizes) // 2], sorted(w for _, w in sizes)[len(sizes) // 2])
 
     # ------------------------------------------------------------------ setup

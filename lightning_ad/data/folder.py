@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from pytorch_lightning.utilities import rank_zero_info
 
-from ..core.positions import interleaved_split
+from ..core.spread import interleaved_split
 from ..errors import ConfigurationError, DataError, MaskError
 from .datamodule import AnomalyDataModule
 from .dataset import ANOMALOUS, NORMAL, Sample

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import checks
 from ..core.calibration import CalibrationSettings
 from ..core.spade import SpadeModel
 from ..core.thresholds import decide, normalize_scores
@@ -123,8 +124,7 @@ class Detector:
     def __init__(self, model: SpadeModel, contract: ContractLike, image_threshold: float = math.nan,
                  pixel_threshold: float = math.nan, device: Union[str, torch.device] = "cpu", batch_size: int = 8,
                  meta: Optional[Dict[str, Any]] = None) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size={batch_size!r} must be a positive integer")
+        checks.positive_int("batch_size", batch_size)
         model.require_fitted()
         #: The input contract the images are prepared by.
         self.input_contract = InputContract.of(contract)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -15,12 +13,13 @@ from pytorch_lightning.cli import LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_info
 
 from ..data.datamodule import AnomalyDataModule
-from ..errors import CheckpointError, LightningADError
+from ..distributed import end_process_group
+from ..errors import CheckpointError
 from ..inference.checkpoint import META_KEY, SCORING_SETTINGS, check_compatible, read_checkpoint, saved_settings
 from .console import quiet_lightning
 from .module import Spade
 
-__all__ = ["SpadeCLI", "main"]
+__all__ = ["SpadeCLI", "run_cli"]
 
 
 class SpadeCLI(LightningCLI):
@@ -222,39 +221,22 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-#: Subcommands beside LightningCLI's: name -> (module, function taking the remaining arguments).
-_DEPLOY_COMMANDS = {"export": ("lightning_ad.inference.export", "export_main"), "serve": ("lightning_ad.serve", "serve_main")}
-
-
-def main(args: Optional[List[str]] = None) -> None:
-    """Console entry point; user-facing errors are printed without a traceback (exit status 2).
-
-    ``fit``/``validate``/``test``/``predict`` are LightningCLI's; ``export`` and ``serve`` run a
-    fitted checkpoint outside Lightning (``lightning-ad export --help``, ``lightning-ad serve --help``).
-    """
+def run_cli(args: Optional[List[str]] = None) -> SpadeCLI:
+    """``fit``/``validate``/``test``/``predict`` through :class:`SpadeCLI` (``args`` None: ``sys.argv``). The console
+    command is :func:`lightning_ad.command.main`, which also prints user-facing errors."""
     quiet_lightning()
-    argv = list(sys.argv[1:] if args is None else args)
-    try:
-        if argv and argv[0] in _DEPLOY_COMMANDS:
-            module, function = _DEPLOY_COMMANDS[argv[0]]
-            getattr(importlib.import_module(module), function)(argv[1:])
-            return
-        SpadeCLI(
-            Spade,
-            pl.LightningDataModule,
-            subclass_mode_data=True,
-            trainer_defaults={"max_epochs": 1, "num_sanity_val_steps": 0},
-            # nothing in the method is random (no shuffling, no sampling, a frozen backbone), so no seed is
-            # needed; 0 (the configs' value) keeps `weights: random` runs repeatable without Lightning's
-            # "No seed found" warning
-            seed_everything_default=0,
-            save_config_callback=_SaveConfig,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
-    except LightningADError as err:
-        if os.environ.get("LIGHTNING_AD_DEBUG"):
-            raise
-        message = str(err).strip().splitlines()[-1] if "Original Traceback" in str(err) else str(err)
-        print(f"lightning-ad: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    cli = SpadeCLI(
+        Spade,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        trainer_defaults={"max_epochs": 1, "num_sanity_val_steps": 0},
+        # nothing in the method is random (no shuffling, no sampling, a frozen backbone), so no seed is
+        # needed; 0 (the configs' value) keeps `weights: random` runs repeatable without Lightning's
+        # "No seed found" warning
+        seed_everything_default=0,
+        save_config_callback=_SaveConfig,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+    end_process_group()  # every process leaves the group together (see lightning_ad.distributed)
+    return cli

@@ -11,11 +11,12 @@ from torch import Tensor
 
 from ..bank import finish_stream
 from ..bank.content import repeated_content
+from ..bank.rows import shapes_seen_by_any_process
 from ..core.spade import Features
 from ..distributed import first_occurrences, gather_objects, gather_rows
 from ..errors import ConfigurationError
 
-__all__ = ["gather_features", "BankCollector"]
+__all__ = ["gather_features", "BankCollector", "single_pass_trainer"]
 
 
 def gather_features(
@@ -33,9 +34,7 @@ def gather_features(
         without batches joins with empty rows shaped after another process's.
     """
     shapes = (parts[0][3], [tuple(level.shape[1:]) for level in parts[0][2]], parts[0][1].shape[1]) if parts else None
-    known = next((s for s in gather_objects(shapes) if s is not None), None)
-    if known is None:
-        raise ConfigurationError("fit saw no training batch: the bank cannot be built (check limit_train_batches).")
+    known = shapes_seen_by_any_process(shapes)
     image_size, level_shapes, pooled_dim = known
     if parts:
         index = torch.cat([p[0] for p in parts]).to(device)
@@ -98,3 +97,15 @@ class BankCollector:
                 self.model.bank.add(index[new], features.pooled[new], [level[new] for level in features.pyramid], image_size)
         self.parts, self.writer, self.names = [], None, []
         return skipped
+
+
+def single_pass_trainer(trainer: Any) -> None:
+    """A Trainer that can build the bank: one pass, validation (if any) once after it."""
+    if trainer.min_epochs is not None and trainer.min_epochs > 1:
+        raise ConfigurationError(
+            f"trainer min_epochs={trainer.min_epochs}: SPADE's fit is a single pass over the training "
+            "images (no training); set min_epochs to 1 or leave it unset.")
+    has_val = sum(getattr(trainer, "num_val_batches", []) or []) > 0
+    if has_val and (trainer.val_check_interval != 1.0 or trainer.check_val_every_n_epoch != 1):
+        raise ConfigurationError("validation must run once, after the bank is complete: set trainer "
+                                 "val_check_interval=1.0 and check_val_every_n_epoch=1.")

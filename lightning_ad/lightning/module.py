@@ -38,17 +38,17 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from .. import checks
 from ..bank.content import content_ids
-from ..core import checks
 from ..core.calibration import FEW_SHOT_IMAGES, CalibrationSettings, calibrate
 from ..core.knn import DEFAULT_CHUNK_BYTES
 from ..core.radius import AUTO
 from ..core.spade import SpadeModel
-from ..core.thresholds import Thresholds, calibration_overlap, f1_thresholds
+from ..core.thresholds import Thresholds, calibration_overlap, check_threshold_settings, f1_thresholds
 from ..distributed import first_occurrences, gather_rows, world_size
 from ..errors import ConfigurationError
 from ..inference import checkpoint as ckpt
-from .collect import BankCollector
+from .collect import BankCollector, single_pass_trainer
 from .console import UntrainedModelSummary, bank_summary, partial_bank_warning, progress_bar, repeated_note
 from .evaluation import Evaluation, evaluate
 from .results import ImageResults, as_batch_dict
@@ -147,7 +147,7 @@ class Spade(pl.LightningModule):
                                 level_weights=level_weights, bank_dtype=bank_dtype,
                                 chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage, bank_sharding=bank_sharding,
                                 bank_device=bank_device, bank_dir=bank_dir)
-        checks.threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
+        check_threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
                                   image_threshold, pixel_threshold, pro_max_fpr, image_threshold_samples)
         checks.non_negative_int("few_shot_below", few_shot_below)
         self.automatic_optimization = False
@@ -201,7 +201,7 @@ class Spade(pl.LightningModule):
         return torch.optim.SGD([self.step_anchor], lr=0.0)  # see the module docstring
 
     def on_fit_start(self) -> None:
-        checks.single_pass_trainer(self.trainer)
+        single_pass_trainer(self.trainer)
 
     def on_train_start(self) -> None:
         contract, fitted = ckpt.input_contract(self.trainer.datamodule), self.input_contract

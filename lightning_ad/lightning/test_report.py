@@ -17,8 +17,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from ..core.positions import spread_positions
-from ..errors import ConfigurationError
+from .. import checks
+from ..core.spread import spread_indices
 from ..files import atomic_write
 from ..inference import visualize as V
 from .evaluation import Evaluation, evaluate
@@ -101,8 +101,7 @@ class TestReport(Callback):
         log_to_tensorboard: bool = True,
         enabled: bool = True,
     ) -> None:
-        if max_overlays is not None and (isinstance(max_overlays, bool) or not isinstance(max_overlays, int) or max_overlays < 0):
-            raise ConfigurationError(f"test_report max_overlays={max_overlays!r} must be an integer >= 0 or null")
+        checks.non_negative_int("test_report max_overlays", max_overlays, optional=True)
         self.output_dir = output_dir
         self.max_overlays = max_overlays
         self.log_to_tensorboard = bool(log_to_tensorboard)
@@ -139,7 +138,7 @@ class TestReport(Callback):
             except TypeError:
                 count = None
             if count is not None:
-                self._chosen = set(spread_positions(count, self.max_overlays))
+                self._chosen = set(spread_indices(count, self.max_overlays))
             else:  # unknown length: a share of the budget per process
                 self._budget = math.ceil(self.max_overlays / max(1, trainer.world_size))
         self._previous = getattr(pl_module, "test_results", None)

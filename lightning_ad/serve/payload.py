@@ -61,7 +61,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..core import checks
+from .. import checks
 from ..data.images import IMAGE_FORMATS
 from ..data.inputs import as_rgb_uint8
 from ..errors import DataError

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional
 
-from ..core import checks
+from .. import checks
 from .growth import TOKEN_ENV, check_token_value
 from .payload import Limits
 

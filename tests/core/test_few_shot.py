@@ -165,7 +165,7 @@ def test_detector_add_normal_returns_a_grown_detector_and_keeps_the_old_one(few_
 
 
 def test_fit_from_a_checkpoint_grows_its_bank_as_a_fresh_fit_would(few_shot_checkpoint, tmp_path, caplog):
-    from lightning_ad.lightning.cli import main
+    from lightning_ad.command import main
 
     root = tmp_path / "data"
     make_mvtec(root, n_train=8, n_good=2, n_bad=2, size=64)  # the same images as the fixture's (same seed)
@@ -206,7 +206,7 @@ def test_growing_with_another_input_contract_is_refused(few_shot_checkpoint, tmp
 def test_real_bottle_fit_on_a_few_images_sets_both_thresholds_and_says_how(tmp_path, caplog, shots):
     from conftest import require_real
 
-    from lightning_ad.lightning.cli import main
+    from lightning_ad.command import main
 
     good = sorted((require_real("mvtec_ad", "bottle") / "train" / "good").glob("*.png"))[:shots]
     folder = tmp_path / "good"

@@ -12,8 +12,8 @@ from conftest import make_trainer as _trainer
 from references import reference_spade
 
 from lightning_ad import Spade
-from lightning_ad.core.positions import spread_positions
 from lightning_ad.core.spade import IMAGE_SCORES, SpadeModel
+from lightning_ad.core.spread import spread_indices
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.inference import checkpoint as ckpt
 
@@ -119,7 +119,7 @@ def test_thresholds_are_finite_for_each_score(tiny_mvtec, tmp_path, image_score)
     loo = spade.score_bank()
     assert model.image_threshold == pytest.approx(float(np.quantile(loo.image_scores.double().numpy(), 0.9)), rel=1e-5)
     # the pixel threshold comes from the same threshold_samples maps whatever the score
-    sampled = loo.anomaly_maps[spread_positions(spade.bank_size, 4)]
+    sampled = loo.anomaly_maps[spread_indices(spade.bank_size, 4)]
     assert model.pixel_threshold == pytest.approx(float(np.quantile(sampled.double().numpy(), 0.999)), rel=1e-5)
     results = _trainer(tmp_path).test(model, datamodule=data, verbose=False)[0]
     assert 0 <= results["test/image_f1"] <= 1

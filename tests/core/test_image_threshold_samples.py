@@ -15,7 +15,7 @@ import torch
 from conftest import dm, make_mvtec, make_trainer
 
 from lightning_ad import Spade
-from lightning_ad.core.positions import spread_positions
+from lightning_ad.core.spread import spread_indices
 from lightning_ad.errors import ConfigurationError
 from lightning_ad.inference import checkpoint as ckpt
 from lightning_ad.lightning import module as module_mod
@@ -50,7 +50,7 @@ def fit(root, tmp_path, monkeypatch=None, **kwargs):
 @pytest.mark.parametrize("image_score", ["topq", "combined"])
 def test_capped_fit_maps_n_images_and_its_thresholds_come_from_them(root, tmp_path, monkeypatch, image_score):
     model, lines, mapped = fit(root, tmp_path, monkeypatch, image_score=image_score, image_threshold_samples=4)
-    rows = torch.tensor(spread_positions(N_TRAIN, 4))  # 0, 2, 4, 6; the pixel rows 0, 4 are among them
+    rows = torch.tensor(spread_indices(N_TRAIN, 4))  # 0, 2, 4, 6; the pixel rows 0, 4 are among them
     assert mapped == 4
     assert any("image " in line and "quantile 0.9 of 4 scores" in line for line in lines)
     spade = model.model
@@ -61,7 +61,7 @@ def test_capped_fit_maps_n_images_and_its_thresholds_come_from_them(root, tmp_pa
         assert float(spade.map_scale) == float(maps.flatten(1).amax(1).double().quantile(0.5))
     scores = spade.image_scores(dn2, spade.map_part(maps))
     assert model.image_threshold == float(np.quantile(scores.double().numpy(), 0.9))
-    pixel_rows = [spread_positions(N_TRAIN, 4).index(r) for r in spread_positions(N_TRAIN, 2)]
+    pixel_rows = [spread_indices(N_TRAIN, 4).index(r) for r in spread_indices(N_TRAIN, 2)]
     assert model.pixel_threshold == float(np.quantile(maps[pixel_rows].double().numpy(), 0.99))
 
 

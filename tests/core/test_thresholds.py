@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lightning_ad import Spade
 from lightning_ad.core.metrics import binary_auroc, f1_optimal_threshold
-from lightning_ad.core.positions import spread_positions
+from lightning_ad.core.spread import spread_indices
 from lightning_ad.core.thresholds import normalize_scores, quantile_threshold
 
 
@@ -57,7 +57,7 @@ def test_fit_sets_thresholds_from_leave_one_out_scores(tiny_mvtec, tmp_path):
     spade = model.model
     rows = torch.arange(spade.bank_size)
     loo_image, _ = spade.nearest_images(spade.bank.pooled.float(), exclude=rows)
-    loo_maps = spade.score_bank(rows[spread_positions(spade.bank_size, 4)]).anomaly_maps
+    loo_maps = spade.score_bank(rows[spread_indices(spade.bank_size, 4)]).anomaly_maps
     assert model.image_threshold == pytest.approx(float(np.quantile(loo_image.double().numpy(), 0.9)), rel=1e-6)
     assert model.pixel_threshold == pytest.approx(float(np.quantile(loo_maps.double().numpy(), 0.99)), rel=1e-5)
 

@@ -151,7 +151,7 @@ def test_validate_with_f1_thresholds_writes_a_calibrated_checkpoint(fitted):
 WITHOUT_TENSORBOARD = """
 import pytorch_lightning.trainer.connectors.logger_connector.logger_connector as connector
 connector._TENSORBOARD_AVAILABLE = connector._TENSORBOARDX_AVAILABLE = False
-from lightning_ad.lightning.cli import main
+from lightning_ad.command import main
 main()
 """
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import SMALL, make_trainer, random_spade, small_datamodule, write_image
 
+from lightning_ad.command import main as cli_main
 from lightning_ad.errors import ConfigurationError
-from lightning_ad.lightning.cli import main as cli_main
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"), pytest.mark.usefixtures("one_thread")]
 

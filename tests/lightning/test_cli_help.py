@@ -14,8 +14,8 @@ from typing import Dict, List
 import pytest
 
 from lightning_ad import DemoDataModule, FolderDataModule, MVTecDataModule, Spade
+from lightning_ad.command import main
 from lightning_ad.data import AnomalyDataModule
-from lightning_ad.lightning.cli import main
 
 
 def documented_args(cls) -> Dict[str, str]:

@@ -118,9 +118,9 @@ class TimmBackbone(FeatureExtractor):
             self.net = self._pretrained(model, out_indices, None)
         else:
             self.net = self._pretrained(model, out_indices, Path(os.fspath(weights)).expanduser())
-        position = {index: n for n, index in enumerate(out_indices)}
-        self._positions = {level: position[index] for level, index in indices.items()}
-        self._last = position[last]
+        slot = {index: n for n, index in enumerate(out_indices)}
+        self._positions = {level: slot[index] for level, index in indices.items()}
+        self._last = slot[last]
         self._nhwc = getattr(self.net, "output_fmt", "NCHW") == "NHWC"
         cfg = getattr(self.net, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean") or IMAGENET_MEAN, cfg.get("std") or IMAGENET_STD
@@ -176,5 +176,5 @@ class TimmBackbone(FeatureExtractor):
         outputs = list(net(x))
         if self._nhwc:
             outputs = [o.permute(0, 3, 1, 2) for o in outputs]
-        taps = {level: outputs[position] for level, position in self._positions.items()}
+        taps = {level: outputs[slot] for level, slot in self._positions.items()}
         return taps, outputs[self._last].mean(dim=(2, 3))

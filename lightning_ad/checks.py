@@ -6,12 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Optional, Tuple
 
-from ..errors import ConfigurationError
+from .errors import ConfigurationError
 
 __all__ = [
-    "threshold_settings",
-    "single_pass_trainer",
-    "ks_fit_training_set",
     "positive_int", "non_negative_int", "fraction", "positive_number", "non_negative_number", "one_of", "k_at_most",
     "levels", "level_weights"]
 
@@ -98,42 +95,6 @@ def k_at_most(name: str, k: int, available: int, what: str = "training images") 
             f"model {name}={k} is larger than the {available} {what}; set --model.{name} to at most {available}."
         )
     return k
-
-
-def ks_fit_training_set(image_k: int, gallery_k: int, count: int, leave_one_out: bool, where: str = "") -> None:
-    """Both K at most the ``count`` training images (``count - 1`` for leave-one-out thresholds)."""
-    for name, k in (("image_k", image_k), ("gallery_k", gallery_k)):
-        k_at_most(name, k, count, f"training images {where}".strip())
-    if leave_one_out:
-        for name, k in (("image_k", image_k), ("gallery_k", gallery_k)):
-            k_at_most(name, k, count - 1, "training images left for leave-one-out thresholds (or set "
-                      "image_threshold and pixel_threshold)")
-
-
-def single_pass_trainer(trainer: Any) -> None:
-    """A Trainer that can build the bank: one pass, validation (if any) once after it."""
-    if trainer.min_epochs is not None and trainer.min_epochs > 1:
-        raise ConfigurationError(
-            f"trainer min_epochs={trainer.min_epochs}: SPADE's fit is a single pass over the training "
-            "images (no training); set min_epochs to 1 or leave it unset.")
-    has_val = sum(getattr(trainer, "num_val_batches", []) or []) > 0
-    if has_val and (trainer.val_check_interval != 1.0 or trainer.check_val_every_n_epoch != 1):
-        raise ConfigurationError("validation must run once, after the bank is complete: set trainer "
-                                 "val_check_interval=1.0 and check_val_every_n_epoch=1.")
-
-
-def threshold_settings(method: Any, image_quantile: Any, pixel_quantile: Any, samples: Any, image_threshold: Any,
-                       pixel_threshold: Any, pro_max_fpr: Any, image_samples: Any = None) -> None:
-    """The threshold and evaluation settings of :class:`~lightning_ad.lightning.module.Spade`
-    (``samples``: threshold_samples, ``image_samples``: image_threshold_samples)."""
-    one_of("threshold_method", method, ("quantile", "f1"))
-    fraction("image_quantile", image_quantile)
-    fraction("pixel_quantile", pixel_quantile)
-    positive_int("threshold_samples", samples, optional=True)
-    positive_int("image_threshold_samples", image_samples, optional=True)
-    positive_number("image_threshold", image_threshold, optional=True, unit="a raw score")
-    positive_number("pixel_threshold", pixel_threshold, optional=True, unit="a raw map value")
-    fraction("pro_max_fpr", pro_max_fpr)
 
 
 def levels(name: str, value: Any, known: Iterable[int]) -> Tuple[int, ...]:

@@ -1,7 +1,7 @@
-"""Deterministic, evenly spread positions over ``range(count)`` (no randomness, no float rounding).
+"""Deterministic, evenly spread indices over ``range(count)`` (no randomness, no float rounding).
 
-* :func:`spread_positions`: ``samples`` positions ``floor(i * count / samples)``.
-* :func:`interleaved_split`: the positions of a share ``fraction`` of the items
+* :func:`spread_indices`: ``samples`` indices ``floor(i * count / samples)``.
+* :func:`interleaved_split`: the indices of a share ``fraction`` of the items
   (every fifth item for ``0.2``), for a fraction given by a user as a decimal.
 """
 
@@ -12,20 +12,20 @@ from typing import List
 
 from ..errors import ConfigurationError
 
-__all__ = ["spread_positions", "interleaved_split"]
+__all__ = ["spread_indices", "interleaved_split"]
 
 
-def spread_positions(count: int, samples: int) -> List[int]:
-    """``samples`` positions evenly spread over ``range(count)``: ``floor(i * count / samples)``;
+def spread_indices(count: int, samples: int) -> List[int]:
+    """``samples`` indices evenly spread over ``range(count)``: ``floor(i * count / samples)``;
     all of them when ``samples >= count``. Integer arithmetic: exact for any size.
 
-    >>> spread_positions(7, 2)
+    >>> spread_indices(7, 2)
     [0, 3]
-    >>> spread_positions(3, 5)
+    >>> spread_indices(3, 5)
     [0, 1, 2]
     """
     if count < 0 or samples < 0:
-        raise ValueError(f"spread_positions needs count >= 0 and samples >= 0, got {count} and {samples}")
+        raise ValueError(f"spread_indices needs count >= 0 and samples >= 0, got {count} and {samples}")
     if samples >= count:
         return list(range(count))
     return [i * count // samples for i in range(samples)]

@@ -1,4 +1,4 @@
-"""Evenly spread positions (:mod:`lightning_ad.core.positions`): exact for any size, decimals read as written."""
+"""Evenly spread indices (:mod:`lightning_ad.core.spread`): exact for any size, decimals read as written."""
 
 from __future__ import annotations
 
@@ -6,38 +6,38 @@ import math
 
 import pytest
 
-from lightning_ad.core.positions import interleaved_split, spread_positions
+from lightning_ad.core.spread import interleaved_split, spread_indices
 from lightning_ad.errors import ConfigurationError
 
 
-def test_spread_positions_matches_the_formula_for_small_sizes():
+def test_spread_indices_matches_the_formula_for_small_sizes():
     for count in range(0, 40):
         for samples in range(0, 45):
             expected = list(range(count)) if samples >= count else [math.floor(i * count / samples) for i in range(samples)]
-            assert spread_positions(count, samples) == expected, (count, samples)
+            assert spread_indices(count, samples) == expected, (count, samples)
 
 
-def test_spread_positions_examples():
-    assert spread_positions(7, 2) == [0, 3]
-    assert spread_positions(10, 4) == [0, 2, 5, 7]
-    assert spread_positions(3, 5) == [0, 1, 2]
-    assert spread_positions(5, 0) == []
+def test_spread_indices_examples():
+    assert spread_indices(7, 2) == [0, 3]
+    assert spread_indices(10, 4) == [0, 2, 5, 7]
+    assert spread_indices(3, 5) == [0, 1, 2]
+    assert spread_indices(5, 0) == []
 
 
-def test_spread_positions_is_exact_beyond_a_million_items():
+def test_spread_indices_is_exact_beyond_a_million_items():
     count, samples = 10**7 + 3, 7
-    got = spread_positions(count, samples)
+    got = spread_indices(count, samples)
     assert got == [i * count // samples for i in range(samples)]
     assert got == [0, 1428571, 2857143, 4285715, 5714287, 7142859, 8571431]
     # near 2**53 a float product rounds; the integer one does not
     big = 2**60 + 1
-    assert spread_positions(big, 3) == [0, big // 3, 2 * big // 3]
-    assert spread_positions(big, 3)[2] == 768614336404564651
+    assert spread_indices(big, 3) == [0, big // 3, 2 * big // 3]
+    assert spread_indices(big, 3)[2] == 768614336404564651
 
 
-def test_spread_positions_refuses_negative_sizes():
+def test_spread_indices_refuses_negative_sizes():
     with pytest.raises(ValueError, match="count >= 0"):
-        spread_positions(-1, 2)
+        spread_indices(-1, 2)
 
 
 @pytest.mark.parametrize(
