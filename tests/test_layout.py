@@ -191,3 +191,17 @@ def test_no_module_of_the_package_is_imported_by_a_string():
                      if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module")
     assert callers == [f"{PACKAGE}.core.backbones.lite"], callers
     assert not [spec.module for spec in EFFICIENTNET_LITE.values() if spec.module.split(".")[0] == PACKAGE]
+
+
+def test_the_trainer_free_side_loads_without_lightning():
+    """Importing the Detector, export and the package's public names does not load PyTorch Lightning (nor torchmetrics):
+    a server or an exported model starts without it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, lightning_ad, lightning_ad.inference.detector, lightning_ad.inference.export\n"
+             "assert lightning_ad.Detector is lightning_ad.inference.detector.Detector\n"
+             "print(sorted(m for m in ('pytorch_lightning', 'lightning', 'torchmetrics') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -2,15 +2,14 @@
 
 Lightning's advertising tips and known, expected warnings are silenced through Lightning's
 logger and Python's warning filters; warnings about the user's data and settings stay.
-:func:`quiet_lightning` is applied when the package is imported. :class:`UntrainedModelSummary`
+:func:`quiet_lightning` (:mod:`lightning_ad.lightning.quiet`, which imports no Lightning) is applied when the
+package is imported. :class:`UntrainedModelSummary`
 is Lightning's model summary without the parameters a module declares untrained (``Spade``'s
 ``step_anchor``), so that fit does not claim a trainable parameter.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, List, Tuple
 
@@ -18,51 +17,10 @@ from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities.model_summary import ModelSummary as _Summary
 from torch import nn
 
+from .quiet import EXPECTED_WARNINGS, quiet_lightning
+
 __all__ = ["quiet_lightning", "EXPECTED_WARNINGS", "UntrainedModelSummary", "bank_summary", "partial_bank_warning",
            "progress_bar", "repeated_note"]
-
-#: Lightning and torch warnings that are expected with a frozen, training-free model.
-EXPECTED_WARNINGS = (
-    # the backbone is frozen in eval mode on purpose
-    r"Found \d+ module\(s\) in eval mode at the start of training",
-    # a data set without a validation split serves an empty list
-    r"Total length of `list` across ranks is zero",
-    r"The number of training batches \(\d+\) is smaller than the logging interval",
-    # test/predict/validate restore a checkpoint written in another folder: nothing to resume
-    r"The dirpath has changed from",
-    # Lightning's own use of a deprecated torch API (not ours, not the user's)
-    r".*`isinstance\(treespec, LeafSpec\)` is deprecated",
-    # Lightning's packaging notice when tensorboard is not installed: the default logger is then a
-    # CSVLogger, which works (metrics.csv); install tensorboard to get TensorBoard logs instead
-    r"Starting from v1\.9\.0, `tensorboardX` has been removed as a dependency",
-)
-
-#: Lightning's info lines that are expected here: :class:`UntrainedModelSummary` (returned by
-#: ``Spade.configure_callbacks``) replacing Lightning's default summary.
-EXPECTED_INFO = frozenset({
-    "The following callbacks returned in `LightningModule.configure_callbacks` will override existing callbacks "
-    "passed to Trainer: ModelSummary",
-})
-
-_RANK_ZERO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
-
-
-class _DropTips(logging.Filter):
-    """Drops Lightning's "💡 Tip" advertisements and the lines of :data:`EXPECTED_INFO`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.getMessage())
-        return not (message.startswith("💡 Tip") or message in EXPECTED_INFO)
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's tips and :data:`EXPECTED_WARNINGS` (idempotent)."""
-    for pattern in EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in _RANK_ZERO_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in logger.filters):
-            logger.addFilter(_DropTips())
 
 
 class _UntrainedSummary(_Summary):

@@ -27,10 +27,14 @@ Modules: :mod:`.roc` (:func:`binary_roc`, :func:`binary_auroc`), :mod:`.f1` (:fu
 :class:`PRO`), and the checks they share, :mod:`.inputs`.
 """
 
-from .classes import AUROC, PRO
+from typing import TYPE_CHECKING, Any
+
 from .f1 import f1_optimal_threshold, precision_recall_f1
 from .pro import per_region_overlap
 from .roc import binary_auroc, binary_roc
+
+if TYPE_CHECKING:
+    from .classes import AUROC, PRO
 
 __all__ = [
     "AUROC",
@@ -41,3 +45,15 @@ __all__ = [
     "per_region_overlap",
     "precision_recall_f1",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The ``torchmetrics.Metric`` classes, imported on first use (torchmetrics is slow to import; the functional forms
+    need none of it)."""
+    if name in ("AUROC", "PRO"):
+        from . import classes
+
+        value = getattr(classes, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_ad.core.metrics' has no attribute {name!r}")
