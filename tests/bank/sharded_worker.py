@@ -10,7 +10,8 @@ process leaves with ``os._exit``: C++ destructors at interpreter exit once abort
 ("terminate called without an active exception", a thread destroyed while joinable) after its work
 was done, which is gloo's teardown, not the bank's behaviour under test.
 
-``fit``: extract the training images one at a time (so features do not depend on the batch),
+``fit+test``: both in the same processes, the test on a new model that loads the state written by the fit (as a
+separate ``test`` run would, without starting the processes again). ``fit``: extract the training images one at a time (so features do not depend on the batch),
 take the rows a ``DistributedSampler`` would give this rank (padding repeats included), stream
 them into the bank, and save the state dict (rank 0) to ``OUT/state.pt``. ``test``: load it,
 score test images ``RANK::WORLD`` one per call (uneven counts: ranks drain each other), and
@@ -63,10 +64,13 @@ def main() -> None:
     from lightning_ad.core.spade import Features, SpadeModel
     from lightning_ad.distributed import gather_objects
 
-    model = SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
-                       bank_dir=str(out / "bank"), search_radius=radius).eval()
+    def new_model() -> SpadeModel:
+        return SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
+                          bank_dir=str(out / "bank"), search_radius=radius).eval()
+
+    model = new_model()
     train, test = images()
-    if phase == "fit":
+    if phase in ("fit", "fit+test"):
         rows = sampler_rows(N_TRAIN, rank, world)
         extracted = [model.extract(train[row : row + 1]) for row in rows]
         if model.bank.streams:
@@ -85,8 +89,11 @@ def main() -> None:
         if rank == 0:
             torch.save(model.state_dict(), out / "state.pt")
         step(rank, "bank written")
-    if phase == "test" or world == 1:
-        if phase == "test":
+    if phase in ("test", "fit+test") or world == 1:
+        if phase != "fit":  # the bank as a checkpoint gives it, in a model of its own
+            if world > 1:
+                dist.barrier()  # rank 0 has written the state
+            model = new_model()
             model.load_state_dict(torch.load(out / "state.pt", weights_only=True))
         mine = list(range(rank, N_TEST, world))
         results = [(i, *model(test[i : i + 1])) for i in mine]

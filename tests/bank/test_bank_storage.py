@@ -147,7 +147,7 @@ def test_disk_bank_on_bottle_through_the_cli(tmp_path):
     config.write_text(yaml.safe_dump({
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-        "model": {"image_k": 5, "gallery_k": 5, "threshold_samples": 4, "bank_dtype": "float16"},
+        "model": {"image_k": 5, "gallery_k": 5, "threshold_samples": 4, "image_threshold_samples": 4, "bank_dtype": "float16"},
         "data": {"class_path": "lightning_ad.MVTecDataModule",
                  "init_args": {"root": str(root), "category": "bottle", "image_size": 128, "crop_size": 112,
                                "batch_size": 16, "num_workers": 0}},

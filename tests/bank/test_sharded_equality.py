@@ -61,8 +61,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("storage,radius", [("memory", "8"), ("disk", "8"), ("disk", "none"), ("disk", "auto")])
 def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path, storage, radius):
     """Bitwise the replicated bank; with ``auto`` the two processes also decide the radius one process decides."""
-    run(tmp_path, "fit", 2, 3, storage=storage, radius=radius)
-    run(tmp_path, "test", 2, 3, storage=storage, radius=radius)
+    run(tmp_path, "fit+test", 2, 3, storage=storage, radius=radius)
     got = results(tmp_path, 2)
     assert got["held"] == [5, 5]  # each process holds only its share
     expected = {"8": reference[3], "none": reference["3-global"], "auto": reference["3-auto"]}[radius]
@@ -72,8 +71,7 @@ def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path,
 
 
 def test_three_process_sharded_fit_and_test_equal_one_process(reference, tmp_path):
-    run(tmp_path, "fit", 3, 1)
-    run(tmp_path, "test", 3, 1)
+    run(tmp_path, "fit+test", 3, 1)
     got = results(tmp_path, 3)
     assert sorted(got["held"]) == [3, 3, 4] and sum(got["held"]) == N_TRAIN  # padding repeats dropped
     assert_bitwise(got, reference[1])

@@ -68,15 +68,16 @@ def test_bank_of_three_processes_equals_one(runs):
     assert_banks_equal(bank(ckpts[1]), bank(three))
 
 
-def test_metrics_across_process_counts_and_checkpoint_round_trip(runs):
+def test_metrics_of_two_processes_equal_one(runs):
+    """The checkpoint fitted on 2 processes, tested on 2, logs the metrics that 1 process logs with the checkpoint fitted
+    on 1. (The two checkpoints hold the same bank: test_bank_of_two_processes_equals_one.)"""
     base, config, ckpts = runs
     reference = run_test(config, ckpts[1], base / "t11" / "logs", 1)
     assert {"test/image_auroc", "test/pixel_auroc", "test/pro"} <= reference.keys()
-    for fitted, tested in ((1, 2), (2, 1), (2, 2)):
-        got = run_test(config, ckpts[fitted], base / f"t{fitted}{tested}" / "logs", tested)
-        assert got.keys() == reference.keys()
-        for key, value in reference.items():
-            assert got[key] == pytest.approx(value, rel=TOL, abs=TOL), (fitted, tested, key)
+    got = run_test(config, ckpts[2], base / "t22" / "logs", 2)
+    assert got.keys() == reference.keys()
+    for key, value in reference.items():
+        assert got[key] == pytest.approx(value, rel=TOL, abs=TOL), key
 
 
 def test_a_rank_without_images_does_not_hang(runs, tmp_path):
