@@ -209,12 +209,63 @@ def fit_checkpoint(base: Path, datamodule: pl.LightningDataModule, **spade) -> P
 # ---------------------------------------------------------------------- the command line
 
 
-def run(args, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m lightning_ad ARGS`` in ``cwd``, its output captured (one process)."""
+def run_process(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m lightning_ad ARGS`` in ``cwd``, a process of its own, its output captured."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("LIGHTNING_AD_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "lightning_ad", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
+
+
+def run(args, cwd: Path) -> subprocess.CompletedProcess:
+    """``lightning-ad ARGS`` in ``cwd``, run in this process, its console output captured as :func:`run_process`
+    would capture it: what it prints, Lightning's log lines and the warnings a fresh process shows (the warning
+    filters of a new interpreter plus the package's own). The exit status is the command's (2: a user-facing error;
+    1: an exception, its traceback in ``stderr``). Half the time of a process of its own on 2 cores: the imports
+    are done."""
+    import contextlib
+    import io
+    import logging
+    import traceback
+    import warnings
+
+    from lightning_ad.command import main
+    from lightning_ad.lightning.quiet import quiet_lightning
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = list({id(handler): handler for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+                     if isinstance(logger, logging.Logger) for handler in logger.handlers
+                     if type(handler) is logging.StreamHandler}.values())  # the console's, not pytest's or files'
+    streams = [handler.setStream(err) for handler in handlers]
+    before, argv, code = os.getcwd(), sys.argv, 0
+    debug = os.environ.pop("LIGHTNING_AD_DEBUG", None)
+    os.chdir(cwd)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.resetwarnings()  # a new interpreter's filters (this changes the filters: warnings show again)
+            warnings.simplefilter("default")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            quiet_lightning()
+            # printed as a process prints them (pytest records the warnings of a test instead)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
+            sys.argv = ["lightning-ad", *map(str, args)]
+            try:
+                main([str(a) for a in args])
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            except Exception:  # noqa: BLE001 - what a process would print before exiting with 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(before)
+        sys.argv = argv
+        for handler, stream in zip(handlers, streams):
+            handler.setStream(stream)
+        if debug is not None:
+            os.environ["LIGHTNING_AD_DEBUG"] = debug
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def write_config(path: Path, data_root: Path) -> Path:
@@ -234,15 +285,26 @@ def write_config(path: Path, data_root: Path) -> Path:
 
 
 def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m lightning_ad ARGS`` on ``processes`` CPU devices (DDP when several); it must succeed."""
-    devices = ["--trainer.devices", str(processes)]
-    if processes > 1:
-        devices += ["--trainer.strategy", "ddp"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """``lightning-ad ARGS`` on ``processes`` CPU devices; it must succeed. Several: ``python -m lightning_ad`` with
+    DDP, its output captured. One: the command in this process, in ``cwd`` (no output captured: the single-process
+    runs are references whose files are compared)."""
     cwd.mkdir(parents=True, exist_ok=True)
+    if processes == 1:
+        from lightning_ad.command import main
+
+        before = os.getcwd()
+        os.chdir(cwd)
+        try:
+            main([*args, "--trainer.devices", "1"])
+        except SystemExit as done:
+            assert done.code in (0, None), f"lightning-ad {' '.join(map(str, args))} exited with {done.code}"
+        finally:
+            os.chdir(before)
+        return subprocess.CompletedProcess(args, 0, "", "")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_ad", *args, *devices], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "lightning_ad", *args, "--trainer.devices", str(processes), "--trainer.strategy", "ddp"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result

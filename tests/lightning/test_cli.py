@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_mvtec, run
+from conftest import REPO, make_mvtec, run, run_process
 
 from lightning_ad.command import main
 
 
 def test_readme_main_command_on_the_embedded_demo(tmp_path):
     """`lightning-ad fit --config configs/spade_lite0_demo.yaml`: generates data, fits, tests, writes pictures."""
-    result = run(["fit", "--config", str(REPO / "configs" / "spade_lite0_demo.yaml"),
+    result = run_process(["fit", "--config", str(REPO / "configs" / "spade_lite0_demo.yaml"),
                   "--trainer.enable_progress_bar", "false"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
