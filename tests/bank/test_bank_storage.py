@@ -141,7 +141,19 @@ def test_sharded_and_disk_banks_on_two_processes_equal_the_replicated_bank(tmp_p
 
 
 def test_disk_bank_on_bottle_through_the_cli(tmp_path):
-    root = require_real("mvtec_ad", "bottle").parent
+    """Real images through the command line: 24 bottle training images and 8 test images (linked, never copied)
+    score bitwise the same from a float16 disk bank as from memory."""
+    bottle = require_real("mvtec_ad", "bottle")
+    root = tmp_path / "mvtec"
+    picks = {"train/good": sorted((bottle / "train" / "good").glob("*.png"))[:24],
+             "test/good": sorted((bottle / "test" / "good").glob("*.png"))[:4],
+             "test/broken_large": sorted((bottle / "test" / "broken_large").glob("*.png"))[:4]}
+    picks["ground_truth/broken_large"] = [bottle / "ground_truth" / "broken_large" / f"{p.stem}_mask.png"
+                                          for p in picks["test/broken_large"]]
+    for folder, paths in picks.items():
+        (root / "bottle" / folder).mkdir(parents=True)
+        for path in paths:
+            (root / "bottle" / folder / path.name).symlink_to(path.resolve())
     config = tmp_path / "config.yaml"
     import yaml
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import timm
 import torch
-from conftest import REPO
+from conftest import REPO, run
 
 from lightning_ad.core.backbones import TimmBackbone, backbone_channels, build_backbone
 
@@ -171,10 +168,7 @@ def test_cli_fit_and_test_with_a_timm_backbone(tmp_path):
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out),
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("LIGHTNING_AD_DEBUG", None)
-    result = subprocess.run([sys.executable, "-m", "lightning_ad", *args], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = run(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RANDOM weights" in result.stderr
     (metrics_file,) = sorted(out.rglob("metrics.csv"))
