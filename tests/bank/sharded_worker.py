@@ -51,10 +51,10 @@ def step(rank: int, text: str) -> None:
     print(f"rank {rank}: {text}", flush=True)
 
 
-def main() -> None:
-    faulthandler.enable()
-    rank, world, store, phase, out, kappa, sharding, storage = sys.argv[1:9]
-    radius = {"none": None, "auto": "auto"}.get(sys.argv[9]) if sys.argv[9] in ("none", "auto") else float(sys.argv[9])
+def main(argv: list) -> None:
+    """One process's run; ``argv``: the arguments after the script's name."""
+    rank, world, store, phase, out, kappa, sharding, storage = argv[:8]
+    radius = {"none": None, "auto": "auto"}.get(argv[8]) if argv[8] in ("none", "auto") else float(argv[8])
     rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
     torch.set_num_threads(1)
     if world > 1:
@@ -113,7 +113,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    faulthandler.enable()
+    main(sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

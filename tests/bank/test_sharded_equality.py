@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import sharded_worker
 import torch
 from conftest import REPO
 from sharded_worker import N_TEST, N_TRAIN
@@ -22,8 +23,16 @@ WORKER = Path(__file__).with_name("sharded_worker.py")
 
 
 def run(out: Path, phase: str, world: int, kappa: int, sharding: str = "sharded", storage: str = "disk", radius: str = "8") -> None:
+    """The worker on ``world`` processes (one: in this process, as it needs no process group)."""
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"store-{uuid.uuid4().hex}"
+    if world == 1:
+        threads = torch.get_num_threads()
+        try:
+            sharded_worker.main(["0", "1", str(store), phase, str(out), str(kappa), sharding, storage, radius])
+        finally:
+            torch.set_num_threads(threads)
+        return
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), str(store), phase, str(out), str(kappa),
                                sharding, storage, radius], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(world)]
