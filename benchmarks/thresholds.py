@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lightning_ad.core.metrics import f1_optimal_threshold, precision_recall_f1  # noqa: E402
-from lightning_ad.core.positions import spread_positions  # noqa: E402
 from lightning_ad.core.spade import SpadeModel  # noqa: E402
+from lightning_ad.core.spread import spread_indices  # noqa: E402
 from lightning_ad.core.thresholds import quantile_threshold  # noqa: E402
 from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
     with torch.inference_mode():
         rows = torch.arange(n)
         loo_image, _ = model.nearest_images(model.bank.pooled.float(), exclude=rows)
-        loo_maps = model.score_bank(rows[spread_positions(n, min(args.samples, n))]).anomaly_maps
+        loo_maps = model.score_bank(rows[spread_indices(n, min(args.samples, n))]).anomaly_maps
         scores, labels, maps, masks = [], [], [], []
         for batch in dm.test_dataloader():
             out = model(batch["image"])
