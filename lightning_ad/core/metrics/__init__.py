@@ -24,7 +24,7 @@ Conventions shared by every function:
 
 Modules: :mod:`.roc` (:func:`binary_roc`, :func:`binary_auroc`), :mod:`.f1` (:func:`precision_recall_f1`,
 :func:`f1_optimal_threshold`), :mod:`.pro` (:func:`per_region_overlap`), :mod:`.classes` (:class:`AUROC`,
-:class:`PRO`), and the checks they share, :mod:`.inputs`.
+:class:`PRO`), and the checks they share, ``inputs``.
 """
 
 from typing import TYPE_CHECKING, Any
