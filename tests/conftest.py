@@ -286,21 +286,12 @@ def write_config(path: Path, data_root: Path) -> Path:
 
 def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.CompletedProcess:
     """``lightning-ad ARGS`` on ``processes`` CPU devices; it must succeed. Several: ``python -m lightning_ad`` with
-    DDP, its output captured. One: the command in this process, in ``cwd`` (no output captured: the single-process
-    runs are references whose files are compared)."""
+    DDP; one: :func:`run`, in this process. Either way its output is captured."""
     cwd.mkdir(parents=True, exist_ok=True)
     if processes == 1:
-        from lightning_ad.command import main
-
-        before = os.getcwd()
-        os.chdir(cwd)
-        try:
-            main([*args, "--trainer.devices", "1"])
-        except SystemExit as done:
-            assert done.code in (0, None), f"lightning-ad {' '.join(map(str, args))} exited with {done.code}"
-        finally:
-            os.chdir(before)
-        return subprocess.CompletedProcess(args, 0, "", "")
+        result = run([*args, "--trainer.devices", "1"], cwd)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     result = subprocess.run(
         [sys.executable, "-m", "lightning_ad", *args, "--trainer.devices", str(processes), "--trainer.strategy", "ddp"],

@@ -62,7 +62,7 @@ def main(argv: list) -> None:
         step(rank, "joined the group")
     from lightning_ad.bank import finish_stream
     from lightning_ad.core.spade import Features, SpadeModel
-    from lightning_ad.distributed import gather_objects
+    from lightning_ad.distributed import end_process_group, gather_objects
 
     def new_model() -> SpadeModel:
         return SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
@@ -107,8 +107,7 @@ def main(argv: list) -> None:
                        out / f"scores{world}.pt")
         step(rank, "results gathered")
     if world > 1:
-        dist.barrier()  # no process leaves while another still talks to it
-        dist.destroy_process_group()
+        end_process_group()  # no process leaves while another still talks to it
         step(rank, "left the group")
 
 

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_real
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_ad", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
-    )
+from conftest import REPO, require_real, run_process
 
 
 def logged_metrics(save_dir: Path) -> dict:
@@ -36,10 +27,10 @@ def fit_then_test(config: str, overrides: list, workdir: Path) -> dict:
     Thresholds are learned from 16 training images' leave-one-out scores instead of the config's every image, and
     no test report is drawn (the metrics are logged without it): AUROC and PRO depend on neither, and the run takes a fraction of its time."""
     logs = workdir / "logs"
-    fit = run_cli("fit", "--config", str(REPO / "configs" / config), *overrides, "--test_after_fit", "true",
-                  "--model.threshold_samples", "16", "--model.image_threshold_samples", "16", "--test_report.enabled", "false",
-                  "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(logs),
-                  "--trainer.enable_progress_bar", "false", cwd=workdir)
+    fit = run_process(["fit", "--config", str(REPO / "configs" / config), *overrides, "--test_after_fit", "true",
+                       "--model.threshold_samples", "16", "--model.image_threshold_samples", "16", "--test_report.enabled", "false",
+                       "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(logs),
+                       "--trainer.enable_progress_bar", "false"], workdir)
     assert fit.returncode == 0, fit.stderr[-3000:]
     checkpoints = sorted(logs.rglob("*.ckpt"))
     assert len(checkpoints) == 1, checkpoints
