@@ -123,10 +123,9 @@ class ExportableSpade(nn.Module):
         model.require_fitted()
         model.image_scores(torch.zeros(1), torch.zeros(1))  # refuses a combined score whose scales were never learned
         self.contract = InputContract.of(contract)
-        self.crop = self.contract.crop
         self.input_size = None if input_size is None else (int(input_size[0]), int(input_size[1]))
         self.preprocess = PhotoPreprocess(self.contract)
-        self.model = model.for_export(self.crop)
+        self.model = model.for_export(self.contract.crop)
         self.image_threshold = float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
 
