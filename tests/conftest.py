@@ -252,7 +252,7 @@ def run(args, cwd: Path) -> subprocess.CompletedProcess:
                 warnings.formatwarning(message, category, filename, lineno, line))
             sys.argv = ["lightning-ad", *map(str, args)]
             try:
-                main([str(a) for a in args])
+                main()  # the command line from sys.argv, as the console command reads it
             except SystemExit as done:
                 code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
             except Exception:  # noqa: BLE001 - what a process would print before exiting with 1
@@ -299,6 +299,15 @@ def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.Com
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The offline ImageNet Lite0 backbone (levels 1, 2, 3), built once and shared by the models of tests that
+    only run it (``SpadeModel(backbone_module=lite0)``)."""
+    from lightning_ad.core.backbones import build_backbone
+
+    return build_backbone("efficientnet_lite0", (1, 2, 3), "imagenet")
 
 
 @pytest.fixture(scope="session")
@@ -351,6 +360,28 @@ def fit_serving_checkpoint(base: Path) -> Tuple[Path, List[Path]]:
     root = make_mvtec(base / "data", n_train=6, n_good=2, n_bad=3, size=64)
     dm = MVTecDataModule(str(root), category="widget", image_size=64, crop_size=48, batch_size=4, num_workers=0)
     return fit_checkpoint(base, dm), sorted((root / "widget" / "test").rglob("*.png"))
+
+
+#: The request limits of the :func:`served` server.
+MAX_BYTES = 1_500_000
+MAX_MEGAPIXELS = 1.0
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """A server process of a :func:`fit_serving_checkpoint` checkpoint (batches of at most 4, MAX_BYTES,
+    MAX_MEGAPIXELS), shared by the server's tests and the browser's: ``{"server", "url", "ckpt", "images"}``.
+    It must leave its working folder and its temporary folder empty."""
+    base = tmp_path_factory.mktemp("serve")
+    ckpt, images = fit_serving_checkpoint(base / "fit")
+    server = ServerProcess(ckpt, base / "server", "--max_batch_size", "4", "--batch_timeout", "0.05",
+                           "--max_bytes", str(MAX_BYTES), "--max_megapixels", str(MAX_MEGAPIXELS))
+    try:
+        yield {"server": server, "url": server.url, "ckpt": ckpt, "images": images}
+    finally:
+        server.stop()
+    assert not any(server.run_dir.iterdir()), f"the server wrote into its working folder: {list(server.run_dir.iterdir())}"
+    assert not any(server.tmpdir.iterdir()), f"the server left temporary files: {list(server.tmpdir.iterdir())}"
 
 
 class ServerProcess:

@@ -27,15 +27,20 @@ def images():
     return train, test
 
 
-def model(tmp_path: Path, storage="memory", sharding="replicated", device="auto", **kwargs) -> SpadeModel:
-    return SpadeModel(image_k=3, gallery_k=3, bank_storage=storage, bank_sharding=sharding, bank_device=device,
-                      bank_dir=str(tmp_path), **kwargs)
+@pytest.fixture
+def model(lite0):
+    """``model(folder, storage, sharding, device, **settings)``: a K = 3 model whose bank files go to ``folder``; all
+    of them run the one session backbone (building a backbone is most of a small fit)."""
+    def build(tmp_path: Path, storage="memory", sharding="replicated", device="auto", **kwargs) -> SpadeModel:
+        return SpadeModel(image_k=3, gallery_k=3, bank_storage=storage, bank_sharding=sharding, bank_device=device,
+                          bank_dir=str(tmp_path), backbone_module=lite0, **kwargs)
+    return build
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kappa", [1, 3])
 @pytest.mark.parametrize("radius", [None, 8, "auto"])
-def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa, radius):
+def test_every_storage_scores_bitwise_as_memory(model, images, tmp_path, dtype, kappa, radius):
     train, test = images
     reference = model(tmp_path / "ref", bank_dtype=dtype, kappa=kappa, search_radius=radius)
     reference.fit_bank(train, batch_size=4)
@@ -55,7 +60,7 @@ def test_every_storage_scores_bitwise_as_memory(images, tmp_path, dtype, kappa, 
         assert torch.equal(fresh(test).anomaly_maps, expected.anomaly_maps)
 
 
-def test_disk_bank_state_dict_names_files_instead_of_holding_levels(images, tmp_path):
+def test_disk_bank_state_dict_names_files_instead_of_holding_levels(model, images, tmp_path):
     spade = model(tmp_path / "bank", "disk")
     spade.fit_bank(images[0], batch_size=4)
     state = spade.state_dict()
@@ -63,7 +68,7 @@ def test_disk_bank_state_dict_names_files_instead_of_holding_levels(images, tmp_
     assert spade.bank.external and len(list((tmp_path / "bank").rglob("level*.rank0.bin"))) == 3
 
 
-def test_changed_or_missing_bank_files_are_refused(images, tmp_path):
+def test_changed_or_missing_bank_files_are_refused(model, images, tmp_path):
     spade = model(tmp_path / "bank", "disk")
     spade.fit_bank(images[0], batch_size=4)
     state = spade.state_dict()
@@ -81,7 +86,7 @@ def test_changed_or_missing_bank_files_are_refused(images, tmp_path):
         model(tmp_path / "x", "disk").load_state_dict(state)
 
 
-def test_moved_bank_files_are_found_through_bank_dir(images, tmp_path):
+def test_moved_bank_files_are_found_through_bank_dir(model, images, tmp_path):
     train, test = images
     spade = model(tmp_path / "bank", "disk")
     spade.fit_bank(train, batch_size=4)
@@ -134,10 +139,9 @@ def test_sharded_and_disk_banks_on_two_processes_equal_the_replicated_bank(tmp_p
     sharded = fit_predict(config, tmp_path, "sharded", 2, 2, ["--model.bank_sharding", "sharded",
                                                               "--model.bank_storage", "disk"])
     assert_same(replicated, sharded, 1e-5)
-    # the sharded fit's checkpoint in 1 and in 3 processes
+    # the sharded fit's checkpoint in 1 process (on 2 processes after a fit on 3: the sharded worker's test)
     (ckpt,) = sorted((tmp_path / "sharded").rglob("*.ckpt"))
     assert_same(replicated, predict(config, ckpt, tmp_path / "one" / "pred", 1), 1e-5)
-    assert_same(replicated, predict(config, ckpt, tmp_path / "three" / "pred", 3), 1e-5)
 
 
 def test_disk_bank_on_bottle_through_the_cli(tmp_path):

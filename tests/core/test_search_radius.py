@@ -74,14 +74,6 @@ def _parts(count: int, move: int, seed: int = 0, size: int = 128) -> torch.Tenso
     return (torch.stack(photos) + 0.01 * torch.randn(count, 3, size, size, generator=gen)).clamp(0, 1)
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    """The offline ImageNet backbone, built once for this module's models."""
-    from lightning_ad.core.backbones import build_backbone
-
-    return build_backbone("efficientnet_lite0", (1, 2, 3), "imagenet")
-
-
 @pytest.mark.parametrize("move, radius", [(0, 8.0), (24, None)])
 def test_auto_keeps_the_window_for_parts_in_place_and_drops_it_for_parts_that_move(lite0, move, radius):
     model = SpadeModel(image_k=5, gallery_k=5, backbone_module=lite0)

@@ -12,16 +12,18 @@ from conftest import cli, make_mvtec, write_config
 TOL = 1e-5  # of the largest value: convolutions round differently with other batch make-ups
 
 
-def fit(config: Path, out: Path, processes: int) -> Path:
-    cli(["fit", "--config", str(config), "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out)],
-        out.parent, processes)
+def fit(config: Path, out: Path, processes: int, *extra: str) -> Path:
+    """``fit --test_after_fit true`` on ``processes`` processes, logged below ``out``: its checkpoint (its console
+    output in ``out/console.txt``)."""
+    result = cli(["fit", "--config", str(config), "--test_after_fit", "true", "--trainer.logger", "CSVLogger",
+         "--trainer.logger.save_dir", str(out), *extra], out.parent, processes)
+    (out / "console.txt").write_text(result.stdout + result.stderr)
     (ckpt,) = sorted(out.rglob("*.ckpt"))
     return ckpt
 
 
-def run_test(config: Path, ckpt: Path, out: Path, processes: int) -> dict:
-    cli(["test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.logger", "CSVLogger",
-         "--trainer.logger.save_dir", str(out)], out.parent, processes)
+def logged_test_metrics(out: Path) -> dict:
+    """The test metrics a run logged below ``out``."""
     (path,) = sorted(out.rglob("metrics.csv"))
     with open(path) as handle:
         row = list(csv.DictReader(handle))[-1]
@@ -46,11 +48,14 @@ def assert_banks_equal(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """7 training images (odd, not a multiple of 2 or 3), 5 test images (odd)."""
+    """7 training images (odd, not a multiple of 2 or 3), fitted and tested (5 test images, odd) on 1 and on 2
+    processes; and fitted on 3 processes with a single test image, so that two of its ranks test nothing."""
     base = tmp_path_factory.mktemp("dist")
     data = make_mvtec(base / "data", n_train=7, n_good=2, n_bad=3)
     config = write_config(base / "config.yaml", data)
     ckpts = {n: fit(config, base / f"fit{n}" / "logs", n) for n in (1, 2)}
+    single = make_mvtec(base / "single", n_train=7, n_good=0, n_bad=1)  # the same 7 training images
+    ckpts[3] = fit(config, base / "fit3" / "logs", 3, "--data.root", str(single))
     return base, config, ckpts
 
 
@@ -63,41 +68,36 @@ def test_bank_of_two_processes_equals_one(runs):
 
 
 def test_bank_of_three_processes_equals_one(runs):
-    base, config, ckpts = runs
-    three = fit(config, base / "fit3" / "logs", 3)
-    assert_banks_equal(bank(ckpts[1]), bank(three))
+    _, _, ckpts = runs
+    assert_banks_equal(bank(ckpts[1]), bank(ckpts[3]))
 
 
 def test_metrics_of_two_processes_equal_one(runs):
-    """The checkpoint fitted on 2 processes, tested on 2, logs the metrics that 1 process logs with the checkpoint fitted
-    on 1. (The two checkpoints hold the same bank: test_bank_of_two_processes_equals_one.)"""
-    base, config, ckpts = runs
-    reference = run_test(config, ckpts[1], base / "t11" / "logs", 1)
+    """Fit and test on 2 processes log the metrics that fit and test on 1 process log. (The two checkpoints hold the
+    same bank: test_bank_of_two_processes_equals_one; a checkpoint loaded on several processes:
+    test_a_rank_without_images_does_not_hang and the sharded banks' tests.)"""
+    base, _, _ = runs
+    reference = logged_test_metrics(base / "fit1" / "logs")
     assert {"test/image_auroc", "test/pixel_auroc", "test/pro"} <= reference.keys()
-    got = run_test(config, ckpts[2], base / "t22" / "logs", 2)
+    got = logged_test_metrics(base / "fit2" / "logs")
     assert got.keys() == reference.keys()
     for key, value in reference.items():
         assert got[key] == pytest.approx(value, rel=TOL, abs=TOL), key
 
 
 def test_a_rank_without_images_does_not_hang(runs, tmp_path):
-    """One test image and one image to predict on 2 processes: one rank has nothing to do."""
+    """One test image on 3 processes (the fit's test) and one image to predict on 2: ranks with nothing to do."""
     base, config, ckpts = runs
-    data = make_mvtec(tmp_path / "one", n_train=4, n_good=0, n_bad=1)
+    # the test set has a single (anomalous) image: the padded copies on the other ranks count once
+    assert "test set: 0 normal and 1 anomalous images" in (base / "fit3" / "logs" / "console.txt").read_text()
+    row = logged_test_metrics(base / "fit3" / "logs")
+    assert "test/pixel_auroc" in row and "test/image_auroc" not in row
     single = tmp_path / "single"
     single.mkdir()
-    (single / "only.png").write_bytes((data / "widget" / "test" / "defect" / "000.png").read_bytes())
-    args = ["--config", str(config), "--ckpt_path", str(ckpts[1]), "--data.root", str(data)]
+    (single / "only.png").write_bytes((base / "single" / "widget" / "test" / "defect" / "000.png").read_bytes())
     out = tmp_path / "pred"
-    cli(["predict", *args, "--data.predict_dir", str(single), "--prediction_writer.output_dir", str(out)], tmp_path, 2)
+    cli(["predict", "--config", str(config), "--ckpt_path", str(ckpts[1]), "--data.predict_dir", str(single),
+         "--prediction_writer.output_dir", str(out)], tmp_path, 2)
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(r["path"]).name for r in rows] == ["only.png"]
-    # the test set has a single (anomalous) image: the padded copy on the other rank counts once
-    result = cli(["test", *args, "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(tmp_path / "t")],
-                 tmp_path, 2)
-    assert "test set: 0 normal and 1 anomalous images" in result.stdout + result.stderr
-    (metrics,) = sorted((tmp_path / "t").rglob("metrics.csv"))
-    with open(metrics) as handle:
-        row = list(csv.DictReader(handle))[-1]
-    assert row["test/pixel_auroc"] and "test/image_auroc" not in row

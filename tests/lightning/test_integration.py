@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require_real, run_process
+from conftest import REPO, require_real, run
 
 
 def logged_metrics(save_dir: Path) -> dict:
@@ -25,9 +25,10 @@ def fit_then_test(config: str, overrides: list, workdir: Path) -> dict:
     """``lightning-ad fit --test_after_fit true`` with ``config`` and ``overrides``: the test metrics it logs.
 
     Thresholds are learned from 16 training images' leave-one-out scores instead of the config's every image, and
-    no test report is drawn (the metrics are logged without it): AUROC and PRO depend on neither, and the run takes a fraction of its time."""
+    no test report is drawn (the metrics are logged without it): AUROC and PRO depend on neither, and the run takes a fraction of its time.
+    The command runs in this process (:func:`conftest.run`): the same command line without a second interpreter's imports."""
     logs = workdir / "logs"
-    fit = run_process(["fit", "--config", str(REPO / "configs" / config), *overrides, "--test_after_fit", "true",
+    fit = run(["fit", "--config", str(REPO / "configs" / config), *overrides, "--test_after_fit", "true",
                        "--model.threshold_samples", "16", "--model.image_threshold_samples", "16", "--test_report.enabled", "false",
                        "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(logs),
                        "--trainer.enable_progress_bar", "false"], workdir)

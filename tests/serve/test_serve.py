@@ -11,12 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 import pytest
-from conftest import REPO, ServerProcess, bottle_dir, fit_serving_checkpoint, require_real
+from conftest import MAX_BYTES, MAX_MEGAPIXELS, REPO, bottle_dir, require_real
 from PIL import Image
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
@@ -37,28 +35,9 @@ from lightning_ad.serve.client import Client, free_port, multipart  # noqa: E402
 pytestmark = pytest.mark.slow
 
 #: Limits the test server runs with (small, so that the over-limit bodies stay small too).
-MAX_BYTES = 1_500_000
-MAX_MEGAPIXELS = 1.0
 
 
-# ---------------------------------------------------------------------- checkpoint and server (shared with the browser test)
-
-
-# ---------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    base = tmp_path_factory.mktemp("serve")
-    ckpt, images = fit_serving_checkpoint(base / "fit")
-    server = ServerProcess(ckpt, base / "server", "--max_batch_size", "4", "--batch_timeout", "0.05",
-                           "--max_bytes", str(MAX_BYTES), "--max_megapixels", str(MAX_MEGAPIXELS))
-    try:
-        yield {"server": server, "url": server.url, "ckpt": ckpt, "images": images}
-    finally:
-        server.stop()
-    assert not any(server.run_dir.iterdir()), f"the server wrote into its working folder: {list(server.run_dir.iterdir())}"
-    assert not any(server.tmpdir.iterdir()), f"the server left temporary files: {list(server.tmpdir.iterdir())}"
+# ---------------------------------------------------------------------- fixtures (the server: conftest.served)
 
 
 @pytest.fixture(scope="module")
@@ -341,19 +320,25 @@ def test_adding_images_is_off_without_a_token(served, detector):
     health_ok(served["url"])
 
 
-def test_serve_command_line_errors(tmp_path):
-    """Bad options and a missing checkpoint end with status 2 and a message, before any process starts."""
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "lightning_ad.serve", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+def test_serve_command_line_errors(tmp_path, monkeypatch, capsys):
+    """Bad options and a missing checkpoint end with status 2 and a message, before a server starts or a file is
+    written. (The command's own parsing, run in this process: ``lightning_ad.serve.server.serve_main``.)"""
+    from lightning_ad.serve.growth import TOKEN_ENV
+    from lightning_ad.serve.server import serve_main
 
-    missing = run("--ckpt_path", str(tmp_path / "none.ckpt"), "--port", str(free_port()))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
-    port = run("--ckpt_path", "x.ckpt", "--port", "80")
-    assert port.returncode == 2 and "--port 80" in port.stderr
-    limit = run("--ckpt_path", "x.ckpt", "--max_megapixels", "0")
-    assert limit.returncode == 2 and "max_megapixels" in limit.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+
+    def run(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            serve_main(list(args))
+        assert exit_.value.code == 2, args
+        return capsys.readouterr().err
+
+    assert "does not exist" in run("--ckpt_path", str(tmp_path / "none.ckpt"), "--port", str(free_port()))
+    assert "--port 80" in run("--ckpt_path", "x.ckpt", "--port", "80")
+    assert "max_megapixels" in run("--ckpt_path", "x.ckpt", "--max_megapixels", "0")
     short = run("--ckpt_path", "x.ckpt", "--normal_token", "short")
-    assert short.returncode == 2 and "--normal_token" in short.stderr and "16 or more" in short.stderr
+    assert "--normal_token" in short and "16 or more" in short
     assert list(tmp_path.iterdir()) == []
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess, bottle_dir, fit_serving_checkpoint, make_mvtec
+from conftest import bottle_dir, make_mvtec
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
@@ -37,7 +37,7 @@ def find_chromium() -> str:
     pytest.skip("no Chromium found (apt-get install -y chromium, or set LIGHTNING_AD_CHROMIUM to a Chromium/Chrome executable)")
 
 
-def page_images(base: Path, test_images) -> list:
+def page_images(base: Path) -> list:
     """A defective and a good picture, both named ``000.png``, in two folders (symlinks: the data is never
     copied): the page must tell their cards apart."""
     base.mkdir(parents=True)
@@ -62,47 +62,43 @@ def wait_until(condition, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def test_page_shows_the_api_verdicts_and_scores(tmp_path):
+def test_page_shows_the_api_verdicts_and_scores(served, tmp_path):
     executable = find_chromium()
     sync_api = pytest.importorskip("playwright.sync_api", reason="no browser driver: pip install playwright "
                                                                  "(it drives the system Chromium; no browser download)")
-    ckpt, test_images = fit_serving_checkpoint(tmp_path / "fit")
-    images = page_images(tmp_path / "upload", test_images)
-    server = ServerProcess(ckpt, tmp_path / "server", "--max_batch_size", "4")
-    try:
-        with Client(server.url) as client:
-            api = [client.predict(p.read_bytes(), filename=p.name, content_type="image/png") for p in images]
-        assert all(status == 200 for status, _ in api), api
-        with sync_api.sync_playwright() as playwright:
-            try:
-                browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
-            except Exception as err:  # noqa: BLE001 - a browser that cannot start here is a missing browser
-                pytest.skip(f"Chromium at {executable} does not start: {str(err).splitlines()[0]}")
-            try:
-                page = browser.new_page(viewport={"width": 1280, "height": 860})
-                external, console, failed = [], [], []
-                page.on("request", lambda r: external.append(r.url) if not r.url.startswith((server.url, "data:", "blob:")) else None)
-                page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
-                page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-                page.goto(server.url + "/", wait_until="load")
-                # (the page's Content-Security-Policy forbids eval: wait with selectors and polled evaluations)
-                page.wait_for_selector("#model:has-text('threshold')", timeout=20_000)
-                page.set_input_files("#files", [str(p) for p in images])
-                page.wait_for_selector("article.result[data-state=done] >> nth=1", timeout=60_000)
-                wait_until(lambda: page.eval_on_selector_all(
-                    "article.result img", "imgs => imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0)"))
-                page.wait_for_timeout(500)  # the browser asks for the page's icon on its own schedule
-                cards = page.eval_on_selector_all("article.result", """cards => cards.map(c => ({
-                    filename: c.dataset.filename, index: c.dataset.index, title: c.querySelector('h2 .name').innerText,
-                    verdict: c.dataset.verdict, score: c.dataset.score,
-                    threshold: c.dataset.threshold, text: c.innerText,
-                    overlay: c.querySelector('img') ? [c.querySelector('img').naturalWidth, c.querySelector('img').naturalHeight] : null}))""")
-                screenshot = tmp_path / "serve_page.png"
-                page.screenshot(path=str(screenshot), full_page=True)
-            finally:
-                browser.close()
-    finally:
-        server.stop()
+    images = page_images(tmp_path / "upload")
+    server = served["server"]
+    with Client(server.url) as client:
+        api = [client.predict(p.read_bytes(), filename=p.name, content_type="image/png") for p in images]
+    assert all(status == 200 for status, _ in api), api
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        except Exception as err:  # noqa: BLE001 - a browser that cannot start here is a missing browser
+            pytest.skip(f"Chromium at {executable} does not start: {str(err).splitlines()[0]}")
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            external, console, failed = [], [], []
+            page.on("request", lambda r: external.append(r.url) if not r.url.startswith((server.url, "data:", "blob:")) else None)
+            page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(server.url + "/", wait_until="load")
+            # (the page's Content-Security-Policy forbids eval: wait with selectors and polled evaluations)
+            page.wait_for_selector("#model:has-text('threshold')", timeout=20_000)
+            page.set_input_files("#files", [str(p) for p in images])
+            page.wait_for_selector("article.result[data-state=done] >> nth=1", timeout=60_000)
+            wait_until(lambda: page.eval_on_selector_all(
+                "article.result img", "imgs => imgs.length === 2 && imgs.every(i => i.complete && i.naturalWidth > 0)"))
+            page.wait_for_timeout(500)  # the browser asks for the page's icon on its own schedule
+            cards = page.eval_on_selector_all("article.result", """cards => cards.map(c => ({
+                filename: c.dataset.filename, index: c.dataset.index, title: c.querySelector('h2 .name').innerText,
+                verdict: c.dataset.verdict, score: c.dataset.score,
+                threshold: c.dataset.threshold, text: c.innerText,
+                overlay: c.querySelector('img') ? [c.querySelector('img').naturalWidth, c.querySelector('img').naturalHeight] : null}))""")
+            screenshot = tmp_path / "serve_page.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
     assert screenshot.stat().st_size > 10_000
     assert external == [], f"the page fetched something from elsewhere: {external}"
     assert console == [] and failed == [], f"the browser logged errors: {console} {failed}"  # e.g. a 404 for /favicon.ico

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +20,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, ServerProcess, encoded, fit_checkpoint, make_mvtec, textured
+from conftest import ServerProcess, encoded, fit_checkpoint, make_mvtec, textured
 
 pytest.importorskip("litserve", reason="the server needs the [serve] extra: pip install -e '.[serve]'")
 
@@ -31,7 +29,7 @@ from lightning_ad.inference.checkpoint import file_sha256  # noqa: E402
 from lightning_ad.inference.detector import Detector  # noqa: E402
 from lightning_ad.serve.client import Client, free_port  # noqa: E402
 from lightning_ad.serve.growth import TOKEN_ENV, check_bearer, choose_served  # noqa: E402
-from lightning_ad.serve.server import resolve_token  # noqa: E402
+from lightning_ad.serve.server import resolve_token, serve_main  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -354,7 +352,7 @@ def _write_section(source: Path, target: Path, **changes) -> None:
     torch.save(checkpoint, target)
 
 
-def test_which_checkpoint_a_start_serves(setup, tmp_path):
+def test_which_checkpoint_a_start_serves(setup, tmp_path, monkeypatch, capsys):
     origin = tmp_path / "fit.ckpt"
     shutil.copyfile(setup["origin"], origin)
     grown = tmp_path / "fit.grown.ckpt"
@@ -375,11 +373,12 @@ def test_which_checkpoint_a_start_serves(setup, tmp_path):
         choose_served(origin, grown, adding=True)
     with pytest.raises(ConfigurationError, match="is the served checkpoint"):
         choose_served(origin, origin, adding=True)
-    # the command line says so and ends with status 2
-    done = subprocess.run([sys.executable, "-m", "lightning_ad.serve", "--ckpt_path", str(origin), "--port",
-                           str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert done.returncode == 2 and "cannot be read as a lightning_ad checkpoint" in done.stderr, done.stderr[-2000:]
+    # the command line says so and ends with status 2 (its parsing and start, in this process)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(["--ckpt_path", str(origin), "--port", str(free_port())])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "cannot be read as a lightning_ad checkpoint" in err, err[-2000:]
 
 
 def test_token_rules():
