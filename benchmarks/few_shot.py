@@ -29,7 +29,9 @@ Methods:
 
 * ``spade``: :class:`lightning_ad.core.spade.SpadeModel` with its defaults (backbone ``efficientnet_lite0``,
   weights ``imagenet``, levels 1-3, aggregate levels 1-2, topq image score, ``search_radius="auto"`` ...)
-  except ``image_k = gallery_k = min(50, shots)``; ``fit_bank(train)`` then ``model(test)`` in batches.
+  and K = 50 (a bank of fewer rows uses every row); ``fit_bank(train)`` then ``model(test)`` in batches.
+* ``spade_views`` (run only when named): the same with ``bank_augment="flips+rotations"``: each training image
+  and its five flips and quarter turns in the bank, as the few-shot detectors RAD and AnomalyDINO do.
 * ``patchcore``: ``anomalib.models.image.patchcore.torch_model.PatchcoreModel`` (no Engine) with
   ``backbone="tf_efficientnet_lite0"``, ``layers=["blocks.2", "blocks.4"]`` (timm's features at stride 8 and
   16: 40 and 112 channels; PatchCore's layer2/layer3), ``pre_trained=False``, ``num_neighbors=9``; training
@@ -71,6 +73,7 @@ were skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -99,7 +102,9 @@ from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 #: The setting that locates the real data (as tests/conftest.py).
 DATA_ENV = "LIGHTNING_AD_DATA"
 SETS = ("bottle", "magnetic_tile")
-METHODS = ("spade", "patchcore", "padim")
+#: ``spade``: the default detector; ``spade_views``: the same with ``bank_augment: flips+rotations`` (not run unless named).
+METHODS = ("spade", "spade_views", "patchcore", "padim")
+DEFAULT_METHODS = ("spade", "patchcore", "padim")
 ANOMALIB_METHODS = ("patchcore", "padim")
 TIMM_LITE0 = "tf_efficientnet_lite0"
 PATCHCORE_LAYERS = ["blocks.2", "blocks.4"]  # stride 8, 16
@@ -235,9 +240,9 @@ def _finite(name: str, scores: torch.Tensor, maps: torch.Tensor, hint: str = "")
 
 
 def run_spade(train: torch.Tensor, test: torch.Tensor, cache: TestFeatures, shots: int, seed: int,
-              check: bool = False) -> Tuple[torch.Tensor, torch.Tensor, float, float, Dict[str, Any]]:
-    k = min(50, shots)
-    model = SpadeModel(image_k=k, gallery_k=k).eval()
+              check: bool = False, bank_augment: str = "none") -> Tuple[torch.Tensor, torch.Tensor, float, float, Dict[str, Any]]:
+    k = 50  # the default; the model uses every row of a smaller bank
+    model = SpadeModel(image_k=k, gallery_k=k, bank_augment=bank_augment).eval()
     t0 = time.perf_counter()
     try:
         model.fit_bank(train)
@@ -410,7 +415,8 @@ def run_padim(train: torch.Tensor, test: torch.Tensor, cache: TestFeatures, shot
 
 
 RUNNERS: Dict[str, Callable[..., Tuple[torch.Tensor, torch.Tensor, float, float, Dict[str, Any]]]] = {
-    "spade": run_spade, "patchcore": run_patchcore, "padim": run_padim,
+    "spade": run_spade, "spade_views": functools.partial(run_spade, bank_augment="flips+rotations"),
+    "patchcore": run_patchcore, "padim": run_padim,
 }
 
 
@@ -502,7 +508,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     p.add_argument("--draws", type=int, default=3, help="seeded draws per number of shots (seeds 0 .. draws - 1)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out", default=None, help="write every run's record (and the table) to this JSON file")
     args = p.parse_args(argv)
@@ -536,7 +542,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         caches: Dict[str, TestFeatures] = {}
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for kind in sorted({"spade" if m == "spade" else "timm" for m in methods}):
+            for kind in sorted({"spade" if m.startswith("spade") else "timm" for m in methods}):
                 caches[kind] = TestFeatures(data, kind)
                 print(f"  test features ({'SpadeModel.extract' if kind == 'spade' else 'anomalib TimmFeatureExtractor'}), "
                       f"once for every run: {caches[kind].seconds:.1f} s", flush=True)
@@ -553,7 +559,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     try:
                         with torch.inference_mode(), warnings.catch_warnings():
                             warnings.simplefilter("ignore")
-                            cache = caches["spade" if method == "spade" else "timm"]
+                            cache = caches["spade" if method.startswith("spade") else "timm"]
                             scores, maps, fit_s, test_s, info = RUNNERS[method](
                                 train, data.test_images, cache, shots, seed, check=method not in checked)
                             checked.add(method)

@@ -72,8 +72,8 @@ class CalibrationSettings(NamedTuple):
 def scoring_rows(model: Any, rank: int) -> Tensor:
     """The bank rows this process scores leave-one-out: every P-th row, or, with a sharded bank, the rows it holds."""
     _, processes = rank_and_world()
-    if model.bank.sharding == "sharded" and processes > 1:
-        return model.bank.held().cpu().nonzero().flatten()
+    if model.bank.sharding == "sharded" and processes > 1:  # the training images' rows it holds (not their views)
+        return model.bank.held().cpu()[: model.bank_size].nonzero().flatten()
     return torch.arange(model.bank_size)[rank::processes]
 
 
@@ -158,10 +158,12 @@ def calibrate(model: Any, settings: CalibrationSettings, *, say: Callable[[str],
     model.require_fitted()
     started, count = time.perf_counter(), model.bank_size
     image_k, gallery_k = model.image_k, model.gallery_k
-    if max(image_k, gallery_k) >= count:
-        left = f"{count - 1} leave-one-out" if count > 1 else "no leave-one-out score: the bank holds one image"
-        say(f"image_k={image_k} and gallery_k={gallery_k} with {count} training image(s): scoring uses "
-            f"{min(image_k, count)} and {min(gallery_k, count)} ({left}).")
+    rows, views = len(model.bank), model.views_per_image
+    if max(image_k, gallery_k) >= rows:
+        held = f"{count} training image(s)" + (f" and {rows - count} views of them (bank_augment)" if views else "")
+        left = f"{rows - 1 - views} leave-one-out" if count > 1 else "no leave-one-out score: the bank holds one image"
+        say(f"image_k={image_k} and gallery_k={gallery_k} with {held}: scoring uses "
+            f"{min(image_k, rows)} and {min(gallery_k, rows)} ({left}).")
     if model.search_radius_setting == AUTO and (decide_radius or not model.radius_decided):
         say(decide_search_radius(model).describe())
     few_shot = count < settings.few_shot_below

@@ -65,13 +65,13 @@ class BankGrowth:
             if not new:
                 continue
             batch, ids = batch[new], ids[new]
-            features = self.extract(batch)
+            rows, features = self.bank_rows(batch, ids)  # with bank_augment, the views' rows too
             if streams:  # files in a new folder of bank_dir: no fit overwrites the files of another bank
                 folder = os.path.join(self.bank.directory, f"bank-{uuid.uuid4().hex[:8]}") if self.bank.directory else None
                 writer = writer or self.bank.writer(folder)
-                writer.append(ids, features.pooled, features.pyramid, size)
+                writer.append(rows, features.pooled, features.pyramid, size)
             else:
-                parts.append((ids, features))
+                parts.append((rows, features))
             kept.append((ids, batch.detach().cpu()))
         if not seen or size is None:
             raise ValueError("fit_bank needs at least one training image")
@@ -95,7 +95,8 @@ class BankGrowth:
         if images is None or self.bank_size >= limit:
             self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)
             return
-        old = self.bank.index.cpu()[torch.isin(self.bank.index.cpu(), ids.cpu(), invert=True)]
+        index = self.bank.index.cpu()[: self.bank_size]  # the training images' rows (their views follow)
+        old = index[torch.isin(index, ids.cpu(), invert=True)]
         held = self.few_shot_images if self.few_shot_images.shape[0] else images.new_zeros(0, *images.shape[1:])
         if held.shape[0] != old.numel():  # the bank's earlier images were not kept (a checkpoint of an older version)
             self.few_shot_images = self.few_shot_images.new_zeros(0, 3, 0, 0)

@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from .backbones import LEVEL_STRIDES
-from .knn import slab_knn
 from .windowed import window_cells, window_products
 
 __all__ = ["AUTO", "AUTO_TOLERANCE", "AUTO_IMAGES", "RadiusChoice", "radius_candidates", "evidence_level", "choose_radius",
@@ -156,8 +155,7 @@ class RadiusDecision:
         if self.bank_size < 2:  # a bank of one image: nothing to compare it with
             return torch.zeros(0, len(self.radius_candidates) + 1, dtype=torch.float64)
         k = self.ks_in_use(left_out=True)[1]
-        neighbours = slab_knn(self.bank.pooled[rows].float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes,
-                              exclude=rows).indices
+        neighbours = self.nearest_rows(self.bank.pooled[rows].float(), k, exclude=rows)[1]
         fmap = self.bank.pyramid_of(rows)[slot]
         sums = []
         for radius in (*self.radius_candidates, None):

@@ -54,6 +54,7 @@ from .records import Features, LeaveOneOut, SpadeOutput
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .tracing import exporting
+from .views import BANK_AUGMENTS, VIEW_BIT, check_views, row_groups, view_ids, views_of
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
 
 __all__ = [
@@ -103,6 +104,9 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
             when the model is on an accelerator (host: pinned, galleries copied per batch).
         bank_dir: folder of the bank files of a disk or sharded bank (written by fit; where a
             checkpoint's files are looked for when their recorded path is gone).
+        bank_augment: ``none`` (default), ``flips``, ``rotations`` or ``flips+rotations``: views of each
+            training image added to the bank beside it (:data:`~lightning_ad.core.views.BANK_AUGMENTS`;
+            rotations need square images). Leave-one-out scoring leaves an image out with its views.
         backbone_module: an already built extractor (then ``weights`` is ignored).
 
     Raises:
@@ -132,6 +136,7 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         bank_sharding: str = "replicated",
         bank_device: str = "auto",
         bank_dir: Optional[str] = None,
+        bank_augment: str = "none",
         backbone_module: Optional[FeatureExtractor] = None,
     ) -> None:
         super().__init__()
@@ -149,6 +154,7 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         self.search_radius = search_radius
         self.aggregate_levels = checks.levels("aggregate_levels", aggregate_levels, LEVEL_STRIDES)
         self.pixel_distance = checks.one_of("pixel_distance", pixel_distance, PIXEL_DISTANCES)
+        self.bank_augment = checks.one_of("bank_augment", bank_augment, BANK_AUGMENTS)
         self.level_balance = checks.one_of("level_balance", level_balance, LEVEL_BALANCES)
         self.level_weights = checks.level_weights("level_weights", level_weights, len(self.layers))
         self.bank_dtype = BANK_DTYPES[checks.one_of("bank_dtype", bank_dtype, BANK_DTYPES)]
@@ -220,8 +226,28 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
 
     @property
     def bank_size(self) -> int:
-        """Number of training images in the bank (0 before fit)."""
-        return len(self.bank)
+        """Number of training images in the bank (0 before fit); they are its first rows, their views
+        (``bank_augment``) the rest."""
+        return int((self.bank.index < VIEW_BIT).sum())
+
+    @property
+    def views_per_image(self) -> int:
+        """Views of each training image in the bank (``bank_augment``; 0: none)."""
+        images = self.bank_size
+        return (len(self.bank) - images) // images if images else len(BANK_AUGMENTS[self.bank_augment])
+
+    def bank_rows(self, images: Tensor, ids: Tensor) -> Tuple[Tensor, Features]:
+        """The bank rows of training images ``[B, 3, H, W]`` with content ids ``ids`` ``[B]``: their ids and features,
+        followed by those of their ``bank_augment`` views (:func:`~lightning_ad.core.views.view_ids`)."""
+        features = self.extract(images)
+        names = BANK_AUGMENTS[self.bank_augment]
+        if not names:
+            return ids, features
+        check_views(names, tuple(images.shape[-2:]))
+        views = self.extract(views_of(images, names))
+        return (torch.cat([ids.cpu(), view_ids(ids.cpu(), len(names))]),
+                Features([torch.cat([a, b]) for a, b in zip(features.pyramid, views.pyramid)],
+                         torch.cat([features.pooled, views.pooled])))
 
     @property
     def is_fitted(self) -> bool:
@@ -302,7 +328,7 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
     def nearest_images(self, pooled: Tensor, exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Image scores ``[B]`` and the ``gallery_k`` nearest bank rows ``[B, gallery_k]``.
 
-        ``exclude`` (``[B]`` bank rows, leave-one-out) removes each query's own row.
+        ``exclude`` (``[B]`` bank rows, leave-one-out) removes each query's own row and its views.
         """
         self.require_fitted()
         image_k, gallery_k = self.ks_in_use(left_out=exclude is not None)
@@ -310,16 +336,27 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
             found = knn(pooled.float().unsqueeze(1), self.bank.pooled, max(image_k, gallery_k), chunk_bytes=self.chunk_bytes)
             distances, indices = found.distances[:, 0], found.indices[:, 0]
         else:
-            found = slab_knn(pooled.float(), self.bank.pooled, max(image_k, gallery_k), chunk_bytes=self.chunk_bytes,
-                             exclude=exclude)
-            distances, indices = found.distances, found.indices
+            distances, indices = self.nearest_rows(pooled, max(image_k, gallery_k), exclude)
         return distances[:, :image_k].mean(dim=1), indices[:, :gallery_k]
+
+    def nearest_rows(self, pooled: Tensor, k: int, exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """The ``k`` nearest bank rows of pooled vectors ``[B, D]``: squared distances and rows ``[B, k]``, ascending.
+        ``exclude`` (``[B]`` bank rows): each query's own image and its views are not among them."""
+        views = self.views_per_image if exclude is not None else 0
+        if not views:
+            found = slab_knn(pooled.float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
+            return found.distances, found.indices
+        found = slab_knn(pooled.float(), self.bank.pooled, min(k + views + 1, len(self.bank)), chunk_bytes=self.chunk_bytes)
+        groups = row_groups(self.bank.index)
+        own = groups[found.indices] == groups[exclude.to(groups.device)].unsqueeze(1)
+        keep = torch.argsort(own.to(torch.int8), dim=1, stable=True)[:, :k]  # the nearest rows of other images, in order
+        return found.distances.gather(1, keep), found.indices.gather(1, keep)
 
     def ks_in_use(self, left_out: bool = False) -> Tuple[int, int]:
         """``(image_k, gallery_k)`` as scoring uses them: each at most the bank's images (one fewer ``left_out``,
         as leave-one-out scores a training image against the others). A bank smaller than the settings uses
         every image it holds (few-shot fits)."""
-        available = self.bank_size - (1 if left_out else 0)
+        available = len(self.bank) - (1 + self.views_per_image if left_out else 0)
         if available < 1:
             raise ConfigurationError(
                 f"leave-one-out scoring needs at least 2 training images; the bank holds {self.bank_size}.")

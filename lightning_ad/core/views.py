@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import ConfigurationError
 
-__all__ = ["THRESHOLD_VIEWS", "BANK_AUGMENTS", "view", "views_of", "check_views"]
+__all__ = ["THRESHOLD_VIEWS", "BANK_AUGMENTS", "VIEW_BIT", "view", "views_of", "check_views", "view_ids", "row_groups"]
 
 #: Views of each training image scored to learn few-shot thresholds: turns of 3 and 6 degrees both ways (a part
 #: slightly misplaced on the line). No flip (a mirrored part may be a defect), and no shift (measured on bottle,
@@ -35,6 +35,10 @@ BANK_AUGMENTS: Dict[str, Tuple[str, ...]] = {
     "rotations": ("rot90", "rot180", "rot270"),
     "flips+rotations": ("hflip", "vflip", "rot90", "rot180", "rot270"),
 }
+
+#: Bit 62 of a bank row's id marks a view of a training image (the content ids of images use 62 bits): the views
+#: sort after every training image, and a view's id names its image (:func:`row_groups`).
+VIEW_BIT = 1 << 62
 
 
 def check_views(names: Sequence[str], size: Tuple[int, int]) -> Tuple[str, ...]:
@@ -108,3 +112,24 @@ def views_of(images: Tensor, names: Sequence[str]) -> Tensor:
         return images[:0]
     stacked = torch.stack([view(images, name) for name in names], dim=1)  # [B, V, 3, H, W]
     return stacked.reshape(-1, *images.shape[1:])
+
+
+def view_ids(ids: Tensor, count: int) -> Tensor:
+    """``[B * count]`` bank ids of the ``count`` views of images whose content ids are ``ids`` ``[B]`` (in the order
+    of :func:`views_of`): :data:`VIEW_BIT`, the image's id without its lowest 3 bits, and the view's number 1..7.
+
+    Example:
+        >>> view_ids(torch.tensor([16, 41]), 2).tolist() == [VIEW_BIT + 17, VIEW_BIT + 18, VIEW_BIT + 41, VIEW_BIT + 42]
+        True
+    """
+    if not 0 <= count <= 7:
+        raise ValueError(f"view_ids: at most 7 views of an image, not {count}")
+    base = (ids.to(torch.long) >> 3) << 3
+    numbers = torch.arange(1, count + 1, dtype=torch.long, device=base.device)
+    return (VIEW_BIT | (base.unsqueeze(1) + numbers)).reshape(-1)
+
+
+def row_groups(index: Tensor) -> Tensor:
+    """``[N]`` the image each bank row belongs to (a training image and its views share a group), from the rows'
+    ids ``index`` ``[N]``."""
+    return (index & ~VIEW_BIT) >> 3

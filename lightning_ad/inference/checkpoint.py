@@ -48,7 +48,7 @@ def meta_section(model: Any, thresholds: Dict[str, Any], contract: Optional[Dict
     (:meth:`~lightning_ad.core.radius.RadiusChoice.as_dict`). ``changed``: when the bank last changed (ISO 8601)."""
     return {
         "format": FORMAT, "backbone": model.backbone_name, "layers": list(model.layers),
-        "aggregate_levels": list(model.aggregate_levels), "bank_size": model.bank_size,
+        "aggregate_levels": list(model.aggregate_levels), "bank_size": model.bank_size, "bank_augment": model.bank_augment,
         "image_size": list(model.image_size), "thresholds": dict(thresholds), "input": contract, "datamodule": datamodule,
         "bank_storage": model.bank.storage, "bank_sharding": model.bank.sharding,
         "search_radius": dict(radius or {"setting": model.search_radius_setting}), "scoring": dict(scoring or {}),
@@ -138,9 +138,10 @@ def section(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def check_compatible(meta: Dict[str, Any], backbone: str, layers: Sequence[int], aggregate_levels: Sequence[int],
-                     source: str = "the checkpoint") -> None:
-    """Refuse a bank fitted with another backbone, other levels or other aggregated levels than the configured
-    ones (a checkpoint without ``aggregate_levels`` predates the option: none)."""
+                     source: str = "the checkpoint", bank_augment: str = "none") -> None:
+    """Refuse a bank fitted with another backbone, other levels, other aggregated levels or other views
+    (``bank_augment``) than the configured ones (a checkpoint without ``aggregate_levels`` or ``bank_augment``
+    predates the option: none)."""
     problems = []
     if meta.get("backbone") != backbone:
         problems.append(f"backbone {meta.get('backbone')!r} (configured: {backbone!r})")
@@ -149,10 +150,13 @@ def check_compatible(meta: Dict[str, Any], backbone: str, layers: Sequence[int],
     aggregated = sorted(meta.get("aggregate_levels", []))
     if aggregated != sorted(aggregate_levels):
         problems.append(f"aggregate_levels {aggregated} (configured: {sorted(aggregate_levels)})")
+    if meta.get("bank_augment", "none") != bank_augment:
+        problems.append(f"bank_augment {meta.get('bank_augment', 'none')!r} (configured: {bank_augment!r})")
     if problems:
         raise CheckpointError(
             f"{source}'s bank was fitted with " + " and ".join(problems)
-            + ". Configure the model the same way (--model.backbone / --model.layers / --model.aggregate_levels) or fit again."
+            + ". Configure the model the same way (--model.backbone / --model.layers / --model.aggregate_levels / "
+            "--model.bank_augment) or fit again."
         )
 
 
@@ -301,7 +305,8 @@ def load_model(path: Union[str, Path]) -> Tuple[SpadeModel, Dict[str, Any], Dict
         raise
     except Exception as err:  # noqa: BLE001 - hyper-parameters this version cannot build
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot build its model ({type(err).__name__}: {err}).") from None
-    check_compatible(meta, model.backbone_name, model.layers, model.aggregate_levels, source=f"checkpoint {str(path)!r}")
+    check_compatible(meta, model.backbone_name, model.layers, model.aggregate_levels, source=f"checkpoint {str(path)!r}",
+                     bank_augment=model.bank_augment)
     own = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
     try:
         model.load_state_dict(own)

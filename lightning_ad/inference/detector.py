@@ -100,7 +100,7 @@ def scoring_facts(model: SpadeModel, image_threshold: float, pixel_threshold: fl
         "aggregate_levels": list(model.aggregate_levels), "pixel_distance": model.pixel_distance,
         "level_balance": model.level_balance, "level_weights": None if model.level_weights is None else list(model.level_weights),
         "level_scales": [float(v) for v in model.level_scales] if model.level_balance != "none" else None, "bank_size": model.bank_size,
-        "thresholds": {"image": finite(image_threshold), "pixel": finite(pixel_threshold)},
+        "bank_augment": model.bank_augment, "thresholds": {"image": finite(image_threshold), "pixel": finite(pixel_threshold)},
     }
 
 

@@ -80,10 +80,10 @@ class SpadeCLI(LightningCLI):
             if name in config.model and _normalise(config.model[name]) == _normalise(defaults.get(name)) \
                     and _normalise(value) != _normalise(config.model[name]):
                 config.model[name] = value
-                if name in SCORING_SETTINGS or name in ("backbone", "layers", "aggregate_levels", "weights"):
+                if name in SCORING_SETTINGS or name in ("backbone", "layers", "aggregate_levels", "weights", "bank_augment"):
                     taken.append(f"{name}={value!r}")  # what makes the scores; the rest is taken quietly
         check_compatible(meta, config.model["backbone"], config.model["layers"] or [], config.model["aggregate_levels"] or [],
-                         source=f"checkpoint {str(path)!r}")
+                         source=f"checkpoint {str(path)!r}", bank_augment=config.model.get("bank_augment") or "none")
         contract = meta.get("input")
         init_args = getattr(config.get("data"), "init_args", None)
         if contract and init_args is not None:

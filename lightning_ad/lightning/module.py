@@ -93,6 +93,9 @@ class Spade(pl.LightningModule):
         bank_device: ``auto``, ``host`` (pinned host memory, galleries copied per batch) or ``accelerator``.
         bank_dir: folder of a disk or sharded bank's files (default: the log folder), named in the checkpoint
             with their SHA-256 (changed files are refused).
+        bank_augment: ``none`` (default), ``flips``, ``rotations`` or ``flips+rotations``: views of each training
+            image added to the bank beside it, as the few-shot detectors do (docs: few good parts); rotations need
+            square crops. Part of the bank: a checkpoint is used with its own.
         threshold_method: ``quantile``: thresholds at quantiles of leave-one-out scores of the training
             images (needs no anomaly); ``f1``: F1-optimal on the labelled validation set (``val_split``).
         image_quantile: quantile of the normal image scores that sets the image threshold.
@@ -129,6 +132,7 @@ class Spade(pl.LightningModule):
         knn_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         bank_storage: str = "memory", bank_sharding: str = "replicated", bank_device: str = "auto",
         bank_dir: Optional[str] = None,
+        bank_augment: str = "none",
         threshold_method: str = "quantile",
         image_quantile: float = 0.95,
         pixel_quantile: float = 0.999,
@@ -146,7 +150,7 @@ class Spade(pl.LightningModule):
                                 aggregate_levels=aggregate_levels, pixel_distance=pixel_distance, level_balance=level_balance,
                                 level_weights=level_weights, bank_dtype=bank_dtype,
                                 chunk_bytes=knn_chunk_bytes, bank_storage=bank_storage, bank_sharding=bank_sharding,
-                                bank_device=bank_device, bank_dir=bank_dir)
+                                bank_device=bank_device, bank_dir=bank_dir, bank_augment=bank_augment)
         check_threshold_settings(threshold_method, image_quantile, pixel_quantile, threshold_samples,
                                   image_threshold, pixel_threshold, pro_max_fpr, image_threshold_samples)
         checks.non_negative_int("few_shot_below", few_shot_below)
@@ -224,9 +228,10 @@ class Spade(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         data = self._batch(batch)
         ids = content_ids(data["image"])
-        features = self.model.extract(data["image"])
-        names = data.get("relpath") or data.get("path") or [f"training image {int(i)}" for i in data["index"]]
-        self._collector.append(ids, features, tuple(data["image"].shape[-2:]), list(names))
+        rows, features = self.model.bank_rows(data["image"], ids)  # with bank_augment, the views' rows too
+        names = list(data.get("relpath") or data.get("path") or [f"training image {int(i)}" for i in data["index"]])
+        names += [name for name in names for _ in range((len(rows) - len(ids)) // max(len(ids), 1))]  # a view: its image's
+        self._collector.append(rows, features, tuple(data["image"].shape[-2:]), names)
         if self._few_shot:  # a few-shot bank keeps its images: its thresholds come from their views too
             self._kept_images.append((ids, data["image"].detach().float().cpu()))
             if sum(len(i) for i, _ in self._kept_images) >= self.hparams.few_shot_below:  # the bank will not be few-shot
@@ -294,7 +299,8 @@ class Spade(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         meta = ckpt.section(checkpoint)
-        ckpt.check_compatible(meta, self.model.backbone_name, self.model.layers, self.model.aggregate_levels)
+        ckpt.check_compatible(meta, self.model.backbone_name, self.model.layers, self.model.aggregate_levels,
+                              bank_augment=self.model.bank_augment)
         ckpt.check_usable(meta, fitting=self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING)
         self.threshold_source = dict(meta.get("thresholds") or {})
         self.input_contract, self.datamodule_config = meta.get("input"), meta.get("datamodule")
