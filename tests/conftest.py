@@ -284,21 +284,34 @@ def write_config(path: Path, data_root: Path) -> Path:
     return path
 
 
-def cli(args, cwd: Path, processes: int, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``lightning-ad ARGS`` on ``processes`` CPU devices; it must succeed. Several: ``python -m lightning_ad`` with
-    DDP; one: :func:`run`, in this process. Either way its output is captured."""
+def cli(args, cwd: Path, processes: int, timeout: float = 600, launch: str = "lightning") -> subprocess.CompletedProcess:
+    """``lightning-ad ARGS`` on ``processes`` CPU devices with DDP; it must succeed, and its output is captured.
+
+    One process: :func:`run`, in this process. Several: ``python -m lightning_ad``, its other ranks started by
+    Lightning (``launch="lightning"``: what ``--trainer.devices N`` does for a user), or every rank started here at
+    once with the variables a cluster launcher (``torchrun``, SLURM) sets (``launch="cluster"``: the ranks import in
+    parallel; their outputs are joined, rank 0's first)."""
     cwd.mkdir(parents=True, exist_ok=True)
     if processes == 1:
         result = run([*args, "--trainer.devices", "1"], cwd)
         assert result.returncode == 0, result.stderr[-4000:]
         return result
+    command = [sys.executable, "-m", "lightning_ad", *args, "--trainer.devices", str(processes), "--trainer.strategy", "ddp"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_ad", *args, "--trainer.devices", str(processes), "--trainer.strategy", "ddp"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    if launch == "lightning":
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result
+    port = free_port()
+    procs = [subprocess.Popen(command, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(processes),
+                                       NODE_RANK="0", RANK=str(rank), LOCAL_RANK=str(rank)))
+             for rank in range(processes)]
+    outputs = [proc.communicate(timeout=timeout) for proc in procs]
+    failed = [f"rank {rank}, exit {proc.returncode}:\n{err[-3000:]}" for rank, (proc, (_, err)) in enumerate(zip(procs, outputs))
+              if proc.returncode]
+    assert not failed, "\n".join(failed)
+    return subprocess.CompletedProcess(command, 0, "".join(out for out, _ in outputs), "".join(err for _, err in outputs))
 
 
 @pytest.fixture(scope="session")

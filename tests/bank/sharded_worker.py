@@ -1,6 +1,9 @@
 """One process of a sharded-bank run for tests/bank/test_sharded_equality.py (CPU, gloo, 1 thread).
 
-    python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE RADIUS (pixels, or none)
+    python sharded_worker.py RANK WORLD STORE PHASE OUT KAPPA SHARDING STORAGE RADIUS (pixels, none or auto)
+
+``STORAGE`` and ``RADIUS`` may be comma-separated lists of one length: the processes then run each pair in turn
+(one launch for several settings), each in ``OUT/<storage>-<radius>``.
 
 ``STORE``: a new file for the rendezvous (a file store: no process serves it, so ranks may exit
 in any order; with a TCP store, a rank still closing after rank 0 left was seen to abort).
@@ -53,16 +56,30 @@ def step(rank: int, text: str) -> None:
 
 def main(argv: list) -> None:
     """One process's run; ``argv``: the arguments after the script's name."""
-    rank, world, store, phase, out, kappa, sharding, storage = argv[:8]
-    radius = {"none": None, "auto": "auto"}.get(argv[8]) if argv[8] in ("none", "auto") else float(argv[8])
+    rank, world, store, phase, out, kappa, sharding, storages, radii = argv[:9]
     rank, world, kappa, out = int(rank), int(world), int(kappa), Path(out)
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
         step(rank, "joined the group")
+    pairs = list(zip(storages.split(","), radii.split(",")))
+    for storage, radius in pairs:
+        folder = out / f"{storage}-{radius}" if len(pairs) > 1 else out
+        folder.mkdir(parents=True, exist_ok=True)
+        run(rank, world, phase, folder, kappa, sharding, storage,
+            {"none": None, "auto": "auto"}.get(radius) if radius in ("none", "auto") else float(radius))
+    if world > 1:
+        from lightning_ad.distributed import end_process_group
+
+        end_process_group()  # no process leaves while another still talks to it
+        step(rank, "left the group")
+
+
+def run(rank: int, world: int, phase: str, out: Path, kappa: int, sharding: str, storage: str, radius) -> None:
+    """One setting's ``phase`` in this process (see the module docstring)."""
     from lightning_ad.bank import finish_stream
     from lightning_ad.core.spade import Features, SpadeModel
-    from lightning_ad.distributed import end_process_group, gather_objects
+    from lightning_ad.distributed import gather_objects
 
     def new_model() -> SpadeModel:
         return SpadeModel(image_k=3, gallery_k=3, kappa=kappa, bank_sharding=sharding, bank_storage=storage,
@@ -88,7 +105,7 @@ def main(argv: list) -> None:
             step(rank, f"search radius decided: {model.search_radius}")
         if rank == 0:
             torch.save(model.state_dict(), out / "state.pt")
-        step(rank, "bank written")
+        step(rank, f"bank written ({storage}, radius {radius})")
     if phase in ("test", "fit+test") or world == 1:
         if phase != "fit":  # the bank as a checkpoint gives it, in a model of its own
             if world > 1:
@@ -106,9 +123,6 @@ def main(argv: list) -> None:
                         "maps": torch.cat([m for _, _, m in ordered]), "held": [held for _, held in parts]},
                        out / f"scores{world}.pt")
         step(rank, "results gathered")
-    if world > 1:
-        end_process_group()  # no process leaves while another still talks to it
-        step(rank, "left the group")
 
 
 if __name__ == "__main__":

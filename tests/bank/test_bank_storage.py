@@ -104,7 +104,7 @@ def fit_predict(config: Path, base: Path, name: str, processes: int, predict_pro
     run = base / name
     run.mkdir(parents=True)
     cli(["fit", "--config", str(config), "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(run),
-         *extra], run, processes, timeout=900)
+         *extra], run, processes, timeout=900, launch="cluster")
     (ckpt,) = sorted(run.rglob("*.ckpt"))
     return predict(config, ckpt, run / "pred", predict_processes)
 
@@ -116,7 +116,7 @@ def predict(config: Path, ckpt: Path, out: Path, processes: int) -> dict:
     init = yaml.safe_load(config.read_text())["data"]["init_args"]
     data = Path(init["root"]) / init["category"] / "test"
     cli(["predict", "--config", str(config), "--ckpt_path", str(ckpt), "--data.predict_dir", str(data),
-         "--prediction_writer.output_dir", str(out)], out.parent, processes, timeout=900)
+         "--prediction_writer.output_dir", str(out)], out.parent, processes, timeout=900, launch="cluster")
     with open(out / "predictions.csv") as handle:
         rows = sorted(csv.DictReader(handle), key=lambda r: r["relpath"])
     maps = {r["relpath"]: np.asarray(Image.open(out / r["map_file"])) for r in rows}

@@ -45,10 +45,10 @@ def results(out: Path, world: int) -> dict:
     return torch.load(out / f"scores{world}.pt", weights_only=True)
 
 
-def assert_bitwise(got: dict, expected: dict) -> None:
-    assert got["index"] == expected["index"] == list(range(N_TEST))
-    assert torch.equal(got["scores"], expected["scores"])
-    assert torch.equal(got["maps"], expected["maps"])
+def assert_bitwise(got: dict, expected: dict, case: str = "") -> None:
+    assert got["index"] == expected["index"] == list(range(N_TEST)), case
+    assert torch.equal(got["scores"], expected["scores"]), case
+    assert torch.equal(got["maps"], expected["maps"]), case
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +67,16 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("storage,radius", [("memory", "8"), ("disk", "8"), ("disk", "none"), ("disk", "auto")])
-def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path, storage, radius):
-    """Bitwise the replicated bank; with ``auto`` the two processes also decide the radius one process decides."""
-    run(tmp_path, "fit+test", 2, 3, storage=storage, radius=radius)
-    got = results(tmp_path, 2)
-    assert got["held"] == [5, 5]  # each process holds only its share
-    expected = {"8": reference[3], "none": reference["3-global"], "auto": reference["3-auto"]}[radius]
-    assert_bitwise(got, expected)
+def test_sharded_bank_with_kappa_above_one_on_two_processes(reference, tmp_path):
+    """Bitwise the replicated bank, from memory and from disk, with the window, the global search and ``auto``
+    (the two processes then decide the radius one process decides); one launch runs the four in turn."""
+    cases = [("memory", "8"), ("disk", "8"), ("disk", "none"), ("disk", "auto")]
+    run(tmp_path, "fit+test", 2, 3, storage=",".join(s for s, _ in cases), radius=",".join(r for _, r in cases))
+    for storage, radius in cases:
+        got = results(tmp_path / f"{storage}-{radius}", 2)
+        assert got["held"] == [5, 5], (storage, radius)  # each process holds only its share
+        expected = {"8": reference[3], "none": reference["3-global"], "auto": reference["3-auto"]}[radius]
+        assert_bitwise(got, expected, f"{storage}, radius {radius}")
     assert not torch.equal(reference[3]["maps"], reference[1]["maps"])  # kappa 3 is not kappa 1
     assert not torch.equal(reference[3]["maps"], reference["3-global"]["maps"])  # the window is not the global search
 

@@ -476,6 +476,23 @@ def test_a_disk_bank_is_exported_as_it_scores(tiny, tmp_path):
     assert score_rel < 1e-5 and map_rel < 1e-5
 
 
+def test_a_bank_with_views_is_exported_as_it_scores(tiny, tmp_path):
+    """``bank_augment``: the views' rows go into the graph with the images' rows; the ONNX file equals its Detector."""
+    dm = MVTecDataModule(str(tiny["root"]), category="widget", image_size=IMAGE_SIZE, crop_size=CROP, batch_size=4,
+                         num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_trainer(tmp_path / "run").fit(Spade(image_k=3, gallery_k=3, threshold_samples=4, bank_augment="flips"),
+                                           datamodule=dm)
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"))
+    detector = Detector.from_checkpoint(ckpt)
+    assert len(detector.model.bank) == 3 * detector.model.bank_size
+    expected = detector(list(tiny["images"]))
+    export_detector(ckpt, "onnx", tmp_path / "views.onnx")
+    score_rel, map_rel = assert_matches(run_onnx(tmp_path / "views.onnx", tiny["images"]), expected, rtol=1e-5)
+    assert score_rel < 1e-5 and map_rel < 1e-5
+
+
 def test_export_wraps_the_model_and_scores_nothing_itself():
     """The exported module is the model's own scoring: inference/export.py defines and imports no search, level map
     or image score (the photo's geometry and the decisions are all it adds)."""

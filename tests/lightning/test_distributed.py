@@ -12,11 +12,13 @@ from conftest import cli, make_mvtec, write_config
 TOL = 1e-5  # of the largest value: convolutions round differently with other batch make-ups
 
 
-def fit(config: Path, out: Path, processes: int, *extra: str) -> Path:
-    """``fit --test_after_fit true`` on ``processes`` processes, logged below ``out``: its checkpoint (its console
-    output in ``out/console.txt``)."""
-    result = cli(["fit", "--config", str(config), "--test_after_fit", "true", "--trainer.logger", "CSVLogger",
-         "--trainer.logger.save_dir", str(out), *extra], out.parent, processes)
+def fit(config: Path, out: Path, processes: int, *extra: str, launch: str = "lightning") -> Path:
+    """``fit --test_after_fit true`` on ``processes`` processes (``launch``: :func:`conftest.cli`), logged below
+    ``out``: its checkpoint (its console output in ``out/console.txt``)."""
+    # (no test report: the report of two processes is test_callbacks' two-process test)
+    result = cli(["fit", "--config", str(config), "--test_after_fit", "true", "--test_report.enabled", "false",
+                  "--trainer.logger", "CSVLogger",
+                  "--trainer.logger.save_dir", str(out), *extra], out.parent, processes, launch=launch)
     (out / "console.txt").write_text(result.stdout + result.stderr)
     (ckpt,) = sorted(out.rglob("*.ckpt"))
     return ckpt
@@ -49,13 +51,14 @@ def assert_banks_equal(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """7 training images (odd, not a multiple of 2 or 3), fitted and tested (5 test images, odd) on 1 and on 2
-    processes; and fitted on 3 processes with a single test image, so that two of its ranks test nothing."""
+    processes (Lightning starting the second); and fitted on 3 processes started as a cluster starts them, with a
+    single test image, so that two of its ranks test nothing."""
     base = tmp_path_factory.mktemp("dist")
     data = make_mvtec(base / "data", n_train=7, n_good=2, n_bad=3)
     config = write_config(base / "config.yaml", data)
     ckpts = {n: fit(config, base / f"fit{n}" / "logs", n) for n in (1, 2)}
     single = make_mvtec(base / "single", n_train=7, n_good=0, n_bad=1)  # the same 7 training images
-    ckpts[3] = fit(config, base / "fit3" / "logs", 3, "--data.root", str(single))
+    ckpts[3] = fit(config, base / "fit3" / "logs", 3, "--data.root", str(single), launch="cluster")
     return base, config, ckpts
 
 
@@ -97,7 +100,7 @@ def test_a_rank_without_images_does_not_hang(runs, tmp_path):
     (single / "only.png").write_bytes((base / "single" / "widget" / "test" / "defect" / "000.png").read_bytes())
     out = tmp_path / "pred"
     cli(["predict", "--config", str(config), "--ckpt_path", str(ckpts[1]), "--data.predict_dir", str(single),
-         "--prediction_writer.output_dir", str(out)], tmp_path, 2)
+         "--prediction_writer.output_dir", str(out)], tmp_path, 2, launch="cluster")
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(r["path"]).name for r in rows] == ["only.png"]
