@@ -53,6 +53,13 @@ def require_real(*parts: str) -> Path:
     return path
 
 
+def pytest_configure(config):
+    """A worker of ``pytest -n N`` (pytest-xdist, the default: pyproject's ``addopts``) runs on one thread, and so do
+    the processes its tests start: two workers with two threads each on two cores wait on each other's threads."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 # ---------------------------------------------------------------------- pictures
 
 
