@@ -17,6 +17,8 @@ from torch import Tensor
 
 from ..bank import finish_stream
 from ..bank.content import content_ids
+from .records import Features
+from .views import BANK_AUGMENTS, check_views, view_ids, views_of
 
 if TYPE_CHECKING:
     from .calibration import CalibrationSettings
@@ -25,7 +27,26 @@ __all__ = ["BankGrowth"]
 
 
 class BankGrowth:
-    """``fit_bank`` and ``add_images`` (see the module docstring)."""
+    """``fit_bank`` and ``add_images``, and the rows they add (see the module docstring)."""
+
+    @property
+    def views_per_image(self) -> int:
+        """Views of each training image in the bank (``bank_augment``; 0: none)."""
+        images = self.bank_size
+        return (len(self.bank) - images) // images if images else len(BANK_AUGMENTS[self.bank_augment])
+
+    def bank_rows(self, images: Tensor, ids: Tensor) -> Tuple[Tensor, Features]:
+        """The bank rows of training images ``[B, 3, H, W]`` with content ids ``ids`` ``[B]``: their ids and features,
+        followed by those of their ``bank_augment`` views (:func:`~lightning_ad.core.views.view_ids`)."""
+        features = self.extract(images)
+        names = BANK_AUGMENTS[self.bank_augment]
+        if not names:
+            return ids, features
+        check_views(names, tuple(images.shape[-2:]))
+        views = self.extract(views_of(images, names))
+        return (torch.cat([ids.cpu(), view_ids(ids.cpu(), len(names))]),
+                Features([torch.cat([a, b]) for a, b in zip(features.pyramid, views.pyramid)],
+                         torch.cat([features.pooled, views.pooled])))
 
     def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32, settings: Optional["CalibrationSettings"] = None,
                  say: Optional[Callable[[str], Any]] = None) -> List[Tuple[int, int]]:

@@ -1,5 +1,6 @@
 """Leave-one-out scoring of the bank's own rows: each training image scored against the others, and what is
-learned from those scores (the level scales of ``level_balance``, the ``combined`` score's scales).
+learned from those scores (the level scales of ``level_balance``, the ``combined`` score's scales). An image is
+left out with its views (``bank_augment``): :meth:`LeaveOneOutScoring.nearest_rows`.
 
 :class:`LeaveOneOutScoring` is a part of :class:`~lightning_ad.core.spade.SpadeModel` (a mixin: it uses the
 model's bank, ``nearest_images``, ``level_maps`` and buffers); :mod:`lightning_ad.core.calibration` calls it.
@@ -7,16 +8,18 @@ model's bank, ``nearest_images``, ``level_maps`` and buffers); :mod:`lightning_a
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from ..bank import check_finite
 from ..errors import ConfigurationError
+from .knn import slab_knn
 from .levels import balance_scales, level_factors, level_moments
 from .records import Features, LeaveOneOut, SpadeOutput
 from .spread import spread_indices
+from .views import row_groups
 
 __all__ = ["LeaveOneOutScoring", "LEVEL_BALANCE_IMAGES"]
 
@@ -26,6 +29,19 @@ LEVEL_BALANCE_IMAGES = 32
 
 class LeaveOneOutScoring:
     """Leave-one-out scores of bank rows, and the scales learned from them (see the module docstring)."""
+
+    def nearest_rows(self, pooled: Tensor, k: int, exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """The ``k`` nearest bank rows of pooled vectors ``[B, D]``: squared distances and rows ``[B, k]``, ascending.
+        ``exclude`` (``[B]`` bank rows): each query's own image and its views are not among them."""
+        views = self.views_per_image if exclude is not None else 0
+        if not views:
+            found = slab_knn(pooled.float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
+            return found.distances, found.indices
+        found = slab_knn(pooled.float(), self.bank.pooled, min(k + views + 1, len(self.bank)), chunk_bytes=self.chunk_bytes)
+        groups = row_groups(self.bank.index)
+        own = groups[found.indices] == groups[exclude.to(groups.device)].unsqueeze(1)
+        keep = torch.argsort(own.to(torch.int8), dim=1, stable=True)[:, :k]  # the nearest rows of other images, in order
+        return found.distances.gather(1, keep), found.indices.gather(1, keep)
 
     def learn_scales(self, loo: "LeaveOneOut") -> None:
         """Set ``dn2_scale`` and ``map_scale`` to the medians of leave-one-out DN2 and map maxima

@@ -46,7 +46,7 @@ from .backbones import LEVEL_STRIDES, FeatureExtractor, backbone_channels, build
 from .growth import BankGrowth
 from .image_scores import IMAGE_SCORES, image_score_from_parts, map_part_of, map_score
 from .inputs import check_image_range
-from .knn import DEFAULT_CHUNK_BYTES, knn, slab_knn
+from .knn import DEFAULT_CHUNK_BYTES, knn
 from .leave_one_out import LEVEL_BALANCE_IMAGES, LeaveOneOutScoring
 from .levels import LEVEL_BALANCES, PIXEL_DISTANCES, aggregate_pyramid, combine_levels, position_scores
 from .radius import AUTO, RadiusChoice, RadiusDecision, decode_radius
@@ -54,7 +54,7 @@ from .records import Features, LeaveOneOut, SpadeOutput
 from .sharded import drain_sharded, sharded_grouped_knn
 from .thresholds import Thresholds
 from .tracing import exporting
-from .views import BANK_AUGMENTS, VIEW_BIT, check_views, row_groups, view_ids, views_of
+from .views import BANK_AUGMENTS, VIEW_BIT
 from .windowed import gallery_bytes, gallery_search, min_window_candidates, window_cells
 
 __all__ = [
@@ -231,25 +231,6 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         return int((self.bank.index < VIEW_BIT).sum())
 
     @property
-    def views_per_image(self) -> int:
-        """Views of each training image in the bank (``bank_augment``; 0: none)."""
-        images = self.bank_size
-        return (len(self.bank) - images) // images if images else len(BANK_AUGMENTS[self.bank_augment])
-
-    def bank_rows(self, images: Tensor, ids: Tensor) -> Tuple[Tensor, Features]:
-        """The bank rows of training images ``[B, 3, H, W]`` with content ids ``ids`` ``[B]``: their ids and features,
-        followed by those of their ``bank_augment`` views (:func:`~lightning_ad.core.views.view_ids`)."""
-        features = self.extract(images)
-        names = BANK_AUGMENTS[self.bank_augment]
-        if not names:
-            return ids, features
-        check_views(names, tuple(images.shape[-2:]))
-        views = self.extract(views_of(images, names))
-        return (torch.cat([ids.cpu(), view_ids(ids.cpu(), len(names))]),
-                Features([torch.cat([a, b]) for a, b in zip(features.pyramid, views.pyramid)],
-                         torch.cat([features.pooled, views.pooled])))
-
-    @property
     def is_fitted(self) -> bool:
         return self.bank_size > 0
 
@@ -338,19 +319,6 @@ class SpadeModel(BankGrowth, LeaveOneOutScoring, RadiusDecision, nn.Module):
         else:
             distances, indices = self.nearest_rows(pooled, max(image_k, gallery_k), exclude)
         return distances[:, :image_k].mean(dim=1), indices[:, :gallery_k]
-
-    def nearest_rows(self, pooled: Tensor, k: int, exclude: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """The ``k`` nearest bank rows of pooled vectors ``[B, D]``: squared distances and rows ``[B, k]``, ascending.
-        ``exclude`` (``[B]`` bank rows): each query's own image and its views are not among them."""
-        views = self.views_per_image if exclude is not None else 0
-        if not views:
-            found = slab_knn(pooled.float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
-            return found.distances, found.indices
-        found = slab_knn(pooled.float(), self.bank.pooled, min(k + views + 1, len(self.bank)), chunk_bytes=self.chunk_bytes)
-        groups = row_groups(self.bank.index)
-        own = groups[found.indices] == groups[exclude.to(groups.device)].unsqueeze(1)
-        keep = torch.argsort(own.to(torch.int8), dim=1, stable=True)[:, :k]  # the nearest rows of other images, in order
-        return found.distances.gather(1, keep), found.indices.gather(1, keep)
 
     def ks_in_use(self, left_out: bool = False) -> Tuple[int, int]:
         """``(image_k, gallery_k)`` as scoring uses them: each at most the bank's images (one fewer ``left_out``,
