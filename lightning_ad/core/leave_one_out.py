@@ -38,8 +38,8 @@ class LeaveOneOutScoring:
             found = slab_knn(pooled.float(), self.bank.pooled, k, chunk_bytes=self.chunk_bytes, exclude=exclude)
             return found.distances, found.indices
         found = slab_knn(pooled.float(), self.bank.pooled, min(k + views + 1, len(self.bank)), chunk_bytes=self.chunk_bytes)
-        groups = row_groups(self.bank.index)
-        own = groups[found.indices] == groups[exclude.to(groups.device)].unsqueeze(1)
+        groups, exclude = row_groups(self.bank.index), exclude.to(self.bank.index.device)
+        own = (groups[found.indices] == groups[exclude.clamp_min(0)].unsqueeze(1)) & (exclude >= 0).unsqueeze(1)
         keep = torch.argsort(own.to(torch.int8), dim=1, stable=True)[:, :k]  # the nearest rows of other images, in order
         return found.distances.gather(1, keep), found.indices.gather(1, keep)
 

@@ -55,7 +55,7 @@ def test_mvtec_bottle_reproduces_the_method(tmp_path):
 
 def test_mvtec_bottle_recommended_config(tmp_path):
     """The README's recommended configuration as shipped (K = 50, aggregated levels 1 and 2, Euclidean distances,
-    window 8 px, top 5 %): the figures of benchmarks/accuracy.py (docs/results.md), above issue 21's bar."""
+    window 8 px, top 5 %): the figures of benchmarks/accuracy.py (docs/results.md)."""
     root = require_real("mvtec_ad", "bottle").parent
     metrics = fit_then_test("spade_lite0_mvtec.yaml", ["--data.root", str(root), "--data.category", "bottle"], tmp_path)
     assert metrics["test/image_auroc"] == pytest.approx(1.0, abs=1e-4)
@@ -69,7 +69,7 @@ def test_magnetic_tile_reference_split(tmp_path):
         pytest.skip("LIGHTNING_AD_SKIP_SLOW is set")
     metrics = fit_then_test("spade_lite0_magnetic_tile.yaml", ["--data.root", str(root)], tmp_path)
     # its config as shipped (the recommended configuration, K = 50, window 8 px), as benchmarks/accuracy.py measured
-    # it (README, docs/results.md), above issue 21's bar; the paper's K = 5 gives about 0.92 / 0.81 / 0.78
+    # it (README, docs/results.md); the paper's K = 5 gives about 0.92 / 0.81 / 0.78
     # (../shared/data/README.md)
     assert metrics["test/image_auroc"] == pytest.approx(0.9732, abs=1.5e-4)
     assert metrics["test/pixel_auroc"] == pytest.approx(0.8438, abs=1.5e-4)
