@@ -118,3 +118,11 @@ def test_the_checkpoint_records_it_and_the_detector_follows(tmp_path):
     test = sorted((root / "widget" / "test").rglob("*.png"))
     again = Detector.from_checkpoint(path)
     assert [d.score for d in detector([str(p) for p in test])] == [d.score for d in again([str(p) for p in test])]
+
+
+def test_the_fit_says_how_many_rows_scoring_uses(lite0, images):
+    train, _ = images
+    lines = []
+    spade(lite0, bank_augment="flips", image_k=50, gallery_k=50).fit_bank(train[:2], say=lines.append)
+    assert ("image_k=50 and gallery_k=50 with 2 training image(s) and 4 views of them (bank_augment): scoring uses 6 "
+            "and 6 (3 leave-one-out).") in lines

@@ -17,8 +17,8 @@ def fit(config: Path, out: Path, processes: int, *extra: str, launch: str = "lig
     ``out``: its checkpoint (its console output in ``out/console.txt``)."""
     # (no test report: the report of two processes is test_callbacks' two-process test)
     result = cli(["fit", "--config", str(config), "--test_after_fit", "true", "--test_report.enabled", "false",
-                  "--trainer.logger", "CSVLogger",
-                  "--trainer.logger.save_dir", str(out), *extra], out.parent, processes, launch=launch)
+                  "--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", str(out), *extra],
+                 out.parent, processes, launch=launch)
     (out / "console.txt").write_text(result.stdout + result.stderr)
     (ckpt,) = sorted(out.rglob("*.ckpt"))
     return ckpt
