@@ -480,6 +480,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def noise_tensors(n_train: int, n_test: int, size: int = 64, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(train [n_train, 3, size, size], test [n_test, ...])``: seeded uniform noise in [0.35, 0.65], the second test
+    image with a white 14 x 14 square from ``(size - 14) // 2 - 5`` (20 at 64 pixels): tensors for a ``SpadeModel``."""
+    gen = torch.Generator().manual_seed(seed)
+    train = torch.rand(n_train, 3, size, size, generator=gen) * 0.3 + 0.35
+    test = torch.rand(n_test, 3, size, size, generator=gen) * 0.3 + 0.35
+    at = (size - 14) // 2 - 5
+    test[1, :, at:at + 14, at:at + 14] = 1.0
+    return train, test
+
+
 def make_small_set(root: Path, n_train: int = 6) -> Path:
     """An MVTec-layout category ``widget`` of random 36 x 36 images: ``n_train`` good, 2 good and 2 ``crack`` test
     images (a white 12 x 12 square, with its mask). Returns ``root``."""

@@ -38,15 +38,11 @@ class BankGrowth:
     def bank_rows(self, images: Tensor, ids: Tensor) -> Tuple[Tensor, Features]:
         """The bank rows of training images ``[B, 3, H, W]`` with content ids ``ids`` ``[B]``: their ids and features,
         followed by those of their ``bank_augment`` views (:func:`~lightning_ad.core.views.view_ids`)."""
-        features = self.extract(images)
-        names = BANK_AUGMENTS[self.bank_augment]
+        names = check_views(BANK_AUGMENTS[self.bank_augment], tuple(images.shape[-2:]))
         if not names:
-            return ids, features
-        check_views(names, tuple(images.shape[-2:]))
-        views = self.extract(views_of(images, names))
+            return ids, self.extract(images)
         return (torch.cat([ids.cpu(), view_ids(ids.cpu(), len(names))]),
-                Features([torch.cat([a, b]) for a, b in zip(features.pyramid, views.pyramid)],
-                         torch.cat([features.pooled, views.pooled])))
+                self.extract(torch.cat([images, views_of(images, names)])))
 
     def fit_bank(self, images: Iterable[Tensor] | Tensor, batch_size: int = 32, settings: Optional["CalibrationSettings"] = None,
                  say: Optional[Callable[[str], Any]] = None) -> List[Tuple[int, int]]:

@@ -230,7 +230,7 @@ class Spade(pl.LightningModule):
         ids = content_ids(data["image"])
         rows, features = self.model.bank_rows(data["image"], ids)  # with bank_augment, the views' rows too
         names = list(data.get("relpath") or data.get("path") or [f"training image {int(i)}" for i in data["index"]])
-        names += [name for name in names for _ in range((len(rows) - len(ids)) // max(len(ids), 1))]  # a view: its image's
+        names += [name for name in names for _ in range(self.model.views_per_image)]  # a view has its image's name
         self._collector.append(rows, features, tuple(data["image"].shape[-2:]), names)
         if self._few_shot:  # a few-shot bank keeps its images: its thresholds come from their views too
             self._kept_images.append((ids, data["image"].detach().float().cpu()))

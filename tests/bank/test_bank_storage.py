@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import cli, make_mvtec, require_real, write_config
+from conftest import cli, make_mvtec, noise_tensors, require_real, write_config
 from PIL import Image
 
 from lightning_ad.core.spade import SpadeModel
@@ -20,11 +20,7 @@ SETTINGS = [("disk", "replicated", "auto"), ("memory", "sharded", "auto"), ("dis
 
 @pytest.fixture(scope="module")
 def images():
-    gen = torch.Generator().manual_seed(0)
-    train = torch.rand(10, 3, 64, 64, generator=gen) * 0.3 + 0.35
-    test = torch.rand(3, 3, 64, 64, generator=gen) * 0.3 + 0.35
-    test[1, :, 20:34, 20:34] = 1.0
-    return train, test
+    return noise_tensors(10, 3)
 
 
 @pytest.fixture

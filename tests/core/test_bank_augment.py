@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import dm, fit_checkpoint, make_mvtec
+from conftest import dm, fit_checkpoint, make_mvtec, noise_tensors
 
 from lightning_ad.bank.content import content_ids
 from lightning_ad.core.knn import slab_knn
@@ -17,11 +17,7 @@ from lightning_ad.inference.detector import Detector
 
 @pytest.fixture(scope="module")
 def images():
-    gen = torch.Generator().manual_seed(3)
-    train = torch.rand(6, 3, 48, 48, generator=gen) * 0.4 + 0.3
-    test = torch.rand(2, 3, 48, 48, generator=gen) * 0.4 + 0.3
-    test[1, :, 10:20, 10:20] = 1.0
-    return train, test
+    return noise_tensors(6, 2, size=48, seed=3)
 
 
 def spade(lite0, **kwargs) -> SpadeModel:
