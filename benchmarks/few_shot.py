@@ -16,7 +16,8 @@ images are ``numpy.random.default_rng(seed * 1000 + shots).choice(N, shots, repl
 sorted training set (the same draw for every method); every method is tested on the complete test set (every
 test image, every mask). The table gives mean ± sample std (ddof 1) over the draws of image AUROC and pixel
 AUROC (exact, :func:`lightning_ad.core.metrics.binary_auroc` on the raw scores and maps; pixel AUROC over every
-pixel of every test image), with mean fit and test seconds; a run that fails is named with its reason.
+pixel of every test image) and of PRO (:func:`lightning_ad.core.metrics.per_region_overlap`, every defect region of
+every test mask weighted alike, integrated up to a false-positive rate of 0.3), with mean fit and test seconds; a run that fails is named with its reason.
 
 Data (the library's own data path, so every method sees identical tensors): the ``data`` sections of
 ``configs/spade_lite0_mvtec.yaml`` (``bottle``: ``MVTecDataModule``, image_size 256, crop 224) and
@@ -30,6 +31,8 @@ Methods:
 * ``spade``: :class:`lightning_ad.core.spade.SpadeModel` with its defaults (backbone ``efficientnet_lite0``,
   weights ``imagenet``, levels 1-3, aggregate levels 1-2, topq image score, ``search_radius="auto"`` ...)
   and K = 50 (a bank of fewer rows uses every row); ``fit_bank(train)`` then ``model(test)`` in batches.
+* ``spade_level3`` (run only when named): the same with ``aggregate_levels=(1, 2, 3)``: level 3 (stride 16) is
+  3x3-averaged as well, as PatchCore aggregates every level it uses.
 * ``spade_views`` (run only when named): the same with ``bank_augment="flips+rotations"``: each training image
   and its five flips and quarter turns in the bank, as the few-shot detectors RAD and AnomalyDINO do.
 * ``patchcore``: ``anomalib.models.image.patchcore.torch_model.PatchcoreModel`` (no Engine) with
@@ -95,15 +98,17 @@ import yaml  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_ad.core.backbones import build_backbone  # noqa: E402
-from lightning_ad.core.metrics import binary_auroc  # noqa: E402
+from lightning_ad.core.levels import aggregate_pyramid  # noqa: E402
+from lightning_ad.core.metrics import binary_auroc, per_region_overlap  # noqa: E402
 from lightning_ad.core.spade import Features, SpadeModel  # noqa: E402
 from lightning_ad.data import FolderDataModule, MVTecDataModule  # noqa: E402
 
 #: The setting that locates the real data (as tests/conftest.py).
 DATA_ENV = "LIGHTNING_AD_DATA"
 SETS = ("bottle", "magnetic_tile")
-#: ``spade``: the default detector; ``spade_views``: the same with ``bank_augment: flips+rotations`` (not run unless named).
-METHODS = ("spade", "spade_views", "patchcore", "padim")
+#: ``spade``: the default detector; ``spade_level3``: the same with level 3 aggregated too; ``spade_views``: the
+#: same with ``bank_augment: flips+rotations`` (the last two not run unless named).
+METHODS = ("spade", "spade_level3", "spade_views", "patchcore", "padim")
 DEFAULT_METHODS = ("spade", "patchcore", "padim")
 ANOMALIB_METHODS = ("patchcore", "padim")
 TIMM_LITE0 = "tf_efficientnet_lite0"
@@ -113,6 +118,7 @@ CORESET_SAMPLING_RATIO = 0.1  # anomalib's Patchcore default
 NUM_NEIGHBORS = 9  # anomalib's PatchcoreModel default
 PADIM_N_FEATURES = 100  # no anomalib default for tf_efficientnet_lite0 (resnet18's value)
 BATCH = 32
+PRO_MAX_FPR = 0.3  # the library's PRO: per-region overlap integrated up to this false-positive rate
 
 
 # ----------------------------------------------------------------------------- data
@@ -182,14 +188,15 @@ class TestFeatures:
     """The backbone's features of the whole test set, computed once per data set and served batch by batch to
     every run (the backbone is frozen and the same for every run: only the training images change).
 
-    ``spade``: :meth:`SpadeModel.extract` (the library's features, 3x3-aggregated as its defaults say);
+    ``spade``: :meth:`SpadeModel.extract` without aggregation (each run's model applies its own
+    ``aggregate_levels``: :meth:`spade_features`);
     ``timm``: anomalib's ``TimmFeatureExtractor`` on ``(x - 0.5) / 0.5`` (blocks.1, blocks.2, blocks.4)."""
 
     def __init__(self, data: "DataSet", kind: str) -> None:
         t0 = time.perf_counter()
         images = data.test_images
         if kind == "spade":
-            extractor = SpadeModel(image_k=1, gallery_k=1).eval()
+            extractor = SpadeModel(image_k=1, gallery_k=1, aggregate_levels=()).eval()  # each run aggregates its own
             parts = [extractor.extract(batch) for batch in images.split(BATCH)]
             self.features: Any = Features([torch.cat([p.pyramid[i] for p in parts]) for i in range(len(parts[0].pyramid))],
                                           torch.cat([p.pooled for p in parts]))
@@ -240,9 +247,9 @@ def _finite(name: str, scores: torch.Tensor, maps: torch.Tensor, hint: str = "")
 
 
 def run_spade(train: torch.Tensor, test: torch.Tensor, cache: TestFeatures, shots: int, seed: int,
-              check: bool = False, bank_augment: str = "none") -> Tuple[torch.Tensor, torch.Tensor, float, float, Dict[str, Any]]:
+              check: bool = False, **settings: Any) -> Tuple[torch.Tensor, torch.Tensor, float, float, Dict[str, Any]]:
     k = 50  # the default; the model uses every row of a smaller bank
-    model = SpadeModel(image_k=k, gallery_k=k, bank_augment=bank_augment).eval()
+    model = SpadeModel(image_k=k, gallery_k=k, **settings).eval()
     t0 = time.perf_counter()
     try:
         model.fit_bank(train)
@@ -260,7 +267,7 @@ def run_spade(train: torch.Tensor, test: torch.Tensor, cache: TestFeatures, shot
             direct = model(test[:4])
         except Exception as err:  # noqa: BLE001
             raise RunFailed(f"scoring: {type(err).__name__}: {_first_line(err)}") from None
-    model.extract = lambda images: cache.served(images)  # forward() unchanged, its extract() served from the cache
+    model.extract = functools.partial(spade_features, model, cache)  # forward() unchanged, extract() from the cache
     t0 = time.perf_counter()
     scores, maps = [], []
     try:
@@ -278,6 +285,13 @@ def run_spade(train: torch.Tensor, test: torch.Tensor, cache: TestFeatures, shot
     scores_t, maps_t = torch.cat(scores), torch.cat(maps)
     _finite("spade", scores_t, maps_t)
     return scores_t, maps_t, fit_s, test_s, info
+
+
+def spade_features(model: SpadeModel, cache: TestFeatures, images: torch.Tensor) -> Features:
+    """The cached features of the selected test batch, aggregated as ``model``'s ``aggregate_levels`` say (what
+    its own :meth:`~SpadeModel.extract` returns)."""
+    raw = cache.served(images)
+    return Features(aggregate_pyramid(raw.pyramid, model.aggregated), raw.pooled)
 
 
 def _info(info: Dict[str, Any]) -> str:
@@ -415,7 +429,8 @@ def run_padim(train: torch.Tensor, test: torch.Tensor, cache: TestFeatures, shot
 
 
 RUNNERS: Dict[str, Callable[..., Tuple[torch.Tensor, torch.Tensor, float, float, Dict[str, Any]]]] = {
-    "spade": run_spade, "spade_views": functools.partial(run_spade, bank_augment="flips+rotations"),
+    "spade": run_spade, "spade_level3": functools.partial(run_spade, aggregate_levels=(1, 2, 3)),
+    "spade_views": functools.partial(run_spade, bank_augment="flips+rotations"),
     "patchcore": run_patchcore, "padim": run_padim,
 }
 
@@ -434,8 +449,8 @@ def _mean_std(values: List[float]) -> str:
 
 def table(records: List[Dict[str, Any]], sets: List[str], methods: List[str], shots: List[int]) -> str:
     lines = [
-        "| data set | method | shots | image AUROC | pixel AUROC | draws ok | fit s | test s | notes |",
-        "|---|---|---:|---|---|---:|---:|---:|---|",
+        "| data set | method | shots | image AUROC | pixel AUROC | PRO | draws ok | fit s | test s | notes |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---|",
     ]
     for name in sets:
         for method in methods:
@@ -459,7 +474,8 @@ def table(records: List[Dict[str, Any]], sets: List[str], methods: List[str], sh
                 test_s = f"{np.mean([r['test_s'] for r in ok]):.1f}" if ok else "-"
                 lines.append(
                     f"| {name} | {method} | {n} | {_mean_std([r['image_auroc'] for r in ok])} | "
-                    f"{_mean_std([r['pixel_auroc'] for r in ok])} | {len(ok)}/{len(rows)} | "
+                    f"{_mean_std([r['pixel_auroc'] for r in ok])} | {_mean_std([r['pro'] for r in ok if 'pro' in r])} | "
+                    f"{len(ok)}/{len(rows)} | "
                     f"{fit_s} | {test_s} | {'; '.join(notes)} |"
                 )
     return "\n".join(lines)
@@ -567,10 +583,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                         record.update(
                             image_auroc=float(binary_auroc(scores, labels)),
                             pixel_auroc=float(binary_auroc(maps, masks)),
+                            pro=float(per_region_overlap(maps, masks, max_fpr=PRO_MAX_FPR)),
                             fit_s=fit_s, test_s=test_s, metric_s=time.perf_counter() - t1, error=None, **info,
                         )
                         print(f"  {method:9s} shots {shots:2d} seed {seed}: image AUROC {record['image_auroc']:.4f} "
-                              f"pixel AUROC {record['pixel_auroc']:.4f} (fit {fit_s:.1f} s, test {test_s:.1f} s){_info(info)}",
+                              f"pixel AUROC {record['pixel_auroc']:.4f} PRO {record['pro']:.4f} (fit {fit_s:.1f} s, test {test_s:.1f} s){_info(info)}",
                               flush=True)
                     except RunFailed as err:
                         record["error"] = str(err)
@@ -580,7 +597,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     result = table(records, args.sets, methods, args.shots)
     elapsed = time.perf_counter() - start
     print("\n" + result)
-    print(f"\nimage/pixel AUROC: mean ± sample std over draws; fit/test s: mean wall-clock seconds of the successful "
+    print(f"\nimage/pixel AUROC, PRO: mean ± sample std over draws; fit/test s: mean wall-clock seconds of the successful "
           f"draws ({args.threads} CPU threads;\n"
           "test s without the backbone pass over the test set, computed once per data set); radius: what SPADE's "
           "search_radius='auto' decided at fit (draws).")
