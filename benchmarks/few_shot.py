@@ -17,7 +17,8 @@ sorted training set (the same draw for every method); every method is tested on 
 test image, every mask). The table gives mean ± sample std (ddof 1) over the draws of image AUROC and pixel
 AUROC (exact, :func:`lightning_ad.core.metrics.binary_auroc` on the raw scores and maps; pixel AUROC over every
 pixel of every test image) and of PRO (:func:`lightning_ad.core.metrics.per_region_overlap`, every defect region of
-every test mask weighted alike, integrated up to a false-positive rate of 0.3), with mean fit and test seconds; a run that fails is named with its reason.
+every test mask weighted alike, integrated up to a false-positive rate of 0.3), with mean fit and test seconds; a
+run that fails is named with its reason.
 
 Data (the library's own data path, so every method sees identical tensors): the ``data`` sections of
 ``configs/spade_lite0_mvtec.yaml`` (``bottle``: ``MVTecDataModule``, image_size 256, crop 224) and
@@ -61,8 +62,9 @@ Random state (PaDiM's channel subset, PatchCore's coreset start and sparse rando
 numpy's global generators) is seeded with the draw's seed before each model is built.
 
 Speed (2 CPU threads): the backbone is frozen and only the training images change between runs, so the
-features of the test set are computed once per data set and served batch by batch to every run: SPADE's through
-its own ``extract`` (the instance's ``extract`` is replaced after ``fit_bank``; ``forward`` runs unchanged), the
+features of the test set are computed once per data set and served batch by batch to every run: SPADE's unaggregated,
+through the model's ``extract`` (replaced after ``fit_bank`` by one that aggregates the cached features as the
+model's ``aggregate_levels`` say; ``forward`` runs unchanged), the
 anomalib models' through their ``feature_extractor`` (replaced after fit by a module serving the cached
 ``TimmFeatureExtractor`` outputs; ``forward``, the kNN / Mahalanobis scoring and the maps run unchanged). The
 first run of each method on each data set also scores 4 test images with the model's own extraction and stops
@@ -474,7 +476,7 @@ def table(records: List[Dict[str, Any]], sets: List[str], methods: List[str], sh
                 test_s = f"{np.mean([r['test_s'] for r in ok]):.1f}" if ok else "-"
                 lines.append(
                     f"| {name} | {method} | {n} | {_mean_std([r['image_auroc'] for r in ok])} | "
-                    f"{_mean_std([r['pixel_auroc'] for r in ok])} | {_mean_std([r['pro'] for r in ok if 'pro' in r])} | "
+                    f"{_mean_std([r['pixel_auroc'] for r in ok])} | {_mean_std([r['pro'] for r in ok])} | "
                     f"{len(ok)}/{len(rows)} | "
                     f"{fit_s} | {test_s} | {'; '.join(notes)} |"
                 )
