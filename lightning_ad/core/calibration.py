@@ -160,9 +160,8 @@ def calibrate(model: Any, settings: CalibrationSettings, *, say: Callable[[str],
     image_k, gallery_k = model.image_k, model.gallery_k
     rows, views = len(model.bank), model.views_per_image
     if max(image_k, gallery_k) >= rows:
-        held = f"{count} training image(s)" + (f" and {rows - count} views of them (bank_augment)" if views else "")
         left = f"{rows - 1 - views} leave-one-out" if count > 1 else "no leave-one-out score: the bank holds one image"
-        say(f"image_k={image_k} and gallery_k={gallery_k} with {held}: scoring uses "
+        say(f"image_k={image_k} and gallery_k={gallery_k} with {model.rows_held()}: scoring uses "
             f"{min(image_k, rows)} and {min(gallery_k, rows)} ({left}).")
     if model.search_radius_setting == AUTO and (decide_radius or not model.radius_decided):
         say(decide_search_radius(model).describe())

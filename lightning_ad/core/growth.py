@@ -35,6 +35,11 @@ class BankGrowth:
         images = self.bank_size
         return (len(self.bank) - images) // images if images else len(BANK_AUGMENTS[self.bank_augment])
 
+    def rows_held(self) -> str:
+        """What the bank holds, in words: ``"N training image(s)"``, and ``" and M views of them (bank_augment)"``."""
+        views = len(self.bank) - self.bank_size
+        return f"{self.bank_size} training image(s)" + (f" and {views} views of them (bank_augment)" if views else "")
+
     def bank_rows(self, images: Tensor, ids: Tensor) -> Tuple[Tensor, Features]:
         """The bank rows of training images ``[B, 3, H, W]`` with content ids ``ids`` ``[B]``: their ids and features,
         followed by those of their ``bank_augment`` views (:func:`~lightning_ad.core.views.view_ids`)."""

@@ -64,9 +64,7 @@ class UntrainedModelSummary(ModelSummary):
 def bank_summary(model: Any, seconds: float, processes: int) -> str:
     """The status line after fit built the bank of ``model`` (a SpadeModel); starts on its own line."""
     rate = model.bank_size / max(seconds, 1e-9)
-    views = len(model.bank) - model.bank_size
-    held = f"{model.bank_size} training images" + (f" and {views} views of them ({model.bank_augment})" if views else "")
-    return (f"\nSPADE bank: {held} in {seconds:.2f} s ({rate:.1f} images/s on {processes} "
+    return (f"\nSPADE bank: {model.rows_held()} in {seconds:.2f} s ({rate:.1f} images/s on {processes} "
             f"process(es)), backbone {model.backbone_name}, levels {list(model.layers)}, "
             f"{model.bank.nbytes() / 2**20:.1f} MB")
 
